@@ -1,0 +1,13 @@
+"""dcgan-deploy: DCGAN generators exported to ONNX, run with numpy + onnxruntime.
+
+    >>> from dcgan_deploy import Generator
+    >>> gen = Generator.load()                  # the bundled default model
+    >>> images = gen.generate(16, seed=0)       # uint8 [16, H, W, C]
+
+Importing this package never imports torch, onnx, gradio or click.
+"""
+__version__ = "0.1.0"
+
+from .runtime import Generator, ModelError, UnverifiedModelWarning  # noqa: E402
+
+__all__ = ["Generator", "ModelError", "UnverifiedModelWarning", "__version__"]

@@ -1,0 +1,60 @@
+"""Atomic file writes: a temp file in the destination folder, fsync, ``os.replace``.
+
+A crash or Ctrl-C mid-write never leaves a half-written file under the final name,
+and never destroys the previous version of that file.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+
+
+def check_writable_dir(folder: Path) -> None:
+    """Raise ``OSError`` naming ``folder`` if files cannot be created in it."""
+    if not folder.is_dir():
+        raise OSError(f"output folder does not exist: {folder}")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise OSError(f"output folder is not writable: {folder}")
+
+
+@contextlib.contextmanager
+def atomic_path(dest: str | os.PathLike):
+    """Yield a temporary path beside ``dest``; on success it becomes ``dest``.
+
+    The caller writes the whole file to the yielded path (ending in ``.part``, so
+    writers must be told the format explicitly). On an exception the temp file is
+    removed and ``dest`` is untouched.
+    """
+    dest = Path(dest)
+    check_writable_dir(dest.parent.resolve())
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, dest)
+        _fsync_dir(dest.parent)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+
+
+def write_bytes(dest: str | os.PathLike, data: bytes) -> None:
+    """Atomically replace ``dest`` with ``data``."""
+    with atomic_path(dest) as tmp:
+        tmp.write_bytes(data)
+
+
+def _fsync_dir(folder: Path) -> None:
+    # Makes the rename itself durable; not supported on every platform.
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)

@@ -1,0 +1,53 @@
+"""Shared fixtures: tiny ONNX generators that follow the model-file contract.
+
+They are built with onnx.helper (no torch): z -> Gemm -> Tanh -> Reshape -> image.
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+
+def make_model(path, latent_dim=8, channels=1, height=6, width=6, prior="normal", seed=0,
+               metadata=None, drop=(), z_name="z", image_name="image", fixed_batch=False):
+    """Write a contract-following generator; ``metadata`` overrides, ``drop`` removes keys."""
+    rng = np.random.default_rng(seed)
+    out = channels * height * width
+    w = numpy_helper.from_array((rng.standard_normal((latent_dim, out)) * 0.5).astype(np.float32), "W")
+    b = numpy_helper.from_array((rng.standard_normal(out) * 0.1).astype(np.float32), "B")
+    shape = numpy_helper.from_array(np.array([-1, channels, height, width], np.int64), "shape")
+    batch = 1 if fixed_batch else "batch"
+    graph = helper.make_graph(
+        [helper.make_node("Gemm", [z_name, "W", "B"], ["h"]),
+         helper.make_node("Tanh", ["h"], ["t"]),
+         helper.make_node("Reshape", ["t", "shape"], [image_name])],
+        "tiny",
+        [helper.make_tensor_value_info(z_name, TensorProto.FLOAT, [batch, latent_dim])],
+        [helper.make_tensor_value_info(image_name, TensorProto.FLOAT, [batch, channels, height, width])],
+        [w, b, shape])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    meta = {"dcgan_deploy.format": "1", "architecture": "tiny-gemm", "latent_dim": str(latent_dim),
+            "latent_prior": prior, "channels": str(channels), "height": str(height), "width": str(width),
+            "value_range": "[-1, 1]", "dataset": "none", "train_step": "0",
+            "parity": json.dumps({"passed": True, "providers": ["CPUExecutionProvider"]})}
+    meta.update(metadata or {})
+    for key in drop:
+        meta.pop(key)
+    helper.set_model_props(model, meta)
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.fixture
+def tiny_model(tmp_path):
+    return make_model(tmp_path / "tiny.onnx")
+
+
+@pytest.fixture
+def rgb_model(tmp_path):
+    return make_model(tmp_path / "rgb.onnx", latent_dim=5, channels=3, height=4, width=5, prior="uniform")
