@@ -4,6 +4,7 @@ from __future__ import annotations
 import functools
 import json
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -194,6 +195,190 @@ def info(model, as_json, device):
     click.echo("parity     " + (summarize_parity(parity) if parity else "no parity report in this file"))
     click.echo(f"providers  active: {', '.join(facts['providers']['active'])}; "
                f"available: {', '.join(facts['providers']['available'])}")
+
+
+def need_torch(what: str):
+    """Import the torch side, or fail with a one-line install hint."""
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        raise click.ClickException(f"{what} needs PyTorch: pip install 'dcgan-deploy[train]' "
+                                   "(install torch first to choose its build)") from None
+
+
+# Exit codes beyond click's 1 (error) and 2 (usage).
+EXIT_DIVERGED = 3
+EXIT_PARITY = 4
+
+
+@main.command()
+@click.argument("recipe", required=False, type=click.Path(dir_okay=False))
+@click.option("--resume", "resume_dir", type=click.Path(file_okay=False), default=None,
+              help="Continue the run in this folder (its recipe is in its checkpoint).")
+@click.option("--data", default=None, help="mnist-sample, synthetic[:N], a folder of images, MNIST IDX folder, or .npz.")
+@click.option("--steps", type=int, default=None, help="Total steps of the run (with --resume: continue up to this step).")
+@click.option("--batch-size", type=int, default=None, help="Images per step (per process under torchrun).")
+@click.option("--out", "run_dir", type=click.Path(file_okay=False), default=None,
+              help="Run folder (default: runs/<recipe name>).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None)
+@click.option("--seed", type=int, default=None)
+def train(recipe, resume_dir, data, steps, batch_size, run_dir, device, seed):
+    """Train a generator from a recipe (a TOML file in training/).
+
+    Writes train_state.pt, generator.safetensors, log.jsonl and sample grids to the
+    run folder. Under `torchrun --nproc_per_node N -m dcgan_deploy train ...` it
+    trains data-parallel (gloo on CPU, NCCL on GPU). Exit code 3 means the run
+    diverged (the last good checkpoint is kept).
+
+    \b
+    Examples:
+        dcgan-deploy train training/mnist-dcgan.toml --out runs/mnist
+        dcgan-deploy train --resume runs/mnist --steps 8000
+    """
+    need_torch("train")
+    import logging
+
+    from .checkpoint import CheckpointError
+    from .data import DataError
+    from .train import DivergenceError, TrainConfig, Trainer
+
+    logging.basicConfig(level=logging.WARNING, format="warning: %(message)s")
+    try:
+        if resume_dir:
+            if recipe or data or batch_size or seed is not None:
+                raise ValueError("with --resume only --steps and --device may be given (the recipe is in the checkpoint)")
+            trainer = Trainer.resume(resume_dir, progress=sys.stderr.isatty(), steps=steps, device=device)
+        else:
+            if not recipe:
+                raise ValueError("give a RECIPE file, or --resume RUN_DIR")
+            cfg = TrainConfig.from_file(recipe, data=data, steps=steps, batch_size=batch_size, device=device, seed=seed)
+            run_dir = run_dir or str(Path("runs") / Path(recipe).stem)
+            if (Path(run_dir) / "train_state.pt").exists():
+                raise ValueError(f"{run_dir} already holds a run; continue it with --resume {run_dir}, or pick --out")
+            trainer = Trainer(cfg, run_dir, progress=sys.stderr.isatty())
+        start = time.perf_counter()
+        record = trainer.run()
+    except DivergenceError as e:
+        click.echo(f"Error: {e}", err=True)
+        sys.exit(EXIT_DIVERGED)
+    except (ValueError, OSError, CheckpointError, DataError) as e:
+        raise click.ClickException(str(e)) from None
+    if trainer.dist.main:
+        click.echo(f"trained {trainer.cfg.arch} to step {trainer.step} in {time.perf_counter() - start:.0f}s "
+                   f"(d_loss {record.get('d_loss')}, g_loss {record.get('g_loss')}); run folder: {trainer.run_dir}",
+                   err=True)
+
+
+def threshold_options(fn):
+    fn = click.option("--max-abs-cpu", type=float, default=None, help="CPU limit on max abs error (default 1e-4).")(fn)
+    fn = click.option("--max-abs-cuda", type=float, default=None, help="CUDA limit on max abs error (default 2e-3).")(fn)
+    fn = click.option("--max-changed-cuda", type=float, default=None,
+                      help="CUDA limit on the share of uint8 pixels changed (default 0.001).")(fn)
+    return fn
+
+
+def make_thresholds(max_abs_cpu, max_abs_cuda, max_changed_cuda):
+    from .parity import Thresholds
+    t = Thresholds()
+    for name, value in (("cpu_max_abs", max_abs_cpu), ("cuda_max_abs", max_abs_cuda), ("cuda_changed", max_changed_cuda)):
+        if value is not None:
+            if not value >= 0:
+                raise click.BadParameter(f"thresholds must be non-negative, got {value}")
+            setattr(t, name, value)
+    return t
+
+
+def torch_errors():
+    from .checkpoint import CheckpointError
+    return (CheckpointError, ValueError, OSError)
+
+
+@main.command()
+@click.argument("ckpt", type=click.Path(dir_okay=False))
+@click.option("-o", "--out", default=None, help="Output .onnx (default: exports/<name>.onnx).")
+@click.option("--arch", default=None, help="Architecture of a bare state dict (e.g. dcgan64 for netG_epoch_N.pth).")
+@click.option("--opset", type=click.IntRange(min=17), default=18, show_default=True)
+@click.option("--fp16", is_flag=True, help="Also write a float16 variant for CUDA (<name>-fp16.onnx).")
+@click.option("--triton", type=click.Path(file_okay=False), default=None,
+              help="Also write a Triton model-repository entry DIR/<name>/{config.pbtxt,1/model.onnx}.")
+@threshold_options
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def export(ckpt, out, arch, opset, fp16, triton, max_abs_cpu, max_abs_cuda, max_changed_cuda, as_json):
+    """Export a checkpoint to ONNX and prove parity with PyTorch.
+
+    CKPT is a trainer's train_state.pt or generator.safetensors, or a bare
+    generator state dict with --arch. The model is written only if the parity gate
+    passes; otherwise the exit code is 4 and the report says which numbers missed.
+
+    \b
+    Examples:
+        dcgan-deploy export runs/mnist/train_state.pt -o exports/mnist.onnx
+        dcgan-deploy export netG_epoch_24.pth --arch dcgan64 --fp16 --triton model_repository
+    """
+    need_torch("export")
+    from .export import ParityError
+    from .export import export as run_export
+    from .parity import format_report
+
+    thresholds = make_thresholds(max_abs_cpu, max_abs_cuda, max_changed_cuda)
+    try:
+        result = run_export(ckpt, out, arch=arch, opset=opset, fp16=fp16, triton=triton, thresholds=thresholds)
+    except ParityError as e:
+        report_gate(e.report, as_json, error=str(e))
+        sys.exit(EXIT_PARITY)
+    except torch_errors() as e:
+        raise click.ClickException(str(e)) from None
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    click.echo(format_report(result["parity"]))
+    click.echo(f"wrote {result['model']} and {result['report']}")
+    if "fp16" in result:
+        p = result["fp16"]["parity"]
+        click.echo(f"wrote {result['fp16']['model']} (fp16: " + ("verified on CUDA" if p.get("verified")
+                                                                  else "UNVERIFIED: " + p.get("reason", "")) + ")")
+    if "triton" in result:
+        click.echo(f"wrote Triton model repository entry {result['triton']}")
+
+
+@main.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.argument("ckpt", type=click.Path(dir_okay=False))
+@click.option("--arch", default=None, help="Architecture of a bare state dict.")
+@threshold_options
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def verify(model, ckpt, arch, max_abs_cpu, max_abs_cuda, max_changed_cuda, as_json):
+    """Re-run the parity gate on an existing ONNX file against its checkpoint.
+
+    Exit code 0 when it passes, 4 when it misses.
+
+    \b
+    Example:
+        dcgan-deploy verify exports/mnist.onnx runs/mnist/train_state.pt --json
+    """
+    need_torch("verify")
+    from .export import verify as run_verify
+    from .runtime import ModelError
+
+    thresholds = make_thresholds(max_abs_cpu, max_abs_cuda, max_changed_cuda)
+    try:
+        report = run_verify(model, ckpt, arch=arch, thresholds=thresholds)
+    except (ModelError, *torch_errors()) as e:
+        raise click.ClickException(str(e)) from None
+    report_gate(report, as_json)
+    if not report["passed"]:
+        sys.exit(EXIT_PARITY)
+
+
+def report_gate(report: dict, as_json: bool, error: str | None = None) -> None:
+    from .parity import format_report
+    if as_json:
+        click.echo(json.dumps({"error": error, **report} if error else report, indent=2))
+    elif report.get("checks"):
+        click.echo(format_report(report))
+    if error:
+        click.echo(f"Error: {error}" + ("" if report.get("checks") else ": " + "; ".join(report.get("failures", []))),
+                   err=True)
 
 
 def summarize_parity(parity: dict) -> str:

@@ -36,6 +36,7 @@ def atomic_path(dest: str | os.PathLike):
         yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file normal permissions
         os.replace(tmp, dest)
         _fsync_dir(dest.parent)
     except BaseException:
@@ -48,6 +49,12 @@ def write_bytes(dest: str | os.PathLike, data: bytes) -> None:
     """Atomically replace ``dest`` with ``data``."""
     with atomic_path(dest) as tmp:
         tmp.write_bytes(data)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -1,0 +1,150 @@
+"""The parity gate (torch + onnxruntime): does the ONNX file compute what PyTorch computes?
+
+Compares PyTorch (fp32, eval) with onnxruntime on latents from the model's own prior,
+several seeds and batch sizes, on every available provider, in image space. Also
+checks batch invariance: each image is the same generated alone or inside a batch
+(a graph that normalises with batch statistics fails this).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import onnxruntime as ort
+import torch
+
+from .images import to_uint8
+from .latent import latents
+from .runtime import CPU, CUDA, Generator
+
+SEEDS = (0, 1, 2)
+BATCH_SIZES = (1, 7, 64)
+
+
+@dataclass
+class Thresholds:
+    """Pass limits, per provider. ``changed`` is the share of uint8 pixels allowed to differ."""
+
+    cpu_max_abs: float = 1e-4
+    cuda_max_abs: float = 2e-3  # TF32 convolutions on Ampere and newer
+    cuda_changed: float = 1e-3
+    fp16_min_psnr: float = 40.0
+
+    def max_abs(self, provider: str) -> float:
+        return self.cuda_max_abs if provider == CUDA else self.cpu_max_abs
+
+    def changed(self, provider: str) -> float | None:
+        return self.cuda_changed if provider == CUDA else None
+
+
+def compare(reference: np.ndarray, candidate: np.ndarray) -> dict:
+    """Image-space errors between two float image batches in [-1, 1]."""
+    diff = np.abs(reference.astype(np.float64) - candidate.astype(np.float64))
+    mse = max(float(np.mean(diff ** 2)), 1e-20)  # identical images report ~206 dB, not Infinity (not JSON)
+    return {
+        "max_abs": float(diff.max()),
+        "mean_abs": float(diff.mean()),
+        "psnr": 10 * math.log10(4.0 / mse),  # peak-to-peak of [-1, 1] is 2
+        "changed": float(np.mean(to_uint8(reference) != to_uint8(candidate))),
+        "finite": bool(np.isfinite(candidate).all()),
+    }
+
+
+def providers_to_check() -> list[str]:
+    return [p for p in (CPU, CUDA) if p in ort.get_available_providers()]
+
+
+@torch.no_grad()
+def torch_images(model: torch.nn.Module, z: np.ndarray) -> np.ndarray:
+    return model(torch.from_numpy(z)).float().numpy()
+
+
+def run_gate(model: torch.nn.Module, onnx_path, thresholds: Thresholds | None = None,
+             seeds=SEEDS, batch_sizes=BATCH_SIZES, providers: list[str] | None = None,
+             min_psnr: float | None = None) -> dict:
+    """Check ``onnx_path`` against ``model`` (a torch generator, used as it is) and return the report.
+
+    ``min_psnr`` switches to the fp16 gate: PSNR and finiteness instead of max abs error.
+    """
+    thresholds = thresholds or Thresholds()
+    providers = providers or providers_to_check()
+    checks, invariance, failures = [], [], []
+    for provider in providers:
+        gen = Generator.load(onnx_path, device="cuda" if provider == CUDA else "cpu")
+        for seed in seeds:
+            for batch in batch_sizes:
+                z = latents(batch, seed, gen.latent_dim, gen.latent_prior)
+                m = compare(torch_images(model, z), gen.run(z))
+                m.update(provider=provider, seed=seed, batch=batch)
+                m["failed"] = _misses(m, provider, thresholds, min_psnr)
+                failures += [f"{provider} seed {seed} batch {batch}: {why}" for why in m["failed"]]
+                checks.append(m)
+        # Batch invariance: each image of the largest batch, generated alone.
+        z = latents(max(batch_sizes), seeds[0], gen.latent_dim, gen.latent_prior)
+        batched = gen.run(z)
+        alone = np.concatenate([gen.run(z[i:i + 1]) for i in range(len(z))])
+        inv = compare(batched, alone)
+        limit = thresholds.max_abs(provider)
+        inv.update(provider=provider, limit=limit, passed=inv["max_abs"] <= limit and inv["finite"])
+        if not inv["passed"]:
+            failures.append(f"{provider}: batch invariance: an image differs by {inv['max_abs']:.3g} "
+                            f"generated alone vs in a batch of {len(z)} (limit {limit:g}); "
+                            "does the graph normalise with batch statistics (train-mode BatchNorm)?")
+        invariance.append(inv)
+    worst = {
+        "max_abs": max(c["max_abs"] for c in checks),
+        "mean_abs": max(c["mean_abs"] for c in checks),
+        "psnr": min(c["psnr"] for c in checks),
+        "changed": max(c["changed"] for c in checks),
+    }
+    return {
+        "passed": not failures,
+        "providers": providers,
+        "seeds": list(seeds),
+        "batch_sizes": list(batch_sizes),
+        "thresholds": dataclasses.asdict(thresholds),
+        "worst": worst,
+        "failures": failures,
+        "checks": checks,
+        "batch_invariance": invariance,
+    }
+
+
+def _misses(m: dict, provider: str, t: Thresholds, min_psnr: float | None) -> list[str]:
+    out = []
+    if not m["finite"]:
+        out.append("non-finite output (NaN or Inf)")
+    if min_psnr is not None:
+        if m["psnr"] < min_psnr:
+            out.append(f"PSNR {m['psnr']:.1f} dB < {min_psnr:g} dB")
+        return out
+    if m["max_abs"] > t.max_abs(provider):
+        out.append(f"max abs error {m['max_abs']:.3g} > {t.max_abs(provider):g}")
+    changed = t.changed(provider)
+    if changed is not None and m["changed"] > changed:
+        out.append(f"{m['changed']:.3%} of uint8 pixels changed > {changed:.3%}")
+    return out
+
+
+def summary(report: dict) -> dict:
+    """The part of a report that goes into the model's metadata (no per-check rows)."""
+    return {k: v for k, v in report.items() if k not in ("checks", "batch_invariance")}
+
+
+def format_report(report: dict) -> str:
+    """A human-readable report: one line per provider/seed/batch, then the verdict."""
+    lines = [f"{'provider':<22} {'seed':>4} {'batch':>5} {'max_abs':>10} {'mean_abs':>10} {'psnr_dB':>8} {'changed':>8}"]
+    for c in report["checks"]:
+        lines.append(f"{c['provider']:<22} {c['seed']:>4} {c['batch']:>5} {c['max_abs']:>10.3g} {c['mean_abs']:>10.3g} "
+                     f"{c['psnr']:>8.1f} {c['changed']:>8.3%}" + ("  MISS" if c["failed"] else ""))
+    for inv in report["batch_invariance"]:
+        lines.append(f"{inv['provider']:<22} batch invariance max_abs {inv['max_abs']:.3g} "
+                     f"(limit {inv['limit']:g}) {'ok' if inv['passed'] else 'MISS'}")
+    if report["passed"]:
+        lines.append("parity: PASSED")
+    else:
+        lines.append("parity: FAILED")
+        lines += [f"  - {f}" for f in report["failures"]]
+    return "\n".join(lines)

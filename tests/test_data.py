@@ -1,0 +1,98 @@
+import gzip
+import logging
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from dcgan_deploy import data
+
+
+def write_idx(path, images):
+    header = b"\x00\x00\x08\x03" + b"".join(int(v).to_bytes(4, "big") for v in images.shape)
+    raw = header + images.astype(np.uint8).tobytes()
+    path.write_bytes(gzip.compress(raw) if path.suffix == ".gz" else raw)
+
+
+def test_mnist_sample_is_embedded():
+    x = data.load("mnist-sample", 1, 28)
+    assert x.shape == (5000, 1, 28, 28) and x.dtype == np.uint8
+    labels = np.load(data.mnist_sample_path())["labels"]
+    assert np.bincount(labels).tolist() == [500] * 10
+
+
+@pytest.mark.parametrize("name", ["train-images-idx3-ubyte", "train-images-idx3-ubyte.gz"])
+def test_idx_folder(tmp_path, name):
+    imgs = np.random.default_rng(0).integers(0, 256, (10, 28, 28)).astype(np.uint8)
+    write_idx(tmp_path / name, imgs)
+    out = data.load(str(tmp_path), 1, 28)
+    np.testing.assert_array_equal(out[:, 0], imgs)
+
+
+def test_idx_errors(tmp_path):
+    (tmp_path / "train-images-idx3-ubyte").write_bytes(b"\x00\x00\x08\x01" + b"\x00" * 20)
+    with pytest.raises(data.DataError, match="magic"):
+        data.load(str(tmp_path), 1, 28)
+    write_idx(tmp_path / "train-images-idx3-ubyte", np.zeros((3, 28, 28)))
+    p = tmp_path / "train-images-idx3-ubyte"
+    p.write_bytes(p.read_bytes()[:-5])
+    with pytest.raises(data.DataError, match="truncated"):
+        data.load(str(tmp_path), 1, 28)
+
+
+def test_image_folder_recursive_resized_and_counted(tmp_path, caplog):
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    Image.new("RGB", (80, 40), (255, 0, 0)).save(tmp_path / "a" / "wide.png")
+    rgba = Image.new("RGBA", (64, 64), (0, 0, 255, 0))  # fully transparent -> white background
+    rgba.save(tmp_path / "a" / "b" / "clear.png")
+    Image.new("L", (64, 64), 100).save(tmp_path / "grey.jpg")
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    (tmp_path / "notes.txt").write_text("ignored")
+    with caplog.at_level(logging.WARNING):
+        x = data.load(str(tmp_path), 3, 32)
+    assert x.shape == (3, 3, 32, 32)
+    assert "skipped 1 unreadable image file(s) of 4" in caplog.text
+    by_colour = {tuple(im[:, 16, 16]) for im in x}
+    assert (255, 0, 0) in by_colour and (255, 255, 255) in by_colour
+    grey = data.load(str(tmp_path / "a"), 1, 28)
+    assert grey.shape == (2, 1, 28, 28)
+
+
+def test_folder_errors(tmp_path):
+    with pytest.raises(data.DataError, match="no image files"):
+        data.load(str(tmp_path), 1, 28)
+    (tmp_path / "x.png").write_bytes(b"junk")
+    with pytest.raises(data.DataError, match="none of the 1 image files could be read"):
+        data.load(str(tmp_path), 1, 28)
+    with pytest.raises(data.DataError, match="not found"):
+        data.load(str(tmp_path / "missing"), 1, 28)
+
+
+def test_synthetic_is_seeded():
+    a, b = data.load("synthetic:20", 3, 64, seed=1), data.load("synthetic:20", 3, 64, seed=1)
+    assert a.shape == (20, 3, 64, 64) and np.array_equal(a, b) and a.max() > 100
+    assert not np.array_equal(a, data.load("synthetic:20", 3, 64, seed=2))
+
+
+def test_batches_resume_exactly_and_scale():
+    images = data.load("synthetic:50", 1, 28)
+    b1 = data.Batches(images, 8, seed=3)
+    first = [b1.next() for _ in range(4)]
+    state = b1.state_dict()
+    rest = [b1.next() for _ in range(10)]  # crosses an epoch boundary
+    b2 = data.Batches(images, 8, seed=99)
+    b2.load_state_dict(state)
+    for x, y in zip(rest, [b2.next() for _ in range(10)]):
+        assert torch.equal(x, y)
+    assert first[0].min() >= -1 and first[0].max() <= 1 and first[0].dtype == torch.float32
+    with pytest.raises(data.DataError, match="fewer than one batch"):
+        data.Batches(images[:4], 8, seed=0)
+
+
+def test_ranks_take_disjoint_slices_of_one_global_batch():
+    images = data.load("synthetic:64", 1, 28)
+    whole = data.Batches(images, 16, seed=0).next(0, 1)
+    r0 = data.Batches(images, 8, seed=0).next(0, 2)
+    r1 = data.Batches(images, 8, seed=0).next(1, 2)
+    assert torch.equal(torch.cat([r0, r1]), whole)

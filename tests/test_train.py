@@ -1,0 +1,172 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+from safetensors.torch import load_file
+
+from dcgan_deploy.checkpoint import load_generator_file, load_torch
+from dcgan_deploy.cli import EXIT_DIVERGED, main
+from dcgan_deploy.nets import ARCHITECTURES
+from dcgan_deploy.train import DivergenceError, TrainConfig, Trainer
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = {"g_width": 8, "d_width": 8}
+
+
+def recipe(tmp_path, name="r", **settings):
+    settings = {"arch": "mnist-dcgan", "data": "synthetic:64", "steps": 4, "batch_size": 8, "sample_every": 2,
+                "checkpoint_every": 2, "log_every": 1, **settings}
+    net = settings.pop("net", TINY)
+    lines = [f"{k} = {json.dumps(v)}" for k, v in settings.items()]
+    lines += ["[net]"] + [f"{k} = {json.dumps(v)}" for k, v in net.items()]
+    path = tmp_path / f"{name}.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def cli(*args, env=None, check=True):
+    r = subprocess.run([sys.executable, "-m", "dcgan_deploy", *map(str, args)], capture_output=True, text=True,
+                       env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
+    if check:
+        assert r.returncode == 0, r.stderr
+    return r
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_a_few_steps_of_every_architecture(tmp_path, arch):
+    cfg = TrainConfig(arch=arch, data="synthetic:32", steps=3, batch_size=8, sample_every=3, checkpoint_every=3,
+                      log_every=1, net=TINY)
+    record = Trainer(cfg, tmp_path / "run", progress=False).run()
+    run = tmp_path / "run"
+    assert {"train_state.pt", "generator.safetensors", "config.json", "log.jsonl"} <= {p.name for p in run.iterdir()}
+    assert (run / "samples" / "step_000003.png").exists()
+    lines = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines if "d_loss" in x][:3] == [1, 2, 3]
+    assert all(torch.isfinite(torch.tensor([x["d_loss"], x["g_loss"]])).all() for x in lines)
+    state = load_torch(run / "train_state.pt")
+    assert state["step"] == 3 and record["step"] == 3
+    tensors, net, meta = load_generator_file(run / "generator.safetensors")
+    assert net.arch == arch and meta["train_step"] == "3"
+    assert set(tensors) == set(state["G"])
+
+
+def test_recipe_flags_override_and_bad_recipes(tmp_path):
+    cfg = TrainConfig.from_file(recipe(tmp_path), steps=9, data="synthetic:16")
+    assert cfg.steps == 9 and cfg.data == "synthetic:16" and cfg.batch_size == 8
+    bad = tmp_path / "bad.toml"
+    bad.write_text('arch = "mnist-dcgan"\nstepz = 3\n')
+    with pytest.raises(ValueError, match="unknown setting"):
+        TrainConfig.from_file(bad)
+    r = CliRunner().invoke(main, ["train", str(recipe(tmp_path, steps=0))])
+    assert r.exit_code == 1 and "steps must be a positive integer" in r.output
+    r = CliRunner().invoke(main, ["train", str(tmp_path / "missing.toml")])
+    assert r.exit_code == 1 and "recipe not found" in r.output
+    r = CliRunner().invoke(main, ["train", str(recipe(tmp_path, data=str(tmp_path / "nowhere")))])
+    assert r.exit_code == 1 and "data source not found" in r.output
+
+
+def test_resume_in_a_new_process_is_bitwise_exact(tmp_path):
+    """N steps straight == N/2, then resume in a new process, then N/2 (dropout and BN included)."""
+    r = recipe(tmp_path, arch="mnist-dcgan-wide", steps=6, checkpoint_every=3)
+    cli("train", r, "--out", tmp_path / "straight")
+    cli("train", r, "--steps", 3, "--out", tmp_path / "split")
+    assert load_torch(tmp_path / "split" / "train_state.pt")["step"] == 3
+    cli("train", "--resume", tmp_path / "split", "--steps", 6)
+    a = load_file(tmp_path / "straight" / "generator.safetensors")
+    b = load_file(tmp_path / "split" / "generator.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    sa, sb = load_torch(tmp_path / "straight" / "train_state.pt"), load_torch(tmp_path / "split" / "train_state.pt")
+    for k in sa["D"]:
+        assert torch.equal(sa["D"][k], sb["D"][k]), k
+    # the run folder refuses a second fresh start, and resume refuses recipe changes
+    again = cli("train", r, "--out", tmp_path / "split", check=False)
+    assert again.returncode == 1 and "--resume" in again.stderr
+    changed = cli("train", "--resume", tmp_path / "split", "--batch-size", 4, check=False)
+    assert changed.returncode == 1 and "only --steps and --device" in changed.stderr
+
+
+KILL_SCRIPT = textwrap.dedent("""
+    import sys, torch
+    from dcgan_deploy.checkpoint import save_train_state
+    path = sys.argv[1]
+    for step in range(1, 10_000):
+        save_train_state({"step": step, "w": torch.full((8_000_000,), float(step))}, path)
+        print(step, flush=True)
+""")
+
+
+def test_sigkill_during_save_keeps_the_previous_checkpoint(tmp_path):
+    path = tmp_path / "train_state.pt"
+    script = tmp_path / "saver.py"
+    script.write_text(KILL_SCRIPT)
+    for attempt in range(3):
+        proc = subprocess.Popen([sys.executable, str(script), str(path)], stdout=subprocess.PIPE, text=True)
+        assert proc.stdout.readline().strip() == "1"  # one complete save exists
+        deadline = time.time() + 30
+        # kill while a temp file is being written: mid-save
+        while not list(tmp_path.glob(".train_state.pt.*.part")) and time.time() < deadline:
+            time.sleep(0.001)
+        assert list(tmp_path.glob(".train_state.pt.*.part")), "never caught a save in progress"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        state = load_torch(path)
+        assert state["step"] >= 1 and bool((state["w"] == state["step"]).all())
+
+
+def test_divergence_exits_with_its_own_code(tmp_path):
+    res = cli("train", recipe(tmp_path, lr=1e30, steps=20), "--out", tmp_path / "run", check=False)
+    assert res.returncode == EXIT_DIVERGED, res.stderr
+    assert "diverged at step 1" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_divergence_keeps_the_last_good_checkpoint(tmp_path):
+    cfg = TrainConfig(arch="mnist-dcgan", data="synthetic:32", steps=2, batch_size=8, checkpoint_every=1,
+                      sample_every=100, net=TINY)
+    trainer = Trainer(cfg, tmp_path, progress=False)
+    trainer.run()
+    good = (tmp_path / "train_state.pt").read_bytes()
+    trainer.cfg.steps = 10
+    for opt in (trainer.optG, trainer.optD):
+        for group in opt.param_groups:
+            group["lr"] = 1e30  # blow the weights up
+    with pytest.raises(DivergenceError, match="diverged at step 3"):
+        trainer.run()
+    assert (tmp_path / "train_state.pt").read_bytes() == good
+    assert load_torch(tmp_path / "train_state.pt")["step"] == 2
+
+
+def test_ema_generator_is_saved_with_recomputed_batchnorm(tmp_path):
+    cfg = TrainConfig(arch="mnist-dcgan", data="synthetic:32", steps=4, batch_size=8, ema=0.5, sample_every=4,
+                      checkpoint_every=4, net=TINY)
+    Trainer(cfg, tmp_path, progress=False).run()
+    state = load_torch(tmp_path / "train_state.pt")
+    saved, _, _ = load_generator_file(tmp_path / "generator.safetensors")
+    assert state["ema"] and not torch.equal(saved["main.0.weight"], state["G"]["main.0.weight"])
+    assert torch.equal(saved["main.0.weight"], state["ema"]["main.0.weight"])
+    # BatchNorm statistics were re-estimated for the EMA weights, not copied from G
+    key = "main.4.running_mean"
+    assert not torch.equal(saved[key], state["G"][key]) and torch.isfinite(saved[key]).all()
+
+
+def test_two_process_data_parallel_training(tmp_path):
+    r = recipe(tmp_path, arch="mnist-dcgan-wide", steps=3, checkpoint_every=3)
+    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          "-m", "dcgan_deploy", "train", str(r), "--out", str(tmp_path / "run")],
+                         capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert res.returncode == 0, res.stderr[-3000:]
+    done = [json.loads(x) for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines() if '"done"' in x]
+    assert len(done) == 1  # only rank 0 writes
+    ranks = done[0]["ranks"]
+    assert len(ranks) == 2 and ranks[0] == ranks[1]  # identical generator weights on both ranks
+    assert load_torch(tmp_path / "run" / "train_state.pt")["step"] == 3
+    assert res.stderr.count("trained mnist-dcgan-wide") == 1
