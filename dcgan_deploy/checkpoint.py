@@ -40,11 +40,10 @@ def load_torch(path: str | os.PathLike) -> dict:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         # weights_only refuses pickles that would import or call arbitrary code.
-        first = str(e).strip().splitlines()[0] if str(e).strip() else "unsupported content"
         raise CheckpointError(f"{path}: refused to load: the file holds objects other than tensors and plain "
-                              f"data, which could run code ({first[:200]})") from None
-    except (RuntimeError, EOFError, OSError) as e:
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({str(e).splitlines()[0][:200]})") from None
+                              f"data, which could run code ({_first_line(e)})") from None
+    except Exception as e:  # torch.load raises many types (RuntimeError, EOFError, struct.error, ...)
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({_first_line(e)})") from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: expected a dict of tensors, got {type(obj).__name__}")
     return obj
@@ -73,3 +72,8 @@ def load_generator_file(path: str | os.PathLike) -> tuple[dict, NetConfig | None
         raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from None
     cfg = NetConfig.from_dict(json.loads(meta[NET_KEY])) if NET_KEY in meta else None
     return tensors, cfg, meta
+
+
+def _first_line(e: Exception) -> str:
+    lines = str(e).strip().splitlines()
+    return lines[0][:200] if lines else type(e).__name__

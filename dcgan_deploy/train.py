@@ -29,6 +29,7 @@ from torch import nn
 
 from . import data as datasets
 from .checkpoint import STATE_FORMAT, CheckpointError, load_torch, save_generator, save_train_state
+from .files import write_bytes
 from .images import grid, save_png, to_uint8
 from .latent import latents
 from .nets import Discriminator, Generator, NetConfig, sample_prior
@@ -179,7 +180,7 @@ def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
 
 
 @torch.no_grad()
-def recompute_bn_stats(gen: Generator, batches: int = 64, batch_size: int = 256, seed: int = 0) -> None:
+def recompute_bn_stats(gen: Generator, batches: int = 16, batch_size: int = 256, seed: int = 0) -> None:
     """Re-estimate BatchNorm running statistics for ``gen``'s current weights.
 
     Needed after EMA: averaged weights do not match the running statistics of the
@@ -226,6 +227,7 @@ class Trainer:
         # The fixed sample batch: the latents of `dcgan-deploy generate -n 64 --seed 0`.
         self.fixed_z = torch.from_numpy(latents(64, 0, self.net.latent_dim, self.net.latent_prior))
         self.step = 0
+        self._exported: tuple[int, Generator | None] = (-1, None)
 
     # ---- checkpoints ----------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -288,9 +290,22 @@ class Trainer:
         """The generator to deploy: the EMA weights (BatchNorm re-estimated) when EMA is on."""
         if self.ema is None:
             return self.G
-        gen = copy.deepcopy(self.ema)
-        recompute_bn_stats(gen, seed=self.cfg.seed)
-        return gen.eval()
+        if self._exported[0] != self.step:  # the sample grid and the checkpoint share one re-estimation
+            gen = copy.deepcopy(self.ema)
+            recompute_bn_stats(gen, seed=self.cfg.seed)
+            self._exported = (self.step, gen.eval())
+        return self._exported[1]
+
+    def _truncate_log(self) -> None:
+        """On resume, drop log lines past the checkpoint (written by a run that was then killed)."""
+        log = self.run_dir / "log.jsonl"
+        if not log.exists():
+            return
+        rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+        keep = [r for r in rows if r.get("step", 0) <= self.step and "done" not in r]
+        if self.step:
+            keep.append({"resumed_from": self.step})
+        write_bytes(log, "".join(json.dumps(r) + "\n" for r in keep).encode())
 
     @torch.no_grad()
     def sample_grid(self) -> None:
@@ -343,6 +358,7 @@ class Trainer:
             for stale in self.run_dir.glob(".*.part"):  # left by a save that was killed
                 stale.unlink()
             (self.run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
+            self._truncate_log()
         from tqdm import tqdm
         bar = tqdm(total=cfg.steps, initial=self.step, desc=cfg.arch, unit="step", disable=not self.progress,
                    dynamic_ncols=True)

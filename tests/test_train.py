@@ -79,6 +79,8 @@ def test_resume_in_a_new_process_is_bitwise_exact(tmp_path):
     cli("train", r, "--out", tmp_path / "straight")
     cli("train", r, "--steps", 3, "--out", tmp_path / "split")
     assert load_torch(tmp_path / "split" / "train_state.pt")["step"] == 3
+    with open(tmp_path / "split" / "log.jsonl", "a") as f:  # as if a killed run had logged past its checkpoint
+        f.write(json.dumps({"step": 4, "d_loss": 9.0, "g_loss": 9.0}) + "\n")
     cli("train", "--resume", tmp_path / "split", "--steps", 6)
     a = load_file(tmp_path / "straight" / "generator.safetensors")
     b = load_file(tmp_path / "split" / "generator.safetensors")
@@ -88,6 +90,9 @@ def test_resume_in_a_new_process_is_bitwise_exact(tmp_path):
     sa, sb = load_torch(tmp_path / "straight" / "train_state.pt"), load_torch(tmp_path / "split" / "train_state.pt")
     for k in sa["D"]:
         assert torch.equal(sa["D"][k], sb["D"][k]), k
+    # the resumed log reads like the straight one (the killed run's rows dropped), with a marker where it resumed
+    steps = [json.loads(x).get("step") for x in (tmp_path / "split" / "log.jsonl").read_text().splitlines()]
+    assert [s for s in steps if s] == [1, 2, 3, 4, 5, 6, 6]  # per-step rows, then the closing record
     # the run folder refuses a second fresh start, and resume refuses recipe changes
     again = cli("train", r, "--out", tmp_path / "split", check=False)
     assert again.returncode == 1 and "--resume" in again.stderr

@@ -1,0 +1,67 @@
+"""The shipped default model: packaged in the wheel, usable from any folder, faithful to its record."""
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dcgan_deploy import Generator
+from dcgan_deploy.bundled import DEFAULT_MODEL, bundled_models
+
+ROOT = Path(__file__).resolve().parent.parent
+RECORD = ROOT / "training" / "mnist"
+
+
+def test_default_model_is_bundled_and_small():
+    models = bundled_models()
+    assert DEFAULT_MODEL in models
+    assert models[DEFAULT_MODEL].stat().st_size < 5 * 2**20
+    gen = Generator.load()
+    assert gen.path == models[DEFAULT_MODEL]
+    assert gen.image_shape == (28, 28, 1) and gen.parity["passed"] is True
+    assert gen.metadata["dataset"] == "mnist-sample" and int(gen.metadata["train_step"]) > 1000
+
+
+def test_default_model_draws_digit_like_images():
+    """MNIST-like statistics: dark background, 10-30% ink, varied samples (quality is measured by evaluate)."""
+    x = Generator.load().generate(256, seed=0).astype(np.float32) / 255
+    real = np.load(ROOT / "training" / "data" / "mnist_5k.npz")["images"][:256].astype(np.float32) / 255
+    ink, real_ink = (x > 0.5).mean(), (real > 0.5).mean()
+    assert 0.5 * real_ink < ink < 1.5 * real_ink
+    assert x[:, :3, :].mean() < 0.05 and x[:, :, :3].mean() < 0.05  # empty borders, as in MNIST
+    assert x.std(axis=0).mean() > 0.5 * real.std(axis=0).mean()      # no mode collapse to one image
+
+
+def test_bundled_model_passes_verify_against_its_recorded_weights():
+    from click.testing import CliRunner
+
+    from dcgan_deploy.cli import main
+    r = CliRunner().invoke(main, ["verify", str(bundled_models()[DEFAULT_MODEL]), str(RECORD / "generator.safetensors")])
+    assert r.exit_code == 0, r.output
+    assert "parity: PASSED" in r.output
+
+
+@pytest.mark.slow
+def test_installed_wheel_generates_from_any_folder(tmp_path):
+    wheels = tmp_path / "wheels"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(wheels),
+                    str(ROOT)], check=True, capture_output=True)
+    wheel = next(wheels.glob("dcgan_deploy-*.whl"))
+    site = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site), str(wheel)],
+                   check=True, capture_output=True)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"}
+    where = subprocess.run([sys.executable, "-c", "import dcgan_deploy.bundled as b; print(b.bundled_models()['mnist'])"],
+                           cwd=elsewhere, env=env, capture_output=True, text=True, check=True).stdout.strip()
+    assert where.startswith(str(site)), where  # the wheel's copy, not the source tree
+    r = subprocess.run([sys.executable, "-m", "dcgan_deploy", "generate", "-n", "64", "--seed", "1", "-o", "grid.png"],
+                       cwd=elsewhere, env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    grid = np.asarray(Image.open(elsewhere / "grid.png"))
+    assert grid.shape == (8 * 30 + 2, 8 * 30 + 2)
+    from dcgan_deploy.images import grid as make_grid
+    np.testing.assert_array_equal(grid, make_grid(Generator.load().generate(64, seed=1))[..., 0])

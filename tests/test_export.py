@@ -1,0 +1,290 @@
+import collections
+import json
+import os
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from click.testing import CliRunner
+from torch import nn
+
+from dcgan_deploy import Generator as Runtime
+from dcgan_deploy import UnverifiedModelWarning
+from dcgan_deploy.checkpoint import CheckpointError, save_generator
+from dcgan_deploy.cli import EXIT_PARITY, main
+from dcgan_deploy.export import ParityError, describe, export, fold_batchnorm, to_onnx, verify, write_metadata
+from dcgan_deploy.export import base_metadata
+from dcgan_deploy.images import to_uint8
+from dcgan_deploy.nets import ARCHITECTURES, Generator, NetConfig, sample_prior
+from dcgan_deploy.parity import Thresholds, run_gate
+from dcgan_deploy.train import recompute_bn_stats
+
+TINY = {"g_width": 8, "d_width": 8}
+CONTRACT_KEYS = {"dcgan_deploy.format", "architecture", "latent_dim", "latent_prior", "channels", "height", "width",
+                 "value_range", "dataset", "train_step", "torch_version", "opset", "parity"}
+# BatchNorm nodes left after folding: only BNs that follow a ReLU and precede a reshape or transposed conv.
+BN_LEFT = {"mnist-dcgan": 0, "mnist-dcgan-wide": 0, "dcgan64": 0, "mnist-mlp": 0, "mnist-convt": 2}
+
+
+def random_generator(arch, seed=0, **net):
+    """A stand-in for a trained generator: random weights, realistic BatchNorm statistics,
+    and images spread over [-1, 1] (pre-tanh std ~1) rather than a flat grey."""
+    torch.manual_seed(seed)
+    g = Generator(NetConfig.for_arch(arch, **{**TINY, **net}))
+    with torch.no_grad():
+        for m in g.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.weight.normal_(1, 0.2)
+                m.bias.normal_(0, 0.2)
+        recompute_bn_stats(g, batches=4, batch_size=64, seed=seed)
+        last = [m for m in g.main if isinstance(m, (nn.Linear, nn.Conv2d, nn.ConvTranspose2d))][-1]
+        pre_tanh = []
+        hook = last.register_forward_hook(lambda mod, inp, out: pre_tanh.append(out.std()))
+        g.eval()(sample_prior(64, g.cfg))
+        hook.remove()
+        last.weight /= pre_tanh[0]
+        if last.bias is not None:
+            last.bias /= pre_tanh[0]
+    return g.eval()
+
+
+def saved(tmp_path, g, name="generator.safetensors"):
+    path = tmp_path / name
+    save_generator(g.state_dict(), g.cfg, path, {"train_step": "7", "dataset": "synthetic"})
+    return path
+
+
+def ops(path):
+    return collections.Counter(n.op_type for n in onnx.load(str(path)).graph.node)
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_export_verify_round_trip(tmp_path, arch):
+    g = random_generator(arch)
+    result = export(saved(tmp_path, g), tmp_path / "out" / f"{arch}.onnx")
+    path = tmp_path / "out" / f"{arch}.onnx"
+    assert result["model"] == str(path) and path.exists()
+    report = result["parity"]
+    assert report["passed"] and report["worst"]["max_abs"] <= 1e-4
+    assert {c["batch"] for c in report["checks"]} == {1, 7, 64} and len({c["seed"] for c in report["checks"]}) >= 3
+    meta = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+    assert CONTRACT_KEYS <= set(meta)
+    assert meta["architecture"] == arch and meta["train_step"] == "7" and meta["dataset"] == "synthetic"
+    assert json.loads(meta["parity"])["passed"] is True
+    assert ops(path)["BatchNormalization"] == BN_LEFT[arch]
+    assert not set(ops(path)) & {"Dropout", "RandomNormal", "RandomUniform"}
+    assert json.loads((tmp_path / "out" / f"{arch}.parity.json").read_text())["parity"]["passed"]
+    # the runtime reproduces PyTorch on the contract's latents
+    rt = Runtime.load(path)
+    z = rt.latents(9, seed=4)
+    with torch.no_grad():
+        want = g(torch.from_numpy(z)).numpy()
+    np.testing.assert_allclose(rt.run(z), want, atol=1e-4)
+    assert np.mean(to_uint8(want) != rt.generate(9, seed=4)) < 1e-3
+    assert verify(path, tmp_path / "generator.safetensors")["passed"]
+
+
+def test_the_trainers_train_state_exports(tmp_path):
+    from dcgan_deploy.train import TrainConfig, Trainer
+    cfg = TrainConfig(arch="mnist-mlp", data="synthetic:32", steps=2, batch_size=8, ema=0.5, net=TINY)
+    Trainer(cfg, tmp_path / "run", progress=False).run()
+    result = export(tmp_path / "run" / "train_state.pt", tmp_path / "m.onnx")
+    assert result["parity"]["passed"] and "EMA" in result["notes"][0]
+    # train_state.pt (EMA, BN re-estimated) and generator.safetensors describe the same generator
+    a = describe(tmp_path / "run" / "train_state.pt").model.state_dict()
+    b = describe(tmp_path / "run" / "generator.safetensors").model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_default_destination_is_exports_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    run = tmp_path / "runs" / "digits"
+    run.mkdir(parents=True)
+    saved(run, random_generator("mnist-dcgan"))
+    result = export(run / "generator.safetensors")
+    assert result["model"] == os.path.join("exports", "digits.onnx")
+    assert (tmp_path / "exports" / "digits.onnx").exists() and (tmp_path / "exports" / "digits.parity.json").exists()
+
+
+class CanonicalNetG(nn.Module):
+    """The generator of pytorch/examples dcgan/main.py, written out independently."""
+
+    def __init__(self, nz, ngf, nc):
+        super().__init__()
+        self.main = nn.Sequential(
+            nn.ConvTranspose2d(nz, ngf * 8, 4, 1, 0, bias=False), nn.BatchNorm2d(ngf * 8), nn.ReLU(True),
+            nn.ConvTranspose2d(ngf * 8, ngf * 4, 4, 2, 1, bias=False), nn.BatchNorm2d(ngf * 4), nn.ReLU(True),
+            nn.ConvTranspose2d(ngf * 4, ngf * 2, 4, 2, 1, bias=False), nn.BatchNorm2d(ngf * 2), nn.ReLU(True),
+            nn.ConvTranspose2d(ngf * 2, ngf, 4, 2, 1, bias=False), nn.BatchNorm2d(ngf), nn.ReLU(True),
+            nn.ConvTranspose2d(ngf, nc, 4, 2, 1, bias=False), nn.Tanh())
+
+    def forward(self, x):
+        return self.main(x)
+
+
+def test_canonical_example_state_dict(tmp_path):
+    torch.manual_seed(1)
+    net = CanonicalNetG(nz=50, ngf=8, nc=3)
+    for m in net.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.normal_(0, 0.1)
+            m.running_var.uniform_(0.5, 1.5)
+    net.eval()
+    ckpt = tmp_path / "netG_epoch_24.pth"
+    torch.save(net.state_dict(), ckpt)
+    r = CliRunner().invoke(main, ["export", str(ckpt), "--arch", "dcgan64", "-o", str(tmp_path / "g.onnx"), "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["parity"]["passed"]
+    rt = Runtime.load(tmp_path / "g.onnx")
+    assert (rt.latent_dim, rt.image_shape) == (50, (64, 64, 3))
+    z = rt.latents(3, 0)
+    with torch.no_grad():
+        want = net(torch.from_numpy(z)[:, :, None, None]).numpy()
+    np.testing.assert_allclose(rt.run(z), want, atol=1e-4)
+
+    r = CliRunner().invoke(main, ["export", str(ckpt), "-o", str(tmp_path / "h.onnx")])
+    assert r.exit_code == 1 and "--arch" in r.output
+    r = CliRunner().invoke(main, ["export", str(ckpt), "--arch", "mnist-dcgan", "-o", str(tmp_path / "h.onnx")])
+    assert r.exit_code == 1 and "does not match mnist-dcgan: key main.0.weight" in r.output
+    bad = net.state_dict()
+    bad["main.4.weight"] = torch.ones(5)
+    torch.save(bad, tmp_path / "bad.pth")
+    r = CliRunner().invoke(main, ["export", str(tmp_path / "bad.pth"), "--arch", "dcgan64", "-o", str(tmp_path / "h.onnx")])
+    assert r.exit_code == 1 and "key main.4.weight has shape [5] in the checkpoint, [32]" in r.output
+    assert not (tmp_path / "h.onnx").exists()
+
+
+class Exploit:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_unsafe_pickle_is_refused_and_never_runs(tmp_path):
+    marker = tmp_path / "pwned"
+    ckpt = tmp_path / "evil.pth"
+    torch.save({"main.0.weight": torch.zeros(1), "payload": Exploit(marker)}, ckpt)
+    r = CliRunner().invoke(main, ["export", str(ckpt), "--arch", "dcgan64", "-o", str(tmp_path / "x.onnx")])
+    assert r.exit_code == 1 and "refused to load" in r.output and "Traceback" not in r.output
+    assert not marker.exists()
+    with pytest.raises(CheckpointError, match="refused"):
+        describe(ckpt, "dcgan64")
+    assert not marker.exists()
+
+
+def test_a_parity_miss_fails_and_leaves_no_model(tmp_path):
+    ckpt = saved(tmp_path, random_generator("mnist-dcgan"))
+    out = tmp_path / "dest" / "m.onnx"
+    r = CliRunner().invoke(main, ["export", str(ckpt), "-o", str(out), "--max-abs-cpu", "0", "--json"])
+    assert r.exit_code == EXIT_PARITY
+    report = json.loads(r.output[r.output.index("{"):r.output.rindex("}") + 1])
+    assert report["passed"] is False and report["worst"]["max_abs"] > 0
+    assert any("max abs error" in f and "> 0" in f for f in report["failures"])
+    assert not out.exists() and not list(out.parent.glob("*.part"))
+    text = CliRunner().invoke(main, ["export", str(ckpt), "-o", str(out), "--max-abs-cpu", "0"])
+    assert text.exit_code == EXIT_PARITY and "MISS" in text.output and "parity: FAILED" in text.output
+
+
+def test_perturbed_weights_fail_verify(tmp_path):
+    ckpt = saved(tmp_path, random_generator("dcgan64"))
+    path = tmp_path / "g.onnx"
+    export(ckpt, path)
+    r = CliRunner().invoke(main, ["verify", str(path), str(ckpt)])
+    assert r.exit_code == 0 and "parity: PASSED" in r.output
+    model = onnx.load(str(path))
+    init = max(model.graph.initializer, key=lambda t: len(t.raw_data) or len(t.float_data))
+    w = onnx.numpy_helper.to_array(init).copy()
+    w *= 1.05  # a 5% drift of one layer
+    init.CopyFrom(onnx.numpy_helper.from_array(w, init.name))
+    onnx.save(model, str(path))
+    r = CliRunner().invoke(main, ["verify", str(path), str(ckpt), "--json"])
+    assert r.exit_code == EXIT_PARITY
+    report = json.loads(r.output)
+    assert not report["passed"] and report["worst"]["max_abs"] > 1e-3
+
+
+class BatchStatisticsNorm(nn.Module):
+    """What a train-mode BatchNorm computes: normalisation with the batch's own statistics."""
+
+    def __init__(self, bn):
+        super().__init__()
+        self.bn = bn
+
+    def forward(self, x):
+        return nn.functional.batch_norm(x, None, None, self.bn.weight, self.bn.bias, training=True, eps=self.bn.eps)
+
+
+def test_train_mode_batchnorm_fails_batch_invariance(tmp_path):
+    g = random_generator("mnist-dcgan")
+    broken = fold_batchnorm(g)  # a fresh copy
+    broken.main = nn.Sequential(*[BatchStatisticsNorm(m) if isinstance(m, nn.BatchNorm2d) else m for m in g.main])
+    path = tmp_path / "trainmode.onnx"
+    to_onnx(broken, g.cfg, path)
+    write_metadata(path, base_metadata(describe(saved(tmp_path, g)), 18))
+    report = run_gate(broken, path)  # even against its own torch twin, batch statistics break invariance
+    assert not report["passed"]
+    assert any("batch invariance" in f for f in report["failures"])
+    assert not report["batch_invariance"][0]["passed"]
+
+
+def test_triton_repository_entry_parses_against_tritons_schema(tmp_path):
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    ckpt = saved(tmp_path, random_generator("mnist-convt"))
+    r = CliRunner().invoke(main, ["export", str(ckpt), "-o", str(tmp_path / "digits.onnx"),
+                                  "--triton", str(tmp_path / "repo")])
+    assert r.exit_code == 0, r.output
+    entry = tmp_path / "repo" / "digits"
+    assert (entry / "1" / "model.onnx").read_bytes() == (tmp_path / "digits.onnx").read_bytes()
+    cfg = text_format.Parse((entry / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+    assert cfg.name == "digits" and cfg.backend == "onnxruntime" and cfg.max_batch_size >= 64
+    assert [(i.name, list(i.dims), i.data_type) for i in cfg.input] == [("z", [96], model_config_pb2.TYPE_FP32)]
+    assert [(o.name, list(o.dims)) for o in cfg.output] == [("image", [1, 28, 28])]
+    assert cfg.HasField("dynamic_batching") and list(cfg.dynamic_batching.preferred_batch_size)
+
+
+def test_fp16_variant_is_marked_unverified_without_cuda(tmp_path):
+    import onnxruntime as ort
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("CUDA present: the fp16 model is verified there")
+    ckpt = saved(tmp_path, random_generator("mnist-dcgan"))
+    result = export(ckpt, tmp_path / "m.onnx", fp16=True)
+    fp16 = tmp_path / "m-fp16.onnx"
+    assert result["fp16"]["model"] == str(fp16) and fp16.exists()
+    model = onnx.load(str(fp16))
+    assert any(i.data_type == onnx.TensorProto.FLOAT16 for i in model.graph.initializer)
+    assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT  # float32 I/O kept
+    p = result["fp16"]["parity"]
+    assert p["verified"] is False and "no CUDA" in p["reason"]
+    if p["passed"]:  # it ran on CPU: its own image-space gate
+        assert p["worst"]["psnr"] >= 40
+    with pytest.warns(UnverifiedModelWarning):
+        Runtime.load(fp16)
+    r = CliRunner().invoke(main, ["generate", "-m", str(fp16), "-n", "4", "-o", str(tmp_path / "g.png")])
+    assert r.exit_code == 0 and "warning:" in r.output and "unverified" in r.output
+
+
+def test_checkpoint_with_broken_batchnorm_statistics_is_refused(tmp_path):
+    g = random_generator("mnist-dcgan")
+    g.main[4].running_var[0] = float("nan")
+    with pytest.raises(CheckpointError, match="running statistics"):
+        describe(saved(tmp_path, g))
+
+
+def test_export_and_verify_errors(tmp_path):
+    r = CliRunner().invoke(main, ["export", str(tmp_path / "none.pt")])
+    assert r.exit_code == 1 and "no such checkpoint" in r.output
+    (tmp_path / "junk.pt").write_bytes(b"junk")
+    r = CliRunner().invoke(main, ["export", str(tmp_path / "junk.pt"), "--arch", "dcgan64"])
+    assert r.exit_code == 1 and "junk.pt" in r.output and "Traceback" not in r.output
+    ckpt = saved(tmp_path, random_generator("mnist-dcgan"))
+    r = CliRunner().invoke(main, ["export", str(ckpt), "--arch", "dcgan64"])
+    assert r.exit_code == 1 and "holds a mnist-dcgan generator" in r.output
+    r = CliRunner().invoke(main, ["verify", str(tmp_path / "missing.onnx"), str(ckpt)])
+    assert r.exit_code == 1 and "no such model file" in r.output
+    with pytest.raises(ParityError):
+        export(ckpt, tmp_path / "m.onnx", thresholds=Thresholds(cpu_max_abs=0.0))

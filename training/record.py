@@ -1,0 +1,59 @@
+"""Copy a finished run's record into training/<name>/ and draw its loss curve.
+
+    python training/record.py runs/mnist-dcgan training/mnist
+
+Copies config.json, log.jsonl, generator.safetensors and the sample grids, and
+writes losses.png (d_loss and g_loss against step, smoothed over 50 log points).
+"""
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+
+def smooth(values, k=50):
+    values = np.asarray(values, np.float64)
+    if len(values) < k:
+        return values
+    kernel = np.ones(k) / k
+    return np.convolve(values, kernel, mode="valid")
+
+
+def loss_curve(log: Path, dest: Path, width=640, height=320, pad=40):
+    rows = [json.loads(x) for x in log.read_text().splitlines()]
+    rows = [r for r in rows if "d_loss" in r and "done" not in r]
+    steps = np.array([r["step"] for r in rows])
+    curves = {"d_loss": (smooth([r["d_loss"] for r in rows]), (200, 40, 40)),
+              "g_loss": (smooth([r["g_loss"] for r in rows]), (40, 90, 200))}
+    top = max(c.max() for c, _ in curves.values()) * 1.1
+    im = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(im)
+    draw.rectangle([pad, pad // 2, width - pad // 2, height - pad], outline="black")
+    for i, (name, (values, colour)) in enumerate(curves.items()):
+        s = steps[len(steps) - len(values):]
+        xs = pad + (s - steps[0]) / max(1, steps[-1] - steps[0]) * (width - 1.5 * pad)
+        ys = height - pad - values / top * (height - 1.5 * pad)
+        draw.line(list(zip(xs, ys)), fill=colour, width=2)
+        draw.text((pad + 10 + 90 * i, pad // 2 + 5), name, fill=colour)
+    draw.text((pad, height - pad + 5), f"step {steps[0]}", fill="black")
+    draw.text((width - 3 * pad, height - pad + 5), f"step {steps[-1]}", fill="black")
+    draw.text((2, pad // 2), f"{top:.2f}", fill="black")
+    draw.text((2, height - pad - 10), "0", fill="black")
+    im.save(dest)
+
+
+def main(run: Path, out: Path):
+    out.mkdir(parents=True, exist_ok=True)
+    for name in ("config.json", "log.jsonl", "generator.safetensors"):
+        shutil.copy2(run / name, out / name)
+    (out / "samples").mkdir(exist_ok=True)
+    for png in sorted((run / "samples").glob("*.png")):
+        shutil.copy2(png, out / "samples" / png.name)
+    loss_curve(run / "log.jsonl", out / "losses.png")
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]), Path(sys.argv[2]))
