@@ -189,7 +189,7 @@ def info(model, as_json, device):
         click.echo(json.dumps(facts, indent=2))
         return
     click.echo(f"model      {facts['path']}")
-    for key, value in facts["metadata"].items():
+    for key, value in sorted(facts["metadata"].items()):
         click.echo(f"  {key:<24} {value}")
     parity = facts["parity"]
     click.echo("parity     " + (summarize_parity(parity) if parity else "no parity report in this file"))

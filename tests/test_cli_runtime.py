@@ -154,3 +154,43 @@ def test_python_dash_m_entry_point(tiny_model, tmp_path):
                         "--seed", "0", "-o", str(out)], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert out.exists() and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("command", ["train", "export", "verify"])
+def test_torch_commands_help_has_an_example(command):
+    r = invoke(command, "--help")
+    assert r.exit_code == 0 and "Example" in r.output and "dcgan-deploy " + command in r.output
+
+
+def run_with_stderr_on_a_terminal(args):
+    """Run the CLI with stderr attached to a pseudo-terminal; returns what the terminal showed."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+    main_fd, replica_fd = pty.openpty()
+    fcntl.ioctl(replica_fd, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a 100-column terminal
+    proc = subprocess.Popen([sys.executable, "-m", "dcgan_deploy", *args], stderr=replica_fd, stdout=subprocess.PIPE)
+    os.close(replica_fd)
+    shown = b""
+    while True:
+        try:
+            chunk = os.read(main_fd, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        shown += chunk
+    proc.wait()
+    os.close(main_fd)
+    assert proc.returncode == 0, shown
+    return shown.decode(errors="replace")
+
+
+def test_progress_bar_only_for_long_requests_on_a_terminal(tiny_model, tmp_path):
+    long_run = ["generate", "-m", str(tiny_model), "-n", "5000", "-o", str(tmp_path / "a.npy")]
+    assert "5000/5000" in run_with_stderr_on_a_terminal(long_run)
+    short = run_with_stderr_on_a_terminal(["generate", "-m", str(tiny_model), "-n", "10", "-o", str(tmp_path / "b.npy")])
+    assert "img/s" not in short and "10/10" not in short
+    piped = subprocess.run([sys.executable, "-m", "dcgan_deploy", *long_run], capture_output=True, text=True)
+    assert piped.returncode == 0 and "5000/5000" not in piped.stderr and "it/s" not in piped.stderr
