@@ -76,9 +76,11 @@ def main():
               help="*.png: one grid; *.npy: uint8 [n,H,W,C] array; a folder or path ending in '/': one PNG each.")
 @device_option
 @click.option("--batch-size", type=int, default=64, show_default=True, help="Images per onnxruntime call.")
+@click.option("--latents", "latents_file", type=click.Path(dir_okay=False), default=None,
+              help="A float32 [n, latent_dim] .npy of latents to render instead of a seed (e.g. from the demo).")
 @threads_option
 @friendly_errors
-def generate(model, count, seed, out, device, batch_size, threads):
+def generate(model, count, seed, out, device, batch_size, latents_file, threads):
     """Generate N images from a seed.
 
     The same seed gives the same images on every backend, and the first k of n
@@ -89,28 +91,47 @@ def generate(model, count, seed, out, device, batch_size, threads):
         dcgan-deploy generate -n 64 --seed 7 -o grid.png
         dcgan-deploy generate -n 1000000 -o digits.npy
         dcgan-deploy generate -n 100 -o samples/
+        dcgan-deploy generate --latents latent.npy -o edited.png
     """
     import numpy as np
 
-    from .images import check_grid_size, grid, save_png, write_npy, write_pngs
+    from .images import check_grid_size, grid, save_png, to_uint8, write_npy, write_pngs
     from .latent import check_count, check_seed, random_seed
 
     count, batch_size = check_count(count, "-n"), check_count(batch_size, "--batch-size")
-    seed = random_seed() if seed is None else check_seed(seed)
     kind = output_kind(out)
     gen = load_generator(model, device, threads)
+    if latents_file:
+        z = load_latents(latents_file)
+        count, source = len(z), f"latents from {latents_file}"
+        images = (to_uint8(gen.run(z[i:i + batch_size])) for i in range(0, count, batch_size))
+    else:
+        seed = random_seed() if seed is None else check_seed(seed)
+        source = f"seed {seed}"
+        images = gen.iter_generate(count, seed, batch_size)
     h, w, c = gen.image_shape
     if kind == "grid":
         check_grid_size(count, h, w)
     with progress(count, "generating") as bar:
-        chunks = counted(gen.iter_generate(count, seed, batch_size), bar)
+        chunks = counted(images, bar)
         if kind == "grid":
             save_png(grid(np.concatenate(list(chunks))), out)
         elif kind == "npy":
             write_npy(chunks, out, (count, h, w, c))
         else:
             write_pngs(chunks, out, count)
-    click.echo(f"wrote {count} image(s) to {out} (seed {seed}, {gen.provider})", err=True)
+    click.echo(f"wrote {count} image(s) to {out} ({source}, {gen.provider})", err=True)
+
+
+def load_latents(path: str):
+    import numpy as np
+    try:
+        z = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path}: not a readable .npy file ({e})") from None
+    if z.ndim == 1:
+        z = z[None]
+    return z  # shape, dtype and finiteness are checked by Generator.run
 
 
 def output_kind(out: str) -> str:
@@ -195,6 +216,45 @@ def info(model, as_json, device):
     click.echo("parity     " + (summarize_parity(parity) if parity else "no parity report in this file"))
     click.echo(f"providers  active: {', '.join(facts['providers']['active'])}; "
                f"available: {', '.join(facts['providers']['available'])}")
+
+
+@main.command()
+@click.option("-m", "--model", "models", multiple=True,
+              help="A .onnx file or bundled model name; repeat for several (default: all bundled models).")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (loopback by default).")
+@click.option("--port", type=click.IntRange(0, 65535), default=7860, show_default=True)
+@click.option("--share", is_flag=True, help="Ask Gradio for a public share link.")
+@click.option("--auth", default=None, help="USER:PASS required to open the page.")
+@device_option
+@friendly_errors
+def demo(models, host, port, share, auth, device):
+    """Explore a generator's latent space in the browser (Gradio).
+
+    Seed grids, interpolation between seeds, and latent editing, on the runtime
+    (no torch). Binds to 127.0.0.1 unless told otherwise.
+
+    \b
+    Example:
+        dcgan-deploy demo                     # http://127.0.0.1:7860
+        dcgan-deploy demo -m exports/mine.onnx --host 0.0.0.0 --auth me:secret
+    """
+    try:
+        import gradio  # noqa: F401
+    except ImportError:
+        raise click.ClickException("the demo needs Gradio: pip install 'dcgan-deploy[demo]'") from None
+    from . import bundled
+    from .demo import Demo, launch_warnings, parse_auth
+
+    credentials = parse_auth(auth)
+    chosen = {str(m) if str(m).endswith(".onnx") else m: bundled.resolve(m) for m in models} if models \
+        else bundled.bundled_models()
+    chosen = {Path(k).stem if k.endswith(".onnx") else k: v for k, v in chosen.items()}
+    app = Demo(chosen, device=device)
+    app.generator(next(iter(chosen)))  # fail now, not in the browser, if the first model is unusable
+    for warning in launch_warnings(host, share, auth):
+        click.echo(f"warning: {warning}", err=True)
+    app.build().launch(server_name=host, server_port=port, share=share, auth=credentials, show_error=True,
+                       footer_links=[])
 
 
 def need_torch(what: str):
