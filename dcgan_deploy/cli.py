@@ -282,6 +282,7 @@ EXIT_PARITY = 4
               help="Run folder (default: runs/<recipe name>).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None)
 @click.option("--seed", type=int, default=None)
+@friendly_errors
 def train(recipe, resume_dir, data, steps, batch_size, run_dir, device, seed):
     """Train a generator from a recipe (a TOML file in training/).
 
@@ -298,8 +299,6 @@ def train(recipe, resume_dir, data, steps, batch_size, run_dir, device, seed):
     need_torch("train")
     import logging
 
-    from .checkpoint import CheckpointError
-    from .data import DataError
     from .train import DivergenceError, TrainConfig, Trainer
 
     logging.basicConfig(level=logging.WARNING, format="warning: %(message)s")
@@ -321,8 +320,6 @@ def train(recipe, resume_dir, data, steps, batch_size, run_dir, device, seed):
     except DivergenceError as e:
         click.echo(f"Error: {e}", err=True)
         sys.exit(EXIT_DIVERGED)
-    except (ValueError, OSError, CheckpointError, DataError) as e:
-        raise click.ClickException(str(e)) from None
     if trainer.dist.main:
         click.echo(f"trained {trainer.cfg.arch} to step {trainer.step} in {time.perf_counter() - start:.0f}s "
                    f"(d_loss {record.get('d_loss')}, g_loss {record.get('g_loss')}); run folder: {trainer.run_dir}",
@@ -337,7 +334,7 @@ def threshold_options(fn):
     return fn
 
 
-def make_thresholds(max_abs_cpu, max_abs_cuda, max_changed_cuda):
+def thresholds_from(max_abs_cpu, max_abs_cuda, max_changed_cuda):
     from .parity import Thresholds
     t = Thresholds()
     for name, value in (("cpu_max_abs", max_abs_cpu), ("cuda_max_abs", max_abs_cuda), ("cuda_changed", max_changed_cuda)):
@@ -346,11 +343,6 @@ def make_thresholds(max_abs_cpu, max_abs_cuda, max_changed_cuda):
                 raise click.BadParameter(f"thresholds must be non-negative, got {value}")
             setattr(t, name, value)
     return t
-
-
-def torch_errors():
-    from .checkpoint import CheckpointError
-    return (CheckpointError, ValueError, OSError)
 
 
 @main.command()
@@ -363,6 +355,7 @@ def torch_errors():
               help="Also write a Triton model-repository entry DIR/<name>/{config.pbtxt,1/model.onnx}.")
 @threshold_options
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@friendly_errors
 def export(ckpt, out, arch, opset, fp16, triton, max_abs_cpu, max_abs_cuda, max_changed_cuda, as_json):
     """Export a checkpoint to ONNX and prove parity with PyTorch.
 
@@ -380,14 +373,12 @@ def export(ckpt, out, arch, opset, fp16, triton, max_abs_cpu, max_abs_cuda, max_
     from .export import export as run_export
     from .parity import format_report
 
-    thresholds = make_thresholds(max_abs_cpu, max_abs_cuda, max_changed_cuda)
+    thresholds = thresholds_from(max_abs_cpu, max_abs_cuda, max_changed_cuda)
     try:
         result = run_export(ckpt, out, arch=arch, opset=opset, fp16=fp16, triton=triton, thresholds=thresholds)
     except ParityError as e:
         report_gate(e.report, as_json, error=str(e))
         sys.exit(EXIT_PARITY)
-    except torch_errors() as e:
-        raise click.ClickException(str(e)) from None
     if as_json:
         click.echo(json.dumps(result, indent=2))
         return
@@ -407,6 +398,7 @@ def export(ckpt, out, arch, opset, fp16, triton, max_abs_cpu, max_abs_cuda, max_
 @click.option("--arch", default=None, help="Architecture of a bare state dict.")
 @threshold_options
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@friendly_errors
 def verify(model, ckpt, arch, max_abs_cpu, max_abs_cuda, max_changed_cuda, as_json):
     """Re-run the parity gate on an existing ONNX file against its checkpoint.
 
@@ -418,13 +410,8 @@ def verify(model, ckpt, arch, max_abs_cpu, max_abs_cuda, max_changed_cuda, as_js
     """
     need_torch("verify")
     from .export import verify as run_verify
-    from .runtime import ModelError
 
-    thresholds = make_thresholds(max_abs_cpu, max_abs_cuda, max_changed_cuda)
-    try:
-        report = run_verify(model, ckpt, arch=arch, thresholds=thresholds)
-    except (ModelError, *torch_errors()) as e:
-        raise click.ClickException(str(e)) from None
+    report = run_verify(model, ckpt, arch=arch, thresholds=thresholds_from(max_abs_cpu, max_abs_cuda, max_changed_cuda))
     report_gate(report, as_json)
     if not report["passed"]:
         sys.exit(EXIT_PARITY)
