@@ -214,6 +214,11 @@ def info(model, as_json, device):
         click.echo(f"  {key:<24} {value}")
     parity = facts["parity"]
     click.echo("parity     " + (summarize_parity(parity) if parity else "no parity report in this file"))
+    if "evaluation" in facts:
+        e = facts["evaluation"]
+        click.echo(f"quality    FID {e['fid']} (real floor {e['fid_floor']}), KID {e['kid']} (floor {e['kid_floor']})"
+                   + (f", classifier score {e['score']} (real {e['real_score']}), smallest class {e['min_class_share']:.1%}"
+                      if "score" in e else "") + f"; n={e['n']}, features: {e['extractor']}")
     click.echo(f"providers  active: {', '.join(facts['providers']['active'])}; "
                f"available: {', '.join(facts['providers']['available'])}")
 
@@ -255,6 +260,53 @@ def demo(models, host, port, share, auth, device):
         click.echo(f"warning: {warning}", err=True)
     app.build().launch(server_name=host, server_port=port, share=share, auth=credentials, show_error=True,
                        footer_links=[])
+
+
+@main.command()
+@click.argument("model", required=False)
+@click.option("--data", default="mnist-sample", show_default=True, help="Real images to compare with (any train source).")
+@click.option("-n", "count", type=int, default=2500, show_default=True, help="Generated images.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--features", default=None,
+              help="ONNX feature extractor (image [N,C,H,W] in [-1,1] -> features[, probs]); default: mnist-classifier.")
+@click.option("--ckpt", default=None, type=click.Path(dir_okay=False),
+              help="Also measure deployment drift: PyTorch samples of this checkpoint vs the ONNX samples (needs torch).")
+@click.option("--save", is_flag=True, help="Store the summary in the model's metadata (shown by `info`; needs onnx).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@friendly_errors
+def evaluate(model, data, count, seed, features, ckpt, save, as_json):
+    """Measure image quality: FID, KID, classifier score and class coverage.
+
+    Generated images are compared with the real held-out half of --data, beside the
+    floor (the same metrics between two disjoint real halves). FID depends on the
+    sample count and the feature extractor; the report states both.
+
+    \b
+    Example:
+        dcgan-deploy evaluate                       # the bundled model, n = 2500
+        dcgan-deploy evaluate exports/mine.onnx --ckpt runs/mine/train_state.pt --json
+    """
+    from . import evaluate as ev
+    from .latent import check_count, check_seed
+
+    report = ev.evaluate(model, data=data, n=check_count(count, "-n"), seed=check_seed(seed), features=features)
+    if ckpt:
+        need_torch("--ckpt drift")
+        report["drift"] = ev.drift(report["model"], ckpt, n=min(count, 1000), seed=seed, features=features)
+    if save:
+        need_torch("--save")
+        from .export import write_metadata
+        from .runtime import Generator
+        write_metadata(report["model"], {**Generator.load(report["model"]).metadata,
+                                         "evaluation": json.dumps(ev.summary(report))})
+    if as_json:
+        click.echo(ev.to_json(report))
+        return
+    click.echo(ev.format_report(report))
+    if ckpt:
+        d = report["drift"]
+        click.echo(f"drift      PyTorch vs ONNX, {d['n']} images: FID {d['fid']:.4f}, KID {d['kid']:.5f}, "
+                   f"{d['uint8_pixels_changed']:.4%} of uint8 pixels changed")
 
 
 def need_torch(what: str):

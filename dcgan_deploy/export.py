@@ -188,11 +188,12 @@ def to_onnx(model: nn.Module, cfg: NetConfig, dest: str | os.PathLike, opset: in
 
 
 def write_metadata(path: str | os.PathLike, meta: dict[str, str]) -> None:
-    """Replace the file's ``metadata_props`` with ``meta`` (string keys and values)."""
+    """Replace the file's ``metadata_props`` with ``meta`` (string keys and values), atomically."""
     model = onnx.load(str(path))
     del model.metadata_props[:]
     onnx.helper.set_model_props(model, meta)
-    onnx.save(model, str(path))
+    with atomic_path(path) as tmp:
+        onnx.save(model, str(tmp))
 
 
 def check_graph(path: str | os.PathLike) -> None:

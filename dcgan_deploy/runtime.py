@@ -136,12 +136,15 @@ class Generator:
 
     def describe(self) -> dict:
         """Everything ``dcgan-deploy info`` shows, as plain data."""
-        return {
+        facts = {
             "path": str(self.path),
-            "metadata": {k: v for k, v in self.metadata.items() if k != "parity"},
+            "metadata": {k: v for k, v in self.metadata.items() if k not in ("parity", "evaluation")},
             "parity": self.parity,
             "providers": {"available": ort.get_available_providers(), "active": self.session.get_providers()},
         }
+        if "evaluation" in self.metadata:
+            facts["evaluation"] = json.loads(self.metadata["evaluation"])
+        return facts
 
     def __repr__(self) -> str:
         return (f"Generator({str(self.path)!r}, {self.metadata['architecture']}, z={self.latent_dim}, "
