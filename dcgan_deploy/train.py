@@ -139,7 +139,7 @@ class Dist:
         for b in module.buffers():
             dist.broadcast(b, 0)
 
-    def all_equal(self, digest: str) -> list[str]:
+    def gather_digests(self, digest: str) -> list[str]:
         """Every rank's digest (to check that all ranks hold the same weights)."""
         if self.world == 1:
             return [digest]
@@ -385,7 +385,7 @@ class Trainer:
                     self.sample_grid()
                 if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
                     self.save()
-        record["ranks"] = self.dist.all_equal(weights_digest(self.G))
+        record["ranks"] = self.dist.gather_digests(weights_digest(self.G))
         if len(set(record["ranks"])) != 1:
             raise RuntimeError(f"ranks disagree on the generator weights: {record['ranks']}")
         if self.dist.main:

@@ -1,9 +1,10 @@
 """Copy a finished run's record into training/<name>/ and draw its loss curve.
 
-    python training/record.py runs/mnist-dcgan training/mnist
+    python training/record.py runs/mnist-dcgan training/mnist [--no-weights]
 
-Copies config.json, log.jsonl, generator.safetensors and the sample grids, and
-writes losses.png (d_loss and g_loss against step, smoothed over 50 log points).
+Copies config.json, log.jsonl, generator.safetensors (unless --no-weights) and the
+sample grids, and writes losses.png (d_loss and g_loss against step, smoothed over 50
+log points).
 """
 import json
 import shutil
@@ -45,9 +46,9 @@ def loss_curve(log: Path, dest: Path, width=640, height=320, pad=40):
     im.save(dest)
 
 
-def main(run: Path, out: Path):
+def main(run: Path, out: Path, weights: bool = True):
     out.mkdir(parents=True, exist_ok=True)
-    for name in ("config.json", "log.jsonl", "generator.safetensors"):
+    for name in ("config.json", "log.jsonl") + (("generator.safetensors",) if weights else ()):
         shutil.copy2(run / name, out / name)
     (out / "samples").mkdir(exist_ok=True)
     for png in sorted((run / "samples").glob("*.png")):
@@ -56,4 +57,4 @@ def main(run: Path, out: Path):
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), Path(sys.argv[2]))
+    main(Path(sys.argv[1]), Path(sys.argv[2]), weights="--no-weights" not in sys.argv[3:])
