@@ -309,6 +309,45 @@ def evaluate(model, data, count, seed, features, ckpt, save, as_json):
                    f"{d['uint8_pixels_changed']:.4%} of uint8 pixels changed")
 
 
+@main.command()
+@click.option("-m", "--model", "models", multiple=True, help="Model(s) to measure (default: the bundled default).")
+@device_option
+@click.option("--batch-size", "batch_sizes", default="1,8,64,256", show_default=True, help="Comma-separated batch sizes.")
+@threads_option
+@click.option("--seconds", type=click.FloatRange(min=0.01), default=2.0, show_default=True,
+              help="Timed run per batch size, after the first run.")
+@click.option("--ckpt", type=click.Path(dir_okay=False), default=None,
+              help="The model's checkpoint: also time the same generator in PyTorch eager, side by side (one model).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@friendly_errors
+def bench(models, device, batch_sizes, threads, seconds, ckpt, as_json):
+    """Measure generation speed against a float32 matrix-product ceiling.
+
+    Session creation, first run, images/s, latency p50/p95/p99, GFLOP/s from the
+    graph's multiply-adds, and the share of a matrix-product rate measured in the
+    same run with the same threads. With --ckpt, PyTorch eager on the same latents.
+
+    \b
+    Example:
+        dcgan-deploy bench --threads 2 --batch-size 64
+        dcgan-deploy bench -m exports/mnist.onnx --ckpt training/mnist/generator.safetensors --json
+    """
+    from . import bench as benchmark
+
+    try:
+        sizes = [int(b) for b in batch_sizes.split(",")]
+    except ValueError:
+        raise ValueError(f"--batch-size must be comma-separated integers, got {batch_sizes!r}") from None
+    if not sizes or min(sizes) < 1:
+        raise ValueError("batch sizes must be at least 1")
+    if ckpt and len(models) > 1:
+        raise ValueError("--ckpt compares one model with its checkpoint; give one -m")
+    if ckpt:
+        need_torch("--ckpt")
+    result = benchmark.run(list(models) or [None], device, sizes, threads, seconds, ckpt)
+    click.echo(json.dumps(result, indent=2) if as_json else benchmark.format_table(result))
+
+
 def need_torch(what: str):
     """Import the torch side, or fail with a one-line install hint."""
     try:
