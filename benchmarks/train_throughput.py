@@ -3,7 +3,10 @@
     python benchmarks/train_throughput.py [--batch-size 64] [--steps 20] [--device cpu]
 
 Synthetic data at each architecture's own size, full default widths, after 3 warm-up
-steps; prints one line per architecture and a JSON summary.
+steps. Each architecture is timed twice, side by side: fp32 with the default memory
+format, and bf16 autocast + channels_last (what `amp`/`channels_last` = "on" do), so
+the trainer's "auto" defaults can follow the faster one. Prints one line per
+architecture and a JSON summary.
 """
 import argparse
 import json
@@ -25,19 +28,23 @@ def main():
     args = ap.parse_args()
     rows = []
     for arch in ARCHITECTURES:
-        cfg = TrainConfig(arch=arch, data=f"synthetic:{args.batch_size * 4}", steps=10**6, batch_size=args.batch_size,
-                          device=args.device, net={"channels": 3} if arch == "dcgan64" else {})
-        with tempfile.TemporaryDirectory() as tmp:
-            t = Trainer(cfg, tmp, progress=False)
-            for _ in range(3):
-                t.train_step()
-            start = time.perf_counter()
-            for _ in range(args.steps):
-                t.train_step()
-            elapsed = time.perf_counter() - start
-        rate = args.steps * args.batch_size / elapsed
-        rows.append({"arch": arch, "img_per_s": round(rate, 1), "ms_per_step": round(1000 * elapsed / args.steps, 1)})
-        print(f"{arch:<18} {rate:8.1f} img/s  {1000 * elapsed / args.steps:7.1f} ms/step")
+        row = {"arch": arch}
+        for label, fast in (("fp32", "off"), ("bf16_channels_last", "on")):
+            cfg = TrainConfig(arch=arch, data=f"synthetic:{args.batch_size * 4}", steps=10**6,
+                              batch_size=args.batch_size, device=args.device, amp=fast, channels_last=fast,
+                              net={"channels": 3} if arch == "dcgan64" else {})
+            with tempfile.TemporaryDirectory() as tmp:
+                t = Trainer(cfg, tmp, progress=False)
+                for _ in range(3):
+                    t.train_step()
+                start = time.perf_counter()
+                for _ in range(args.steps):
+                    t.train_step()
+                elapsed = time.perf_counter() - start
+            row[f"{label}_img_per_s"] = round(args.steps * args.batch_size / elapsed, 1)
+        rows.append(row)
+        print(f"{arch:<18} fp32 {row['fp32_img_per_s']:8.1f} img/s   bf16+channels_last "
+              f"{row['bf16_channels_last_img_per_s']:8.1f} img/s")
     print(json.dumps({"device": args.device, "batch_size": args.batch_size, "threads": torch.get_num_threads(),
                       "torch": torch.__version__, "cpu": platform.processor() or platform.machine(), "results": rows}))
 

@@ -56,6 +56,10 @@ class TrainConfig:
     checkpoint_every: int = 500
     log_every: int = 10
     device: str = "auto"
+    # bf16 autocast and channels_last: "auto" turns them on for CUDA only (on this CPU both
+    # are slower: see benchmarks/train_throughput.py); "on" / "off" force them.
+    amp: str = "auto"
+    channels_last: str = "auto"
     net: dict = field(default_factory=dict)  # NetConfig overrides (g_width, d_width, channels, latent_dim, ...)
 
     @classmethod
@@ -93,6 +97,9 @@ class TrainConfig:
             raise ValueError(f"lr must be positive, got {self.lr}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
+        for name in ("amp", "channels_last"):
+            if getattr(self, name) not in ("auto", "on", "off"):
+                raise ValueError(f"{name} must be auto, on or off, got {getattr(self, name)!r}")
         self.net_config()  # validates arch and net overrides
 
     def net_config(self) -> NetConfig:
@@ -216,6 +223,12 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self.G = Generator(self.net).to(self.device)
         self.D = Discriminator(self.net).to(self.device)
+        on_cuda = self.device.type == "cuda"
+        self.amp = cfg.amp == "on" or (cfg.amp == "auto" and on_cuda)
+        self.memory_format = torch.channels_last if cfg.channels_last == "on" or (
+            cfg.channels_last == "auto" and on_cuda) else torch.contiguous_format
+        self.G.to(memory_format=self.memory_format)
+        self.D.to(memory_format=self.memory_format)
         self.ema = copy.deepcopy(self.G).eval() if cfg.ema else None
         betas = (cfg.beta1, cfg.beta2)
         self.optG = torch.optim.Adam(self.G.parameters(), cfg.lr, betas=betas)
@@ -320,25 +333,30 @@ class Trainer:
     # ---- the loop -------------------------------------------------------------------
     def train_step(self) -> dict:
         cfg, dev = self.cfg, self.device
-        real = self.batches.next(self.dist.rank, self.dist.world).to(dev, non_blocking=True)
+        real = self.batches.next(self.dist.rank, self.dist.world).to(dev, non_blocking=True,
+                                                                   memory_format=self.memory_format)
         z = sample_prior(cfg.batch_size * self.dist.world, self.net, self.zgen)
         z = z[self.dist.rank * cfg.batch_size:(self.dist.rank + 1) * cfg.batch_size].to(dev)
         ones = torch.ones(cfg.batch_size, device=dev)
         zeros = torch.zeros(cfg.batch_size, device=dev)
 
+        autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=self.amp)
+
         # (1) Update D: maximise log D(x) + log(1 - D(G(z)))
-        fake = self.G(z)
+        with autocast:
+            fake = self.G(z)
+            d_real = self.D(real)
+            d_fake = self.D(fake.detach())
+            d_loss = F.binary_cross_entropy_with_logits(d_real, ones) + F.binary_cross_entropy_with_logits(d_fake, zeros)
         self.optD.zero_grad(set_to_none=True)
-        d_real = self.D(real)
-        d_fake = self.D(fake.detach())
-        d_loss = F.binary_cross_entropy_with_logits(d_real, ones) + F.binary_cross_entropy_with_logits(d_fake, zeros)
         d_loss.backward()
         self.dist.average_grads(self.D)
         self.optD.step()
 
         # (2) Update G: maximise log D(G(z)) (the non-saturating loss)
         self.optG.zero_grad(set_to_none=True)
-        g_loss = F.binary_cross_entropy_with_logits(self.D(fake), ones)
+        with autocast:
+            g_loss = F.binary_cross_entropy_with_logits(self.D(fake), ones)
         g_loss.backward()
         self.dist.average_grads(self.G)
         self.optG.step()

@@ -175,3 +175,18 @@ def test_two_process_data_parallel_training(tmp_path):
     assert len(ranks) == 2 and ranks[0] == ranks[1]  # identical generator weights on both ranks
     assert load_torch(tmp_path / "run" / "train_state.pt")["step"] == 3
     assert res.stderr.count("trained mnist-dcgan-wide") == 1
+
+
+def test_bf16_autocast_and_channels_last_train_on_cpu(tmp_path):
+    cfg = TrainConfig(arch="dcgan64", data="synthetic:16", steps=2, batch_size=4, amp="on", channels_last="on",
+                      net=TINY, sample_every=2, checkpoint_every=2)
+    trainer = Trainer(cfg, tmp_path, progress=False)
+    assert trainer.amp and trainer.memory_format == torch.channels_last
+    assert trainer.G.main[0].weight.is_contiguous(memory_format=torch.channels_last)
+    record = trainer.run()
+    assert torch.isfinite(torch.tensor([record["d_loss"], record["g_loss"]])).all()
+    auto = Trainer(TrainConfig(arch="dcgan64", data="synthetic:16", steps=1, batch_size=4, net=TINY, device="cpu"),
+                   tmp_path / "auto", progress=False)
+    assert not auto.amp and auto.memory_format == torch.contiguous_format  # "auto" on CPU: off
+    with pytest.raises(ValueError, match="amp must be"):
+        TrainConfig(arch="dcgan64", amp="yes").check()

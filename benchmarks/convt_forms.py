@@ -1,0 +1,146 @@
+"""Is a transposed convolution faster in onnxruntime as an ordinary convolution?
+
+    python benchmarks/convt_forms.py [--threads 2] [--batch-size 64] [--seconds 3]
+
+For the generators with ConvTranspose2d(k=4, s=2, p=1) layers (dcgan64, mnist-convt),
+exports three exactly equivalent graphs and times them side by side on the CPU:
+
+- ``convt``: the layers as they are (ConvTranspose), BatchNorm folded;
+- ``conv3x3_shuffle``: each as one Conv2d(k=3, p=1) to 4*Cout channels + PixelShuffle(2)
+  (DepthToSpace): one large convolution, but 9 taps where 4 are non-zero (2.25x the
+  multiply-adds);
+- ``parity4``: each as four 2x2 convolutions, one per output parity, stacked and
+  pixel-shuffled: the same multiply-adds as the transposed convolution.
+
+For dcgan64 the first layer (ConvTranspose on the 1x1 latent map) becomes a Gemm in both
+rewrites. Every variant passes the parity gate against the original PyTorch model. The
+export keeps whichever form this benchmark shows fastest (see BENCHMARKS.md).
+"""
+import argparse
+import copy
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dcgan_deploy.bench import bench_model
+from dcgan_deploy.export import Described, base_metadata, fold_batchnorm, to_onnx, write_metadata
+from dcgan_deploy.nets import Generator, NetConfig
+from dcgan_deploy.parity import run_gate
+from dcgan_deploy.train import recompute_bn_stats
+
+# Output pixel 2m + r of a k4/s2/p1 transposed convolution sums input m-1, m (r = 0, taps 3, 1)
+# or m, m+1 (r = 1, taps 2, 0).
+TAPS = {0: (3, 1), 1: (2, 0)}          # parity -> kernel taps for input offsets (first, second)
+OFFSETS = {0: (0, 1), 1: (1, 2)}       # parity -> positions of those offsets in a 3-tap window (-1, 0, +1)
+PADS = {0: (1, 0), 1: (0, 1)}          # parity -> (before, after) padding of a 2-tap window
+
+
+class Conv3x3Shuffle(nn.Module):
+    def __init__(self, convt: nn.ConvTranspose2d):
+        super().__init__()
+        cin, cout = convt.in_channels, convt.out_channels
+        w = convt.weight.detach()                                  # [Cin, Cout, 4, 4]
+        weight = torch.zeros(cout, 2, 2, cin, 3, 3)                 # [Cout, ry, rx, Cin, a, b]
+        for ry in (0, 1):
+            for rx in (0, 1):
+                for a, ky in zip(OFFSETS[ry], TAPS[ry]):
+                    for b, kx in zip(OFFSETS[rx], TAPS[rx]):
+                        weight[:, ry, rx, :, a, b] = w[:, :, ky, kx].T
+        self.conv = nn.Conv2d(cin, 4 * cout, 3, padding=1, bias=convt.bias is not None)
+        self.conv.weight.data = weight.reshape(4 * cout, cin, 3, 3)
+        if convt.bias is not None:
+            self.conv.bias.data = convt.bias.detach().repeat_interleave(4)
+        self.shuffle = nn.PixelShuffle(2)
+
+    def forward(self, x):
+        return self.shuffle(self.conv(x))
+
+
+class Parity4(nn.Module):
+    def __init__(self, convt: nn.ConvTranspose2d):
+        super().__init__()
+        w = convt.weight.detach()
+        self.convs, self.pads = nn.ModuleList(), []
+        for ry in (0, 1):
+            for rx in (0, 1):
+                c = nn.Conv2d(convt.in_channels, convt.out_channels, 2, bias=convt.bias is not None)
+                c.weight.data = w[:, :, list(TAPS[ry])][:, :, :, list(TAPS[rx])].permute(1, 0, 2, 3).contiguous()
+                if convt.bias is not None:
+                    c.bias.data = convt.bias.detach().clone()
+                self.convs.append(c)
+                self.pads.append((*PADS[rx], *PADS[ry]))
+        self.shuffle = nn.PixelShuffle(2)
+
+    def forward(self, x):
+        y = torch.stack([c(F.pad(x, p)) for c, p in zip(self.convs, self.pads)], 2)  # [n, Cout, 4, H, W]
+        return self.shuffle(y.flatten(1, 2))
+
+
+class FirstLayerGemm(nn.Module):
+    def __init__(self, convt: nn.ConvTranspose2d):
+        super().__init__()
+        cin, cout, kh, kw = convt.weight.shape
+        self.shape = (cout, kh, kw)
+        self.linear = nn.Linear(cin, cout * kh * kw)
+        self.linear.weight.data = convt.weight.detach().reshape(cin, -1).T.contiguous()
+        bias = convt.bias.detach() if convt.bias is not None else torch.zeros(cout)
+        self.linear.bias.data = bias.repeat_interleave(kh * kw)
+
+    def forward(self, x):                                           # [n, Cin, 1, 1]
+        return self.linear(x.flatten(1)).unflatten(1, self.shape)
+
+
+def rewrite(model: Generator, form) -> Generator:
+    model = copy.deepcopy(model)
+    layers = list(model.main)
+    for i, m in enumerate(layers):
+        if isinstance(m, nn.ConvTranspose2d):
+            if m.stride == (2, 2) and m.kernel_size == (4, 4) and m.padding == (1, 1):
+                layers[i] = form(m)
+            elif i == 0 and model.cfg.arch == "dcgan64":
+                layers[i] = FirstLayerGemm(m)
+    model.main = nn.Sequential(*layers)
+    return model
+
+
+def trained_like(arch: str) -> Generator:
+    """Random weights with realistic BatchNorm statistics."""
+    torch.manual_seed(0)
+    g = Generator(NetConfig.for_arch(arch))
+    recompute_bn_stats(g, batches=4)
+    return g.eval()
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--seconds", type=float, default=3.0)
+    args = ap.parse_args()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for arch in ("dcgan64", "mnist-convt"):
+            g = trained_like(arch)
+            folded = fold_batchnorm(g)
+            for name, model in (("convt", folded), ("conv3x3_shuffle", rewrite(folded, Conv3x3Shuffle)),
+                                ("parity4", rewrite(folded, Parity4))):
+                path = Path(tmp) / f"{arch}-{name}.onnx"
+                to_onnx(model, g.cfg, path)
+                write_metadata(path, base_metadata(Described(g, g.cfg, arch), 18))
+                gate = run_gate(g, path, seeds=(0,), batch_sizes=(1, 7))
+                r = bench_model(path, "cpu", [args.batch_size], args.threads, args.seconds)[0]
+                rows.append({"arch": arch, "form": name, "images_per_s": r["images_per_s"], "p50_ms": r["p50_ms"],
+                             "graph_gflops": r.get("gflops"), "parity_max_abs": gate["worst"]["max_abs"],
+                             "parity_passed": gate["passed"]})
+                print(f"{arch:<12} {name:<16} {r['images_per_s']:9.1f} img/s  p50 {r['p50_ms']:8.2f} ms  "
+                      f"parity max abs {gate['worst']['max_abs']:.2g} ({'passed' if gate['passed'] else 'FAILED'})")
+    print(json.dumps({"threads": args.threads, "batch": args.batch_size, "rows": rows}))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
