@@ -42,6 +42,7 @@ def main():
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--small", type=int, default=10_000)
     ap.add_argument("--large", type=int, default=100_000)
+    ap.add_argument("--outputs", default="npy,png_folder", help="which scale runs: npy, png_folder")
     args = ap.parse_args()
     cli = [sys.executable, "-m", "dcgan_deploy", "generate"]
     out = {}
@@ -55,6 +56,8 @@ def main():
         print(f"cold start: generate -n 64 {out['cold_start']['generate_s']:.3f}s, bare onnxruntime script "
               f"{out['cold_start']['bare_script_s']:.3f}s, ratio {out['cold_start']['ratio']:.2f}")
         for kind, target in (("npy", "x.npy"), ("png_folder", "pngs/")):
+            if kind not in args.outputs.split(","):
+                continue
             small = run(cli + ["-n", str(args.small), "--seed", "0", "-o", target], tmp)
             Path(tmp, target).unlink() if kind == "npy" else subprocess.run(["rm", "-rf", str(Path(tmp, target))])
             large = run(cli + ["-n", str(args.large), "--seed", "0", "-o", target], tmp)

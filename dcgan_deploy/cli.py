@@ -225,7 +225,7 @@ def info(model, as_json, device):
 
 @main.command()
 @click.option("-m", "--model", "models", multiple=True,
-              help="A .onnx file or bundled model name; repeat for several (default: all bundled models).")
+              help="A .onnx file to offer besides the bundled models; repeat for several.")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (loopback by default).")
 @click.option("--port", type=click.IntRange(0, 65535), default=7860, show_default=True)
 @click.option("--share", is_flag=True, help="Ask Gradio for a public share link.")
@@ -251,11 +251,17 @@ def demo(models, host, port, share, auth, device):
     from .demo import Demo, launch_warnings, parse_auth
 
     credentials = parse_auth(auth)
-    chosen = {str(m) if str(m).endswith(".onnx") else m: bundled.resolve(m) for m in models} if models \
-        else bundled.bundled_models()
-    chosen = {Path(k).stem if k.endswith(".onnx") else k: v for k, v in chosen.items()}
+    chosen = dict(bundled.bundled_models())
+    given = [bundled.resolve(m) for m in models]
+    for path in given:
+        name = path.stem if path.stem not in chosen or chosen[path.stem] == path else str(path)
+        chosen[name] = path
+    # the models named on the command line come first: the page opens on the first of them
+    chosen = {**{k: v for k, v in chosen.items() if v in given}, **chosen}
     app = Demo(chosen, device=device)
-    app.generator(next(iter(chosen)))  # fail now, not in the browser, if the first model is unusable
+    for name, path in chosen.items():  # fail now, not in the browser, if a model given is unusable
+        if path in given or name == next(iter(chosen)):
+            app.generator(name)
     for warning in launch_warnings(host, share, auth):
         click.echo(f"warning: {warning}", err=True)
     app.build().launch(server_name=host, server_port=port, share=share, auth=credentials, show_error=True,

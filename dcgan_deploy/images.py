@@ -74,21 +74,24 @@ def save_gif(frames: np.ndarray, dest: str | os.PathLike, duration_ms: int = 80,
 
 
 def write_npy(chunks: Iterable[np.ndarray], dest: str | os.PathLike, shape: tuple[int, ...]) -> None:
-    """Stream uint8 chunks ``[k, H, W, C]`` into a memory-mapped ``.npy`` of ``shape``.
+    """Stream uint8 chunks ``[k, H, W, C]`` into a ``.npy`` of ``shape``, chunk by chunk.
 
-    Memory stays bounded by one chunk however large ``shape[0]`` is; the file appears
-    under ``dest`` only once every row is written.
+    The header is written first and each chunk appended as it comes, so memory stays
+    bounded by one chunk however large ``shape[0]`` is (a memory map would keep the
+    written pages resident). The file appears under ``dest`` only once every row is in.
     """
+    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)), "fortran_order": False, "shape": shape}
     with atomic_path(dest) as tmp:
-        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
-        start = 0
-        for chunk in chunks:
-            out[start:start + len(chunk)] = chunk
-            start += len(chunk)
-            out.flush()  # hand the pages back to the OS as we go
-        if start != shape[0]:
-            raise RuntimeError(f"expected {shape[0]} images, got {start}")
-        del out
+        with open(tmp, "wb") as f:
+            np.lib.format.write_array_header_1_0(f, header)
+            rows = 0
+            for chunk in chunks:
+                if chunk.shape[1:] != shape[1:] or chunk.dtype != np.uint8:
+                    raise RuntimeError(f"chunk of {chunk.dtype} {list(chunk.shape)} does not fit {list(shape)}")
+                f.write(np.ascontiguousarray(chunk).tobytes())
+                rows += len(chunk)
+        if rows != shape[0]:
+            raise RuntimeError(f"expected {shape[0]} images, got {rows}")
 
 
 def write_pngs(chunks: Iterable[np.ndarray], folder: str | os.PathLike, total: int, prefix: str = "") -> int:

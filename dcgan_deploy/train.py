@@ -56,8 +56,9 @@ class TrainConfig:
     checkpoint_every: int = 500
     log_every: int = 10
     device: str = "auto"
-    # bf16 autocast and channels_last: "auto" turns them on for CUDA only (on this CPU both
-    # are slower: see benchmarks/train_throughput.py); "on" / "off" force them.
+    # bf16 autocast and channels_last: "auto" turns them on for CUDA, and for CPUs with AMX
+    # bf16 units (1.2-3.9x faster there: benchmarks/train_throughput.py, BENCHMARKS.md);
+    # without AMX bf16 runs emulated and slower, so "auto" keeps fp32. "on" / "off" force them.
     amp: str = "auto"
     channels_last: str = "auto"
     net: dict = field(default_factory=dict)  # NetConfig overrides (g_width, d_width, channels, latent_dim, ...)
@@ -166,6 +167,12 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def cpu_has_amx() -> bool:
+    """Whether this CPU has AMX tiles (fast bf16 matrix units); False if torch cannot tell."""
+    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    return bool(probe and probe())
+
+
 def weights_digest(module: nn.Module) -> str:
     h = hashlib.sha256()
     for k, v in module.state_dict().items():
@@ -223,10 +230,10 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self.G = Generator(self.net).to(self.device)
         self.D = Discriminator(self.net).to(self.device)
-        on_cuda = self.device.type == "cuda"
-        self.amp = cfg.amp == "on" or (cfg.amp == "auto" and on_cuda)
+        fast_bf16 = self.device.type == "cuda" or cpu_has_amx()
+        self.amp = cfg.amp == "on" or (cfg.amp == "auto" and fast_bf16)
         self.memory_format = torch.channels_last if cfg.channels_last == "on" or (
-            cfg.channels_last == "auto" and on_cuda) else torch.contiguous_format
+            cfg.channels_last == "auto" and fast_bf16) else torch.contiguous_format
         self.G.to(memory_format=self.memory_format)
         self.D.to(memory_format=self.memory_format)
         self.ema = copy.deepcopy(self.G).eval() if cfg.ema else None
@@ -315,7 +322,9 @@ class Trainer:
         if not log.exists():
             return
         rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
-        keep = [r for r in rows if r.get("step", 0) <= self.step and "done" not in r]
+        # rows past the checkpoint, and resume markers at or past it, belong to the discarded stretch
+        keep = [r for r in rows if "done" not in r
+                and (r["step"] <= self.step if "step" in r else r.get("resumed_from", 0) < self.step)]
         if self.step:
             keep.append({"resumed_from": self.step})
         write_bytes(log, "".join(json.dumps(r) + "\n" for r in keep).encode())

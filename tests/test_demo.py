@@ -302,3 +302,20 @@ def test_spaces_entry_point_builds_the_app(models, monkeypatch):
     monkeypatch.setenv("DCGAN_DEPLOY_MODELS", f"{models['tiny']},{models['rgb']}")
     ns = runpy.run_path(str(ROOT / "demo" / "app.py"), run_name="spaces_import")
     assert isinstance(ns["app"], gr.Blocks) and set(ns["models"]) == {"tiny", "rgb"}
+
+
+def test_cli_demo_offers_bundled_and_given_models(models, monkeypatch):
+    from click.testing import CliRunner
+
+    from dcgan_deploy.cli import main
+    seen = {}
+
+    def fake_launch(self, **kwargs):  # stop before serving: check what the picker would offer
+        seen["choices"] = [c[0] for c in next(b for b in self.blocks.values() if isinstance(b, gr.Dropdown)).choices]
+        seen["kwargs"] = kwargs
+
+    monkeypatch.setattr(gr.Blocks, "launch", fake_launch)
+    r = CliRunner().invoke(main, ["demo", "-m", str(models["rgb"])])
+    assert r.exit_code == 0, r.output
+    assert seen["choices"] == ["rgb", "mnist"]  # given first, then the bundled ones
+    assert seen["kwargs"]["server_name"] == "127.0.0.1" and seen["kwargs"]["auth"] is None

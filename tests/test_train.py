@@ -79,8 +79,8 @@ def test_resume_in_a_new_process_is_bitwise_exact(tmp_path):
     cli("train", r, "--out", tmp_path / "straight")
     cli("train", r, "--steps", 3, "--out", tmp_path / "split")
     assert load_torch(tmp_path / "split" / "train_state.pt")["step"] == 3
-    with open(tmp_path / "split" / "log.jsonl", "a") as f:  # as if a killed run had logged past its checkpoint
-        f.write(json.dumps({"step": 4, "d_loss": 9.0, "g_loss": 9.0}) + "\n")
+    with open(tmp_path / "split" / "log.jsonl", "a") as f:  # as if a resumed run had been killed past step 3
+        f.write(json.dumps({"resumed_from": 3}) + "\n" + json.dumps({"step": 4, "d_loss": 9.0, "g_loss": 9.0}) + "\n")
     cli("train", "--resume", tmp_path / "split", "--steps", 6)
     a = load_file(tmp_path / "straight" / "generator.safetensors")
     b = load_file(tmp_path / "split" / "generator.safetensors")
@@ -93,6 +93,7 @@ def test_resume_in_a_new_process_is_bitwise_exact(tmp_path):
     # the resumed log reads like the straight one (the killed run's rows dropped), with a marker where it resumed
     steps = [json.loads(x).get("step") for x in (tmp_path / "split" / "log.jsonl").read_text().splitlines()]
     assert [s for s in steps if s] == [1, 2, 3, 4, 5, 6, 6]  # per-step rows, then the closing record
+    assert (tmp_path / "split" / "log.jsonl").read_text().count("resumed_from") == 1
     # the run folder refuses a second fresh start, and resume refuses recipe changes
     again = cli("train", r, "--out", tmp_path / "split", check=False)
     assert again.returncode == 1 and "--resume" in again.stderr
@@ -185,8 +186,13 @@ def test_bf16_autocast_and_channels_last_train_on_cpu(tmp_path):
     assert trainer.G.main[0].weight.is_contiguous(memory_format=torch.channels_last)
     record = trainer.run()
     assert torch.isfinite(torch.tensor([record["d_loss"], record["g_loss"]])).all()
+    from dcgan_deploy.train import cpu_has_amx
     auto = Trainer(TrainConfig(arch="dcgan64", data="synthetic:16", steps=1, batch_size=4, net=TINY, device="cpu"),
                    tmp_path / "auto", progress=False)
-    assert not auto.amp and auto.memory_format == torch.contiguous_format  # "auto" on CPU: off
+    assert auto.amp == cpu_has_amx()  # "auto" on CPU: bf16 only where AMX makes it faster
+    assert (auto.memory_format == torch.channels_last) == cpu_has_amx()
+    off = Trainer(TrainConfig(arch="dcgan64", data="synthetic:16", steps=1, batch_size=4, net=TINY, amp="off",
+                              channels_last="off"), tmp_path / "off", progress=False)
+    assert not off.amp and off.memory_format == torch.contiguous_format
     with pytest.raises(ValueError, match="amp must be"):
         TrainConfig(arch="dcgan64", amp="yes").check()
