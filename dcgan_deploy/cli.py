@@ -521,8 +521,8 @@ def report_gate(report: dict, as_json: bool, error: str | None = None) -> None:
     elif report.get("checks"):
         click.echo(format_report(report))
     if error:
-        click.echo(f"Error: {error}" + ("" if report.get("checks") else ": " + "; ".join(report.get("failures", []))),
-                   err=True)
+        detail = "" if report.get("checks") or not report.get("failures") else ": " + "; ".join(report["failures"])
+        click.echo(f"Error: {error}{detail}", err=True)
 
 
 def summarize_parity(parity: dict) -> str:

@@ -9,7 +9,6 @@ same metric between two disjoint halves of the real data at the same sample coun
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,9 +85,10 @@ class Extractor:
     @classmethod
     def load(cls, spec: str | Path | None = None) -> "Extractor":
         """``spec``: an ONNX path, or the name of a shipped extractor (default: mnist-classifier)."""
-        path = Path(spec) if spec and (str(spec).endswith(".onnx") or Path(spec).exists()) else \
-            bundled.exports_dir() / "features" / f"{spec or DEFAULT_EXTRACTOR}.onnx"
-        if str(path).endswith((".pth", ".pt")):
+        text = str(spec or DEFAULT_EXTRACTOR)
+        is_path = text.endswith((".onnx", ".pth", ".pt")) or Path(text).exists()
+        path = Path(text) if is_path else bundled.exports_dir() / "features" / f"{text}.onnx"
+        if path.suffix in (".pth", ".pt"):
             raise ModelError(f"{path}: Inception weight files need the Inception network in PyTorch, which "
                              "dcgan-deploy does not include; export the extractor to ONNX (features first, "
                              "probabilities second) and pass that file")
@@ -243,4 +243,4 @@ def format_report(report: dict) -> str:
 
 
 def to_json(report: dict) -> str:
-    return json.dumps(report, indent=2, default=lambda o: o if not isinstance(o, float) or math.isfinite(o) else None)
+    return json.dumps(report, indent=2)

@@ -252,17 +252,22 @@ def export(ckpt: str | os.PathLike, out: str | os.PathLike | None = None, arch: 
         report = parity.run_gate(d.model, tmp, thresholds)
         result["parity"] = report
         if not report["passed"]:
-            write_bytes(report_path, (json.dumps(report, indent=2) + "\n").encode())
+            write_report(report_path, result)
             raise ParityError(f"parity gate failed; {out} was not written", report)
         write_metadata(tmp, {**meta, "parity": json.dumps(parity.summary(report))})
-    write_bytes(report_path, (json.dumps({"result": {k: v for k, v in result.items() if k != "parity"},
-                                          "parity": report}, indent=2) + "\n").encode())
+    write_report(report_path, result)
     if fp16:
         result["fp16"] = export_fp16(d, out, meta, thresholds or parity.Thresholds())
     if triton:
         from .triton import write_model_repository
         result["triton"] = str(write_model_repository(out, Path(triton), name))
     return result
+
+
+def write_report(path: Path, result: dict) -> None:
+    """``<name>.parity.json``: what was exported from what, and the full gate report."""
+    summary = {k: v for k, v in result.items() if k != "parity"}
+    write_bytes(path, (json.dumps({"result": summary, "parity": result["parity"]}, indent=2) + "\n").encode())
 
 
 def export_fp16(d: Described, fp32_path: Path, meta: dict[str, str], thresholds: parity.Thresholds) -> dict:
@@ -287,9 +292,10 @@ def export_fp16(d: Described, fp32_path: Path, meta: dict[str, str], thresholds:
             report["reason"] = "no CUDA provider here to check the fp16 model on" + (
                 " (it passed the fp16 gate on CPU)" if report["passed"] else "")
         write_metadata(tmp, {**meta, "precision": "float16", "parity": json.dumps(parity.summary(report))})
-    report_path = out.with_suffix(".parity.json")
-    write_bytes(report_path, (json.dumps(report, indent=2) + "\n").encode())
-    return {"model": str(out), "report": str(report_path), "parity": report}
+    result = {"model": str(out), "report": str(out.with_suffix(".parity.json")), "precision": "float16",
+              "parity": report}
+    write_report(out.with_suffix(".parity.json"), result)
+    return result
 
 
 def verify(model_path: str | os.PathLike, ckpt: str | os.PathLike, arch: str | None = None,

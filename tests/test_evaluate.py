@@ -102,9 +102,8 @@ def test_evaluate_cli_json_and_save(tmp_path):
 def test_missing_extractor_is_explained(tmp_path):
     with pytest.raises(ModelError, match="--features"):
         ev.Extractor.load(tmp_path / "none.onnx")
-    (tmp_path / "pt_inception.pth").write_bytes(b"x")
     with pytest.raises(ModelError, match="Inception"):
-        ev.Extractor.load(tmp_path / "pt_inception.pth")
+        ev.Extractor.load(tmp_path / "pt_inception-2015-12-05.pth")
     r = CliRunner().invoke(main, ["evaluate", "-n", "200", "--features", str(tmp_path / "none.onnx")])
     assert r.exit_code == 1 and "feature extractor" in r.output
 

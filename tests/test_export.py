@@ -184,6 +184,8 @@ def test_a_parity_miss_fails_and_leaves_no_model(tmp_path):
     assert report["passed"] is False and report["worst"]["max_abs"] > 0
     assert any("max abs error" in f and "> 0" in f for f in report["failures"])
     assert not out.exists() and not list(out.parent.glob("*.part"))
+    saved_report = json.loads((out.parent / "m.parity.json").read_text())  # the numbers that missed, kept
+    assert saved_report["parity"]["passed"] is False and saved_report["parity"]["failures"] == report["failures"]
     text = CliRunner().invoke(main, ["export", str(ckpt), "-o", str(out), "--max-abs-cpu", "0"])
     assert text.exit_code == EXIT_PARITY and "MISS" in text.output and "parity: FAILED" in text.output
 
