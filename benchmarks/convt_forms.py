@@ -16,7 +16,6 @@ For dcgan64 the first layer (ConvTranspose on the 1x1 latent map) becomes a Gemm
 rewrites. Every variant passes the parity gate against the original PyTorch model. The
 export keeps whichever form this benchmark shows fastest (see BENCHMARKS.md).
 """
-import argparse
 import copy
 import json
 import sys
@@ -29,9 +28,10 @@ from torch import nn
 
 from dcgan_deploy.bench import bench_model
 from dcgan_deploy.export import Described, base_metadata, fold_batchnorm, to_onnx, write_metadata
-from dcgan_deploy.nets import Generator, NetConfig
+from dcgan_deploy.nets import Generator
 from dcgan_deploy.parity import run_gate
-from dcgan_deploy.train import recompute_bn_stats
+
+from common import speed_args, trained_like
 
 # Output pixel 2m + r of a k4/s2/p1 transposed convolution sums input m-1, m (r = 0, taps 3, 1)
 # or m, m+1 (r = 1, taps 2, 0).
@@ -108,20 +108,8 @@ def rewrite(model: Generator, form) -> Generator:
     return model
 
 
-def trained_like(arch: str) -> Generator:
-    """Random weights with realistic BatchNorm statistics."""
-    torch.manual_seed(0)
-    g = Generator(NetConfig.for_arch(arch))
-    recompute_bn_stats(g, batches=4)
-    return g.eval()
-
-
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--seconds", type=float, default=3.0)
-    args = ap.parse_args()
+    args = speed_args(__doc__)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for arch in ("dcgan64", "mnist-convt"):

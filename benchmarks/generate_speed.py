@@ -6,7 +6,6 @@ Each generator gets random weights with realistic BatchNorm statistics (speed do
 depend on the values), is exported through the parity gate, then timed with
 `dcgan_deploy.bench` against the matrix-product ceiling and PyTorch eager.
 """
-import argparse
 import json
 import tempfile
 from pathlib import Path
@@ -16,29 +15,24 @@ import torch
 from dcgan_deploy import bench
 from dcgan_deploy.checkpoint import save_generator
 from dcgan_deploy.export import export
-from dcgan_deploy.nets import ARCHITECTURES, Generator, NetConfig
-from dcgan_deploy.train import recompute_bn_stats
+from dcgan_deploy.nets import ARCHITECTURES
+
+from common import speed_args, trained_like
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--seconds", type=float, default=3.0)
-    args = ap.parse_args()
+    args = speed_args(__doc__)
     torch.set_num_threads(args.threads)
     ceiling = bench.matmul_ceiling(args.threads)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for arch in ARCHITECTURES:
-            torch.manual_seed(0)
-            g = Generator(NetConfig.for_arch(arch))
-            recompute_bn_stats(g, batches=2)
+            g = trained_like(arch)
             ckpt = Path(tmp) / f"{arch}.safetensors"
-            save_generator(g.eval().state_dict(), g.cfg, ckpt)
+            save_generator(g.state_dict(), g.cfg, ckpt)
             export(ckpt, Path(tmp) / f"{arch}.onnx")
             row = bench.bench_model(Path(tmp) / f"{arch}.onnx", "cpu", [args.batch_size], args.threads, args.seconds,
-                                    ceiling["gflops"], g.eval())[0]
+                                    ceiling["gflops"], g)[0]
             rows.append(row)
     import onnxruntime
     result = {"onnxruntime": onnxruntime.__version__,

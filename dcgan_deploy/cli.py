@@ -251,17 +251,14 @@ def demo(models, host, port, share, auth, device):
     from .demo import Demo, launch_warnings, parse_auth
 
     credentials = parse_auth(auth)
-    chosen = dict(bundled.bundled_models())
-    given = [bundled.resolve(m) for m in models]
-    for path in given:
-        name = path.stem if path.stem not in chosen or chosen[path.stem] == path else str(path)
-        chosen[name] = path
+    shipped = bundled.bundled_models()
+    given = {}
+    for path in map(bundled.resolve, models):
+        given[path.stem if shipped.get(path.stem, path) == path else str(path)] = path
     # the models named on the command line come first: the page opens on the first of them
-    chosen = {**{k: v for k, v in chosen.items() if v in given}, **chosen}
-    app = Demo(chosen, device=device)
-    for name, path in chosen.items():  # fail now, not in the browser, if a model given is unusable
-        if path in given or name == next(iter(chosen)):
-            app.generator(name)
+    app = Demo({**given, **{k: v for k, v in shipped.items() if v not in given.values()}}, device=device)
+    for name in list(given) or list(shipped)[:1]:  # fail now, not in the browser, if a model is unusable
+        app.generator(name)
     for warning in launch_warnings(host, share, auth):
         click.echo(f"warning: {warning}", err=True)
     app.build().launch(server_name=host, server_port=port, share=share, auth=credentials, show_error=True,
