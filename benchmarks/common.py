@@ -1,9 +1,13 @@
 """What the generation benchmarks share: their command-line options and stand-in generators."""
 import argparse
+from pathlib import Path
 
 import torch
 
+from dcgan_deploy.bench import bench_model
+from dcgan_deploy.export import Described, base_metadata, to_onnx, write_metadata
 from dcgan_deploy.nets import Generator, NetConfig
+from dcgan_deploy.parity import run_gate
 from dcgan_deploy.train import recompute_bn_stats
 
 
@@ -23,3 +27,12 @@ def trained_like(arch: str) -> Generator:
     g = Generator(NetConfig.for_arch(arch))
     recompute_bn_stats(g, batches=2)
     return g.eval()
+
+
+def gate_and_time(original: Generator, form: torch.nn.Module, path: Path, args: argparse.Namespace) -> tuple[dict, dict]:
+    """Export ``form`` (an exact rewrite of ``original``) to ``path``, run the parity gate against
+    ``original``, and time it on the CPU: (gate report, bench row)."""
+    to_onnx(form, original.cfg, path)
+    write_metadata(path, base_metadata(Described(original, original.cfg, original.cfg.arch), 18))
+    gate = run_gate(original, path, seeds=(0,), batch_sizes=(1, 7))
+    return gate, bench_model(path, "cpu", [args.batch_size], args.threads, args.seconds)[0]

@@ -26,12 +26,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dcgan_deploy.bench import bench_model
-from dcgan_deploy.export import Described, base_metadata, fold_batchnorm, to_onnx, write_metadata
+from dcgan_deploy.export import fold_batchnorm
 from dcgan_deploy.nets import Generator
-from dcgan_deploy.parity import run_gate
 
-from common import speed_args, trained_like
+from common import gate_and_time, speed_args, trained_like
 
 # Output pixel 2m + r of a k4/s2/p1 transposed convolution sums input m-1, m (r = 0, taps 3, 1)
 # or m, m+1 (r = 1, taps 2, 0).
@@ -118,10 +116,7 @@ def main():
             for name, model in (("convt", folded), ("conv3x3_shuffle", rewrite(folded, Conv3x3Shuffle)),
                                 ("parity4", rewrite(folded, Parity4))):
                 path = Path(tmp) / f"{arch}-{name}.onnx"
-                to_onnx(model, g.cfg, path)
-                write_metadata(path, base_metadata(Described(g, g.cfg, arch), 18))
-                gate = run_gate(g, path, seeds=(0,), batch_sizes=(1, 7))
-                r = bench_model(path, "cpu", [args.batch_size], args.threads, args.seconds)[0]
+                gate, r = gate_and_time(g, model, path, args)
                 rows.append({"arch": arch, "form": name, "images_per_s": r["images_per_s"], "p50_ms": r["p50_ms"],
                              "graph_gflops": r.get("gflops"), "parity_max_abs": gate["worst"]["max_abs"],
                              "parity_passed": gate["passed"]})

@@ -16,8 +16,10 @@ def exports_dir() -> Path:
 
 
 def bundled_models() -> dict[str, Path]:
-    """Name -> path of every shipped fp32 model (name = file stem)."""
-    return {p.stem: p for p in sorted(exports_dir().glob("*.onnx"))}
+    """Name -> path of every shipped model (name = file stem), the default first: ``mnist``, then
+    the others by name (its int8 variant ``mnist-int8``)."""
+    models = {p.stem: p for p in sorted(exports_dir().glob("*.onnx"))}
+    return dict(sorted(models.items(), key=lambda kv: kv[0] != DEFAULT_MODEL))  # the default first
 
 
 def resolve(model: str | Path | None) -> Path:

@@ -445,12 +445,15 @@ def thresholds_from(max_abs_cpu, max_abs_cuda, max_changed_cuda):
 @click.option("--arch", default=None, help="Architecture of a bare state dict (e.g. dcgan64 for netG_epoch_N.pth).")
 @click.option("--opset", type=click.IntRange(min=17), default=18, show_default=True)
 @click.option("--fp16", is_flag=True, help="Also write a float16 variant for CUDA (<name>-fp16.onnx).")
+@click.option("--int8", is_flag=True,
+              help="Also write an int8 variant for the CPU (<name>-int8.onnx; static quantization calibrated on "
+                   "the model's own latents, gated at PSNR >= 30 dB against PyTorch).")
 @click.option("--triton", type=click.Path(file_okay=False), default=None,
               help="Also write a Triton model-repository entry DIR/<name>/{config.pbtxt,1/model.onnx}.")
 @threshold_options
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @friendly_errors
-def export(ckpt, out, arch, opset, fp16, triton, max_abs_cpu, max_abs_cuda, max_changed_cuda, as_json):
+def export(ckpt, out, arch, opset, fp16, int8, triton, max_abs_cpu, max_abs_cuda, max_changed_cuda, as_json):
     """Export a checkpoint to ONNX and prove parity with PyTorch.
 
     CKPT is a trainer's train_state.pt or generator.safetensors, or a bare
@@ -461,6 +464,7 @@ def export(ckpt, out, arch, opset, fp16, triton, max_abs_cpu, max_abs_cuda, max_
     Examples:
         dcgan-deploy export runs/mnist/train_state.pt -o exports/mnist.onnx
         dcgan-deploy export netG_epoch_24.pth --arch dcgan64 --fp16 --triton model_repository
+        dcgan-deploy export training/mnist/generator.safetensors -o exports/mnist.onnx --int8
     """
     need_torch("export")
     from .export import ParityError
@@ -469,7 +473,8 @@ def export(ckpt, out, arch, opset, fp16, triton, max_abs_cpu, max_abs_cuda, max_
 
     thresholds = thresholds_from(max_abs_cpu, max_abs_cuda, max_changed_cuda)
     try:
-        result = run_export(ckpt, out, arch=arch, opset=opset, fp16=fp16, triton=triton, thresholds=thresholds)
+        result = run_export(ckpt, out, arch=arch, opset=opset, fp16=fp16, int8=int8, triton=triton,
+                            thresholds=thresholds)
     except ParityError as e:
         report_gate(e.report, as_json, error=str(e))
         sys.exit(EXIT_PARITY)
@@ -482,6 +487,10 @@ def export(ckpt, out, arch, opset, fp16, triton, max_abs_cpu, max_abs_cuda, max_
         p = result["fp16"]["parity"]
         click.echo(f"wrote {result['fp16']['model']} (fp16: " + ("verified on CUDA" if p.get("verified")
                                                                   else "UNVERIFIED: " + p.get("reason", "")) + ")")
+    if "int8" in result:
+        w = result["int8"]["parity"]["worst"]
+        click.echo(f"wrote {result['int8']['model']} (int8: PSNR >= {w['psnr']:.1f} dB against PyTorch fp32, "
+                   f"{w['changed']:.1%} of uint8 pixels changed)")
     if "triton" in result:
         click.echo(f"wrote Triton model repository entry {result['triton']}")
 

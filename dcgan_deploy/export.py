@@ -231,7 +231,7 @@ def base_metadata(d: Described, opset: int) -> dict[str, str]:
 
 # ---- the whole export ------------------------------------------------------------------
 def export(ckpt: str | os.PathLike, out: str | os.PathLike | None = None, arch: str | None = None,
-           opset: int = DEFAULT_OPSET, fp16: bool = False, triton: str | os.PathLike | None = None,
+           opset: int = DEFAULT_OPSET, fp16: bool = False, int8: bool = False, triton: str | os.PathLike | None = None,
            thresholds: parity.Thresholds | None = None, name: str | None = None) -> dict:
     """Checkpoint -> ``out`` (default ``exports/<name>.onnx``), proven by the parity gate.
 
@@ -258,6 +258,8 @@ def export(ckpt: str | os.PathLike, out: str | os.PathLike | None = None, arch: 
     write_report(report_path, result)
     if fp16:
         result["fp16"] = export_fp16(d, out, meta, thresholds or parity.Thresholds())
+    if int8:
+        result["int8"] = export_int8(d, out, meta, thresholds or parity.Thresholds())
     if triton:
         from .triton import write_model_repository
         result["triton"] = str(write_model_repository(out, Path(triton), name))
@@ -298,8 +300,82 @@ def export_fp16(d: Described, fp32_path: Path, meta: dict[str, str], thresholds:
     return result
 
 
+# Calibration latents for the int8 variant: seeds disjoint from the parity gate's (0, 1, 2).
+INT8_CALIBRATION_SEEDS = tuple(range(1000, 1008))
+INT8_CALIBRATION_BATCH = 64
+
+
+def quantize_int8(fp32_path: str | os.PathLike, dest: str | os.PathLike, cfg: NetConfig,
+                  activations: str = "uint8") -> None:
+    """Static int8 quantization of an fp32 export (onnxruntime, QDQ format).
+
+    Weights int8 per output channel; activations ``uint8`` or ``int8`` with MinMax ranges
+    calibrated on the model's own prior (``INT8_CALIBRATION_SEEDS`` x ``INT8_CALIBRATION_BATCH``
+    latents through the seed -> latent contract). Deterministic: the same file, the same result.
+    """
+    import tempfile
+
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from .latent import latents
+
+    if activations not in ("uint8", "int8"):
+        raise ValueError(f"activations must be uint8 or int8, got {activations!r}")
+
+    class Calibration(CalibrationDataReader):
+        def __init__(self):
+            self.feeds = iter([{"z": latents(INT8_CALIBRATION_BATCH, seed, cfg.latent_dim, cfg.latent_prior)}
+                               for seed in INT8_CALIBRATION_SEEDS])
+
+        def get_next(self):
+            return next(self.feeds, None)
+
+    root = logging.getLogger()  # the quantizer logs per-tensor chatter on the root logger
+    level = root.level
+    root.setLevel(max(level, logging.ERROR))
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            pre = Path(tmp) / "pre.onnx"  # shapes inferred and graph simplified, as the quantizer wants it
+            quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
+            quantize_static(str(pre), str(dest), Calibration(), quant_format=QuantFormat.QDQ, per_channel=True,
+                            weight_type=QuantType.QInt8,
+                            activation_type=QuantType.QUInt8 if activations == "uint8" else QuantType.QInt8)
+    finally:
+        root.setLevel(level)
+
+
+def export_int8(d: Described, fp32_path: Path, meta: dict[str, str], thresholds: parity.Thresholds) -> dict:
+    """An int8 variant for the CPU beside the fp32 file, gated on PSNR against PyTorch fp32."""
+    out = fp32_path.with_name(fp32_path.stem + "-int8.onnx")
+    with atomic_path(out) as tmp:
+        quantize_int8(fp32_path, tmp, d.cfg)
+        write_metadata(tmp, {**meta, "precision": "int8"})
+        report = parity.run_gate(d.model, tmp, thresholds, providers=[parity.CPU], min_psnr=thresholds.int8_min_psnr)
+        if not report["passed"]:
+            raise ParityError(f"int8 parity gate failed; {out} was not written", report)
+        write_metadata(tmp, {**meta, "precision": "int8", "parity": json.dumps(parity.summary(report))})
+    result = {"model": str(out), "report": str(out.with_suffix(".parity.json")), "precision": "int8",
+              "parity": report}
+    write_report(out.with_suffix(".parity.json"), result)
+    return result
+
+
 def verify(model_path: str | os.PathLike, ckpt: str | os.PathLike, arch: str | None = None,
            thresholds: parity.Thresholds | None = None) -> dict:
-    """Re-run the parity gate on an existing ONNX file against its checkpoint."""
+    """Re-run the parity gate on an existing ONNX file against its checkpoint.
+
+    A reduced-precision variant (metadata ``precision``: float16, int8) gets the PSNR gate it
+    was exported under, on the CPU for int8.
+    """
+    from .runtime import Generator as Runtime
+
     d = describe(ckpt, arch)
+    thresholds = thresholds or parity.Thresholds()
+    precision = Runtime.load(model_path, device="cpu").metadata.get("precision", "float32")
+    if precision == "int8":
+        return parity.run_gate(d.model, model_path, thresholds, providers=[parity.CPU],
+                               min_psnr=thresholds.int8_min_psnr)
+    if precision == "float16":
+        return parity.run_gate(d.model, model_path, thresholds, min_psnr=thresholds.fp16_min_psnr)
     return parity.run_gate(d.model, model_path, thresholds)

@@ -31,6 +31,7 @@ class Thresholds:
     cuda_max_abs: float = 2e-3  # TF32 convolutions on Ampere and newer
     cuda_changed: float = 1e-3
     fp16_min_psnr: float = 40.0
+    int8_min_psnr: float = 30.0
 
     def max_abs(self, provider: str) -> float:
         return self.cuda_max_abs if provider == CUDA else self.cpu_max_abs
@@ -66,7 +67,8 @@ def run_gate(model: torch.nn.Module, onnx_path, thresholds: Thresholds | None = 
              min_psnr: float | None = None) -> dict:
     """Check ``onnx_path`` against ``model`` (a torch generator, used as it is) and return the report.
 
-    ``min_psnr`` switches to the fp16 gate: PSNR and finiteness instead of max abs error.
+    ``min_psnr`` switches to the gate of a reduced-precision variant (fp16, int8): PSNR and
+    finiteness instead of max abs error.
     """
     thresholds = thresholds or Thresholds()
     providers = providers or providers_to_check()

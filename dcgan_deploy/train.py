@@ -52,6 +52,11 @@ class TrainConfig:
     beta2: float = 0.999
     seed: int = 0
     ema: float = 0.0  # decay of an EMA of the generator weights; 0 = off
+    # Linear learning-rate decay: lr until step lr_decay_start, then linearly down to 0 at
+    # step lr_decay_end (and 0 after). 0 / 0 = constant lr. Fixed steps, not a share of
+    # `steps`, so that resuming with more steps keeps the schedule of the steps already run.
+    lr_decay_start: int = 0
+    lr_decay_end: int = 0
     sample_every: int = 500
     checkpoint_every: int = 500
     log_every: int = 10
@@ -96,6 +101,12 @@ class TrainConfig:
             raise ValueError(f"ema must be in [0, 1), got {self.ema}")
         if not self.lr > 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
+        for name in ("lr_decay_start", "lr_decay_end"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+        if (self.lr_decay_start or self.lr_decay_end) and not self.lr_decay_end > self.lr_decay_start:
+            raise ValueError(f"lr_decay_end ({self.lr_decay_end}) must be after lr_decay_start ({self.lr_decay_start})")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
         for name in ("amp", "channels_last"):
@@ -105,6 +116,12 @@ class TrainConfig:
 
     def net_config(self) -> NetConfig:
         return NetConfig.for_arch(self.arch, **self.net)
+
+    def lr_at(self, step: int) -> float:
+        """The learning rate of the update that step ``step`` (0-based) takes."""
+        if not self.lr_decay_end or step < self.lr_decay_start:
+            return self.lr
+        return self.lr * max(0.0, (self.lr_decay_end - step) / (self.lr_decay_end - self.lr_decay_start))
 
 
 @dataclass
@@ -350,6 +367,10 @@ class Trainer:
         zeros = torch.zeros(cfg.batch_size, device=dev)
 
         autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=self.amp)
+        lr = cfg.lr_at(self.step)
+        for opt in (self.optD, self.optG):
+            for group in opt.param_groups:
+                group["lr"] = lr
 
         # (1) Update D: maximise log D(x) + log(1 - D(G(z)))
         with autocast:
@@ -375,7 +396,7 @@ class Trainer:
         if self.ema is not None:
             update_ema(self.ema, self.G, self.cfg.ema)
         return {"d_loss": d_loss.item(), "g_loss": g_loss.item(),
-                "d_real": torch.sigmoid(d_real).mean().item(), "d_fake": torch.sigmoid(d_fake).mean().item()}
+                "d_real": torch.sigmoid(d_real).mean().item(), "d_fake": torch.sigmoid(d_fake).mean().item(), "lr": lr}
 
     def run(self) -> dict:
         """Train up to ``cfg.steps`` (the run's total), checkpointing as configured; returns the last record."""
@@ -402,7 +423,8 @@ class Trainer:
                         f"training diverged at step {self.step} (d_loss={losses['d_loss']}, g_loss={losses['g_loss']}, "
                         f"or non-finite weights); the last good checkpoint in {self.run_dir} was kept")
                 rate = seen / (time.perf_counter() - t0)
-                record = {"step": self.step, **{k: round(v, 5) for k, v in losses.items()}, "img_per_s": round(rate, 1)}
+                record = {"step": self.step, **{k: round(v, 5) for k, v in losses.items() if k != "lr"},
+                          "lr": float(f"{losses['lr']:.4g}"), "img_per_s": round(rate, 1)}
                 if self.dist.main and (self.step % cfg.log_every == 0 or self.step == cfg.steps):
                     logf.write(json.dumps(record) + "\n")
                     logf.flush()

@@ -9,6 +9,7 @@ from PIL import Image
 
 from dcgan_deploy import Generator
 from dcgan_deploy.bundled import DEFAULT_MODEL, bundled_models
+from dcgan_deploy.parity import compare
 
 ROOT = Path(__file__).resolve().parent.parent
 RECORD = ROOT / "training" / "mnist"
@@ -38,9 +39,24 @@ def test_bundled_model_passes_verify_against_its_recorded_weights():
     from click.testing import CliRunner
 
     from dcgan_deploy.cli import main
-    r = CliRunner().invoke(main, ["verify", str(bundled_models()[DEFAULT_MODEL]), str(RECORD / "generator.safetensors")])
-    assert r.exit_code == 0, r.output
-    assert "parity: PASSED" in r.output
+    for name in (DEFAULT_MODEL, "mnist-int8"):  # the int8 file under its own (PSNR) gate
+        r = CliRunner().invoke(main, ["verify", str(bundled_models()[name]), str(RECORD / "generator.safetensors")])
+        assert r.exit_code == 0, r.output
+        assert "parity: PASSED" in r.output
+
+
+def test_bundled_int8_variant_is_the_default_model_quantized():
+    """`mnist-int8` ships because it is >= 1.5x faster on the CPU (BENCHMARKS.md); here: it is the same
+    model (same weights record), it passed its PSNR gate, and its images stay close to fp32's."""
+    fp32, int8 = Generator.load(device="cpu"), Generator.load("mnist-int8", device="cpu")
+    assert int8.metadata["precision"] == "int8" and "precision" not in fp32.metadata
+    for key in ("architecture", "train_step", "dataset", "net_config"):
+        assert int8.metadata[key] == fp32.metadata[key]
+    assert int8.parity["passed"] is True and int8.parity["worst"]["psnr"] >= 30
+    z = fp32.latents(64, 3)
+    err = compare(fp32.run(z), int8.run(z))
+    assert 30 <= err["psnr"] < 80  # close to fp32, and really quantized
+    assert "evaluation" in int8.metadata and "evaluation" in fp32.metadata
 
 
 @pytest.mark.slow

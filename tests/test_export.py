@@ -17,7 +17,7 @@ from dcgan_deploy.export import ParityError, describe, export, fold_batchnorm, t
 from dcgan_deploy.export import base_metadata
 from dcgan_deploy.images import to_uint8
 from dcgan_deploy.nets import ARCHITECTURES, Generator, NetConfig, sample_prior
-from dcgan_deploy.parity import Thresholds, run_gate
+from dcgan_deploy.parity import Thresholds, compare, run_gate
 from dcgan_deploy.train import recompute_bn_stats
 
 TINY = {"g_width": 8, "d_width": 8}
@@ -268,6 +268,34 @@ def test_fp16_variant_is_marked_unverified_without_cuda(tmp_path):
         Runtime.load(fp16)
     r = CliRunner().invoke(main, ["generate", "-m", str(fp16), "-n", "4", "-o", str(tmp_path / "g.png")])
     assert r.exit_code == 0 and "warning:" in r.output and "unverified" in r.output
+
+
+def test_int8_variant_is_quantized_gated_and_runs(tmp_path):
+    ckpt = saved(tmp_path, random_generator("mnist-dcgan"))
+    r = CliRunner().invoke(main, ["export", str(ckpt), "-o", str(tmp_path / "m.onnx"), "--int8"])
+    assert r.exit_code == 0, r.output
+    int8 = tmp_path / "m-int8.onnx"
+    assert f"wrote {int8} (int8: PSNR >= " in r.output
+    counts = ops(int8)
+    assert counts["QuantizeLinear"] >= 3 and counts["DequantizeLinear"] >= counts["Conv"] + counts["Gemm"]
+    assert {i.data_type for i in onnx.load(str(int8)).graph.initializer} >= {onnx.TensorProto.INT8}
+    gen = Runtime.load(int8, device="cpu")
+    assert gen.metadata["precision"] == "int8" and gen.parity["passed"] and gen.parity["worst"]["psnr"] >= 30
+    # the gate's numbers are real: recomputed here against the fp32 model they differ, but not by much
+    z = gen.latents(16, 5)
+    err = compare(Runtime.load(tmp_path / "m.onnx", device="cpu").run(z), gen.run(z))
+    assert 0 < err["max_abs"] and err["psnr"] >= 30
+    report = json.loads((tmp_path / "m-int8.parity.json").read_text())
+    assert report["result"]["precision"] == "int8" and report["parity"]["providers"] == ["CPUExecutionProvider"]
+    # verify re-runs the gate it was exported under (PSNR, not the fp32 max-abs limit)
+    r = CliRunner().invoke(main, ["verify", str(int8), str(ckpt)])
+    assert r.exit_code == 0 and "parity: PASSED" in r.output, r.output
+    assert verify(int8, ckpt, thresholds=Thresholds(int8_min_psnr=99))["passed"] is False
+    # a gate it cannot meet: the fp32 model is written, the int8 file is not
+    with pytest.raises(ParityError, match="int8 parity gate failed"):
+        export(ckpt, tmp_path / "strict.onnx", int8=True, thresholds=Thresholds(int8_min_psnr=99))
+    assert (tmp_path / "strict.onnx").exists() and not (tmp_path / "strict-int8.onnx").exists()
+    assert not list(tmp_path.glob(".*.part"))
 
 
 def test_checkpoint_with_broken_batchnorm_statistics_is_refused(tmp_path):

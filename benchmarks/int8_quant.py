@@ -1,0 +1,90 @@
+"""Does int8 (onnxruntime static quantization) beat the float32 ceiling on the CPU, and at what cost?
+
+    python benchmarks/int8_quant.py [--threads 2] [--batch-size 64] [--seconds 3]
+
+For each architecture: the fp32 export (BatchNorm folded, as `dcgan-deploy export` writes
+it), and int8 variants made from it as `dcgan-deploy export --int8` makes them
+(``onnxruntime.quantization.quantize_static`` calibrated on the model's own latents,
+seeds 1000-1007 x 64, MinMax; QDQ format, int8 weights per output channel), with the
+activations as uint8 (the export's choice) or int8.
+They are timed side by side in one process, and their images are compared with the fp32
+images for the same 256 latents (PSNR over [-1, 1], share of changed uint8 pixels).
+
+mnist-dcgan uses the bundled trained model (`exports/mnist.onnx`); the others use stand-in
+weights with realistic BatchNorm statistics (speed does not depend on the values; the
+image error of random weights is only indicative). A variant would ship only if it is at
+least 1.5x faster than fp32 with PSNR >= 30 dB (BENCHMARKS.md).
+"""
+import json
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+
+from dcgan_deploy.bench import bench_model, matmul_ceiling
+from dcgan_deploy.bundled import resolve
+from dcgan_deploy.export import Described, base_metadata, fold_batchnorm, quantize_int8, to_onnx, write_metadata
+from dcgan_deploy.nets import NetConfig
+from dcgan_deploy.parity import compare
+from dcgan_deploy.runtime import Generator
+
+from common import speed_args, trained_like
+
+SHIP_SPEEDUP, SHIP_PSNR = 1.5, 30.0
+
+
+def fp32_model(arch: str, tmp: Path) -> Path:
+    if arch == "mnist-dcgan":
+        return resolve(None)
+    g = trained_like(arch)
+    path = tmp / f"{arch}.onnx"
+    to_onnx(fold_batchnorm(g), g.cfg, path)
+    write_metadata(path, base_metadata(Described(g, g.cfg, arch), 18))
+    return path
+
+
+def quantize(src: Path, dest: Path, activations: str) -> None:
+    """`dcgan-deploy export --int8`'s quantization, activations as given; metadata kept for the runtime."""
+    meta = Generator.load(src, device="cpu").metadata
+    quantize_int8(src, dest, NetConfig.from_dict(json.loads(meta["net_config"])), activations)
+    write_metadata(dest, meta)
+
+
+def main():
+    args = speed_args(__doc__)
+    warnings.simplefilter("ignore")  # the int8 files carry no parity report; that is the point here
+    ceiling = matmul_ceiling(args.threads)
+    print(f"float32 matmul ceiling: {ceiling['gflops']:.1f} GFLOP/s ({ceiling['backend']}, {args.threads} threads)")
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        for arch in ("mnist-dcgan", "mnist-dcgan-wide", "dcgan64", "mnist-mlp", "mnist-convt"):
+            fp32 = fp32_model(arch, tmp)
+            variants = {"fp32": fp32}
+            for name, act in (("int8_u8act", "uint8"), ("int8_s8act", "int8")):
+                variants[name] = tmp / f"{arch}-{name}.onnx"
+                quantize(fp32, variants[name], act)
+            ref_gen = Generator.load(fp32, device="cpu", threads=args.threads)
+            z = ref_gen.latents(256, 0)
+            reference = ref_gen.run(z)
+            base = None
+            for name, path in variants.items():
+                r = bench_model(path, "cpu", [args.batch_size], args.threads, args.seconds, ceiling["gflops"])[0]
+                err = compare(reference, Generator.load(path, device="cpu", threads=args.threads).run(z))
+                base = base or r["images_per_s"]
+                speedup = r["images_per_s"] / base
+                ships = bool(name != "fp32" and speedup >= SHIP_SPEEDUP and err["psnr"] >= SHIP_PSNR)
+                rows.append({"arch": arch, "variant": name, "weights": "trained" if arch == "mnist-dcgan" else "stand-in",
+                             "images_per_s": r["images_per_s"], "p50_ms": r["p50_ms"], "speedup_vs_fp32": round(speedup, 2),
+                             "share_of_fp32_ceiling": r.get("share_of_ceiling"),
+                             "psnr_db": round(err["psnr"], 1), "changed": round(err["changed"], 4),
+                             "size_mb": round(path.stat().st_size / 2**20, 2), "meets_ship_bar": ships})
+                print(f"{arch:<17} {name:<11} {r['images_per_s']:9.1f} img/s  x{speedup:4.2f} vs fp32  "
+                      f"{100 * r.get('share_of_ceiling', 0):4.0f}% of ceiling  "
+                      f"PSNR {err['psnr']:6.1f} dB  changed {100 * err['changed']:5.1f}%  "
+                      f"{path.stat().st_size / 2**20:6.2f} MB  {'ships' if ships else ''}")
+    print(json.dumps({"threads": args.threads, "batch": args.batch_size, "ceiling": ceiling, "rows": rows}))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
