@@ -102,6 +102,8 @@ class Demo:
         m = gen.metadata
         parity = gen.parity
         verdict = ("passed" if parity.get("passed") else "not proven") if parity else "no report"
+        if "precision" in m and parity.get("passed"):  # a reduced-precision variant passes a PSNR gate
+            verdict += f" ({m['precision']}, PSNR ≥ {parity['worst']['psnr']:.1f} dB)"
         return (f"**{m['architecture']}** trained on `{m.get('dataset', '?')}` for {m.get('train_step', '?')} steps · "
                 f"{gen.channels}×{gen.height}×{gen.width} images from a {gen.latent_dim}-d {gen.latent_prior} latent · "
                 f"runs on **{gen.device.upper()}** ({gen.provider}) · export parity: {verdict}")

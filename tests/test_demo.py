@@ -319,3 +319,12 @@ def test_cli_demo_offers_bundled_and_given_models(models, monkeypatch):
     assert r.exit_code == 0, r.output
     assert seen["choices"] == ["rgb", "mnist", "mnist-int8"]  # given first, then the bundled ones, default first
     assert seen["kwargs"]["server_name"] == "127.0.0.1" and seen["kwargs"]["auth"] is None
+
+
+def test_model_info_names_a_reduced_precision_variant():
+    from dcgan_deploy.bundled import bundled_models
+    demo = Demo(bundled_models())
+    fp32, int8 = demo.model_info("mnist"), demo.model_info("mnist-int8")
+    assert fp32.endswith("export parity: passed")
+    assert "export parity: passed (int8, PSNR ≥ 3" in int8 and "trained on `mnist-sample`" in int8
+    demo.cleanup()
