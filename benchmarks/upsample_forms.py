@@ -33,6 +33,7 @@ from dcgan_deploy.nets import Generator
 
 from common import gate_and_time, speed_args, trained_like
 
+
 class SubpixelConv(nn.Module):
     """``Upsample(x2, nearest)`` then ``conv`` (3x3, stride 1, padding 1), computed on the small map.
 
@@ -84,7 +85,6 @@ def rewrite(model: Generator, form) -> Generator:
             out.append(m)
     model.main = nn.Sequential(*out)
     return model
-
 
 
 # ConvTranspose(k=4, s=2, p=1) writes output 2i + k - 1 from input i: kernel tap k of the

@@ -351,7 +351,7 @@ def export_int8(d: Described, fp32_path: Path, meta: dict[str, str], thresholds:
     with atomic_path(out) as tmp:
         quantize_int8(fp32_path, tmp, d.cfg)
         write_metadata(tmp, {**meta, "precision": "int8"})
-        report = parity.run_gate(d.model, tmp, thresholds, providers=[parity.CPU], min_psnr=thresholds.int8_min_psnr)
+        report = precision_gate(d.model, tmp, thresholds, "int8")
         if not report["passed"]:
             raise ParityError(f"int8 parity gate failed; {out} was not written", report)
         write_metadata(tmp, {**meta, "precision": "int8", "parity": json.dumps(parity.summary(report))})
@@ -359,6 +359,16 @@ def export_int8(d: Described, fp32_path: Path, meta: dict[str, str], thresholds:
               "parity": report}
     write_report(out.with_suffix(".parity.json"), result)
     return result
+
+
+def precision_gate(model: nn.Module, path, thresholds: parity.Thresholds, precision: str) -> dict:
+    """The gate a file of ``precision`` is held to: float32 max abs error on every provider;
+    float16 and int8 (on the CPU, where it is meant to run) a minimum PSNR."""
+    if precision == "int8":
+        return parity.run_gate(model, path, thresholds, providers=[parity.CPU], min_psnr=thresholds.int8_min_psnr)
+    if precision == "float16":
+        return parity.run_gate(model, path, thresholds, min_psnr=thresholds.fp16_min_psnr)
+    return parity.run_gate(model, path, thresholds)
 
 
 def verify(model_path: str | os.PathLike, ckpt: str | os.PathLike, arch: str | None = None,
@@ -371,11 +381,5 @@ def verify(model_path: str | os.PathLike, ckpt: str | os.PathLike, arch: str | N
     from .runtime import Generator as Runtime
 
     d = describe(ckpt, arch)
-    thresholds = thresholds or parity.Thresholds()
     precision = Runtime.load(model_path, device="cpu").metadata.get("precision", "float32")
-    if precision == "int8":
-        return parity.run_gate(d.model, model_path, thresholds, providers=[parity.CPU],
-                               min_psnr=thresholds.int8_min_psnr)
-    if precision == "float16":
-        return parity.run_gate(d.model, model_path, thresholds, min_psnr=thresholds.fp16_min_psnr)
-    return parity.run_gate(d.model, model_path, thresholds)
+    return precision_gate(d.model, model_path, thresholds or parity.Thresholds(), precision)
