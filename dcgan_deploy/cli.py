@@ -410,7 +410,12 @@ def train(recipe, resume_dir, data, steps, batch_size, run_dir, device, seed):
                 raise ValueError(f"{run_dir} already holds a run; continue it with --resume {run_dir}, or pick --out")
             trainer = Trainer(cfg, run_dir, progress=sys.stderr.isatty())
         start = time.perf_counter()
-        record = trainer.run()
+        try:
+            record = trainer.run()
+        except BaseException:
+            trainer.dist.close(ok=False)
+            raise
+        trainer.dist.close()
     except DivergenceError as e:
         click.echo(f"Error: {e}", err=True)
         sys.exit(EXIT_DIVERGED)

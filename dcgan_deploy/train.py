@@ -164,6 +164,18 @@ class Dist:
         for b in module.buffers():
             dist.broadcast(b, 0)
 
+    def close(self, ok: bool = True) -> None:
+        """Tear the process group down before the process exits: a gloo group left to the interpreter's exit
+        can abort the process ("terminate called without an active exception") after a finished run.
+        After a clean run every rank waits for the others first; after an error it does not wait."""
+        if self.world == 1:
+            return
+        import torch.distributed as dist
+        if dist.is_initialized():
+            if ok:
+                dist.barrier()
+            dist.destroy_process_group()
+
     def gather_digests(self, digest: str) -> list[str]:
         """Every rank's digest (to check that all ranks hold the same weights)."""
         if self.world == 1:
@@ -198,16 +210,18 @@ def weights_digest(module: nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
-def all_finite(module: nn.Module) -> bool:
-    return all(torch.isfinite(t).all() for t in module.state_dict().values() if t.is_floating_point())
+@torch.no_grad()
+def all_finite(*modules: nn.Module) -> torch.Tensor:
+    """A 0-d bool tensor on the modules' device: are all their floating-point tensors finite?
+    Computed without a host sync (one concatenation), so a GPU step waits for nothing."""
+    tensors = [t.reshape(-1) for m in modules for t in m.state_dict().values() if t.is_floating_point()]
+    return torch.isfinite(torch.cat(tensors)).all()
 
 
 @torch.no_grad()
 def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
-    for e, p in zip(ema.parameters(), model.parameters()):
-        e.lerp_(p, 1 - decay)
-    for e, b in zip(ema.buffers(), model.buffers()):
-        e.copy_(b)
+    torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1 - decay)
+    torch._foreach_copy_(list(ema.buffers()), list(model.buffers()))
 
 
 @torch.no_grad()
@@ -395,8 +409,10 @@ class Trainer:
         self.dist.sync_buffers(self.D)
         if self.ema is not None:
             update_ema(self.ema, self.G, self.cfg.ema)
-        return {"d_loss": d_loss.item(), "g_loss": g_loss.item(),
-                "d_real": torch.sigmoid(d_real).mean().item(), "d_fake": torch.sigmoid(d_fake).mean().item(), "lr": lr}
+        # One host sync per step: the losses, D's mean outputs and the finiteness of every weight, read together.
+        stats = torch.stack([d_loss.detach().float(), g_loss.detach().float(), torch.sigmoid(d_real).mean().float(),
+                             torch.sigmoid(d_fake).mean().float(), all_finite(self.G, self.D).float()]).tolist()
+        return {**dict(zip(("d_loss", "g_loss", "d_real", "d_fake"), stats[:4])), "finite": stats[4] == 1.0, "lr": lr}
 
     def run(self) -> dict:
         """Train up to ``cfg.steps`` (the run's total), checkpointing as configured; returns the last record."""
@@ -417,8 +433,8 @@ class Trainer:
                 losses = self.train_step()
                 self.step += 1
                 seen += cfg.batch_size * self.dist.world
-                if not (math.isfinite(losses["d_loss"]) and math.isfinite(losses["g_loss"])
-                        and all_finite(self.G) and all_finite(self.D)):
+                finite = losses.pop("finite")
+                if not (math.isfinite(losses["d_loss"]) and math.isfinite(losses["g_loss"]) and finite):
                     raise DivergenceError(
                         f"training diverged at step {self.step} (d_loss={losses['d_loss']}, g_loss={losses['g_loss']}, "
                         f"or non-finite weights); the last good checkpoint in {self.run_dir} was kept")

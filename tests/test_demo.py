@@ -276,7 +276,7 @@ def test_end_to_end_in_headless_chromium(tmp_path):
         assert "CPU" in driver.find_element(By.ID, "model-info").text
         driver.save_screenshot(str(tmp_path / "grid.png"))
         if os.environ.get("DEMO_SCREENSHOT"):
-            driver.save_screenshot(os.environ["DEMO_SCREENSHOT"])
+            driver.save_screenshot(str(ROOT / os.environ["DEMO_SCREENSHOT"]))  # relative to the repository
 
         driver.find_element(By.XPATH, "//button[@role='tab' and contains(., 'Interpolation')]").click()
         wait.until(ec.element_to_be_clickable((By.ID, "interp-button"))).click()
