@@ -23,7 +23,7 @@ from pathlib import Path
 
 from dcgan_deploy.bench import bench_model, matmul_ceiling
 from dcgan_deploy.bundled import resolve
-from dcgan_deploy.export import Described, base_metadata, fold_batchnorm, quantize_int8, to_onnx, write_metadata
+from dcgan_deploy.export import Described, base_metadata, deploy_form, quantize_int8, to_onnx, write_metadata
 from dcgan_deploy.nets import NetConfig
 from dcgan_deploy.parity import compare
 from dcgan_deploy.runtime import Generator
@@ -38,7 +38,7 @@ def fp32_model(arch: str, tmp: Path) -> Path:
         return resolve(None)
     g = trained_like(arch)
     path = tmp / f"{arch}.onnx"
-    to_onnx(fold_batchnorm(g), g.cfg, path)
+    to_onnx(deploy_form(g), g.cfg, path)
     write_metadata(path, base_metadata(Described(g, g.cfg, arch), 18))
     return path
 

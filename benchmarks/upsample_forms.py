@@ -11,7 +11,10 @@ forms of every such pair (BatchNorm folded, as `dcgan-deploy export` writes them
 - ``subpixel_conv2x2``: one Conv2d(k=2, p=1) to 4*Cout channels on the small map,
   DepthToSpace(2) and a one-pixel crop: 16(H+1)^2 instead of 36H^2 multiply-adds per
   channel pair (1.7-2x fewer) and no upsampled copy of the activations;
-- ``convtranspose_4x4``: the same collapsed taps as one ConvTranspose2d(k=4, s=2, p=1).
+- ``convtranspose_4x4``: the same collapsed taps as one ConvTranspose2d(k=4, s=2, p=1);
+- ``phase_tail``: the last upsample and the two convolutions after it on the small map,
+  the four output parities as channels, one DepthToSpace of the 1-channel image at the end
+  (``dcgan_deploy.forms.PhaseTail``; what `dcgan-deploy export` writes since it won here).
 
 Each form passes the parity gate against the original PyTorch model, and all are timed
 side by side on the CPU with PyTorch eager on the original in the same run
@@ -28,6 +31,7 @@ from torch import nn
 
 from dcgan_deploy.bench import count_macs, torch_eager
 from dcgan_deploy.export import fold_batchnorm
+from dcgan_deploy.forms import phase_tail
 from dcgan_deploy.latent import latents
 from dcgan_deploy.nets import Generator
 
@@ -110,7 +114,8 @@ def main():
             z = latents(args.batch_size, 0, g.cfg.latent_dim, g.cfg.latent_prior)
             eager = torch_eager(g, z, args.seconds, args.threads)["torch_images_per_s"]
             for name, model in (("upsample_conv3x3", folded), ("subpixel_conv2x2", rewrite(folded, SubpixelConv)),
-                                ("convtranspose_4x4", rewrite(folded, convtranspose_form))):
+                                ("convtranspose_4x4", rewrite(folded, convtranspose_form)),
+                                ("phase_tail", phase_tail(folded))):
                 path = Path(tmp) / f"{arch}-{name}.onnx"
                 gate, r = gate_and_time(g, model, path, args)
                 row = {"arch": arch, "form": name, "images_per_s": r["images_per_s"], "p50_ms": r["p50_ms"],

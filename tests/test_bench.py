@@ -15,8 +15,10 @@ def test_macs_are_counted_from_the_graph(tiny_model):
     expected = (c.latent_dim * w // 2 * 49                 # Linear -> 32x7x7
                 + 7 * 7 * w * (w // 2) * 9                 # conv at 7x7
                 + 14 * 14 * 2 * w * w * 9                  # conv at 14x14
-                + 28 * 28 * w * 2 * w * 9                  # conv at 28x28
-                + 28 * 28 * 1 * w * 9)                     # output conv
+                # the export's parity-channel tail (forms.PhaseTail): the 28x28 convolution runs at
+                # 14x14 to 4 parities x w channels, the output conv from 4w channels to 4 parities
+                + 14 * 14 * (4 * w) * 2 * w * 9
+                + 14 * 14 * 4 * (4 * w) * 9)
     assert bench.count_macs(bundled_models()["mnist"]) == expected
 
 

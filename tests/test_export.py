@@ -15,6 +15,7 @@ from dcgan_deploy.checkpoint import CheckpointError, save_generator
 from dcgan_deploy.cli import EXIT_PARITY, main
 from dcgan_deploy.export import ParityError, describe, export, fold_batchnorm, to_onnx, verify, write_metadata
 from dcgan_deploy.export import base_metadata
+from dcgan_deploy.forms import PhaseTail, phase_tail
 from dcgan_deploy.images import to_uint8
 from dcgan_deploy.nets import ARCHITECTURES, Generator, NetConfig, sample_prior
 from dcgan_deploy.parity import Thresholds, compare, run_gate
@@ -25,6 +26,9 @@ CONTRACT_KEYS = {"dcgan_deploy.format", "architecture", "latent_dim", "latent_pr
                  "value_range", "dataset", "train_step", "torch_version", "opset", "parity"}
 # BatchNorm nodes left after folding: only BNs that follow a ReLU and precede a reshape or transposed conv.
 BN_LEFT = {"mnist-dcgan": 0, "mnist-dcgan-wide": 0, "dcgan64": 0, "mnist-mlp": 0, "mnist-convt": 2}
+# The conv-upsample generators export their tail in parity-channel form: one upsample left, one DepthToSpace.
+UPSAMPLE_FORM = {"mnist-dcgan": (1, 1), "mnist-dcgan-wide": (1, 1), "dcgan64": (0, 0), "mnist-mlp": (0, 0),
+                 "mnist-convt": (0, 0)}  # (Resize nodes, DepthToSpace nodes)
 
 
 def random_generator(arch, seed=0, **net):
@@ -73,6 +77,7 @@ def test_export_verify_round_trip(tmp_path, arch):
     assert meta["architecture"] == arch and meta["train_step"] == "7" and meta["dataset"] == "synthetic"
     assert json.loads(meta["parity"])["passed"] is True
     assert ops(path)["BatchNormalization"] == BN_LEFT[arch]
+    assert (ops(path)["Resize"], ops(path)["DepthToSpace"]) == UPSAMPLE_FORM[arch]
     assert not set(ops(path)) & {"Dropout", "RandomNormal", "RandomUniform"}
     assert json.loads((tmp_path / "out" / f"{arch}.parity.json").read_text())["parity"]["passed"]
     # the runtime reproduces PyTorch on the contract's latents
@@ -83,6 +88,24 @@ def test_export_verify_round_trip(tmp_path, arch):
     np.testing.assert_allclose(rt.run(z), want, atol=1e-4)
     assert np.mean(to_uint8(want) != rt.generate(9, seed=4)) < 1e-3
     assert verify(path, tmp_path / "generator.safetensors")["passed"]
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_phase_tail_form_equals_the_generator(arch):
+    g = random_generator(arch, seed=3, g_width=16)
+    folded = fold_batchnorm(g)
+    form = phase_tail(folded)
+    if UPSAMPLE_FORM[arch] == (0, 0):
+        assert form is None  # no upsample-conv-relu-conv-tanh tail: the export keeps the folded model
+        return
+    assert isinstance(form.main[-1], PhaseTail) and not any(isinstance(m, PhaseTail) for m in folded.main)
+    z = sample_prior(16, g.cfg, torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        want, got = g(z), form(z)
+    assert got.shape == want.shape
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+    # a wrong parity map would move pixels by a whole row or column: far outside the tolerance
+    assert (want - torch.roll(want, 1, dims=-1)).abs().max() > 1e-2
 
 
 def test_the_trainers_train_state_exports(tmp_path):

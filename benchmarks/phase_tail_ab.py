@@ -1,0 +1,64 @@
+"""Does the export's parity-channel tail beat the plain graph? An interleaved A/B on the CPU.
+
+    python benchmarks/phase_tail_ab.py [--arch mnist-dcgan] [--rounds 10] [--threads 2] [--batch-size 64]
+
+Exports the same generator twice — BatchNorm folded only ("plain": Upsample + Conv as
+trained) and as `dcgan-deploy export` writes it (``deploy_form``: the last upsample and
+the two convolutions after it in ``forms.PhaseTail`` form) — and times the two sessions in
+alternating rounds of --seconds each, so that this VM's drift hits both alike. Prints
+each round's ratio and the median. mnist-dcgan uses the bundled model's weights, other
+architectures stand-in weights.
+"""
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from dcgan_deploy.export import deploy_form, describe, fold_batchnorm, to_onnx
+
+from common import trained_like
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--arch", default="mnist-dcgan")
+    ap.add_argument("--rounds", type=int, default=10)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--seconds", type=float, default=1.5)
+    args = ap.parse_args()
+    g = (describe(ROOT / "training" / "mnist" / "generator.safetensors").model if args.arch == "mnist-dcgan"
+         else trained_like(args.arch))
+    z = np.random.default_rng(0).standard_normal((args.batch_size, g.cfg.latent_dim), dtype=np.float32)
+    sessions = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, model in (("plain", fold_batchnorm(g)), ("phase_tail", deploy_form(g))):
+            path = Path(tmp) / f"{name}.onnx"
+            to_onnx(model, g.cfg, path)
+            so = ort.SessionOptions()
+            so.intra_op_num_threads = args.threads
+            sessions[name] = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    rates = {name: [] for name in sessions}
+    for _ in range(args.rounds):
+        for name, s in sessions.items():
+            s.run(None, {"z": z})
+            times, end = [], time.perf_counter() + args.seconds
+            while time.perf_counter() < end:
+                start = time.perf_counter()
+                s.run(None, {"z": z})
+                times.append(time.perf_counter() - start)
+            rates[name].append(args.batch_size / statistics.median(times))
+    for name, r in rates.items():
+        print(f"{args.arch} {name:<10} img/s: median {statistics.median(r):7.1f}  (min {min(r):.1f}, max {max(r):.1f})")
+    ratios = [b / a for a, b in zip(rates["plain"], rates["phase_tail"])]
+    print(f"phase_tail / plain per round: {' '.join(f'{x:.2f}' for x in ratios)}; median {statistics.median(ratios):.3f}")
+
+
+if __name__ == "__main__":
+    main()
