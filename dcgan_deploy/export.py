@@ -179,7 +179,7 @@ def fold_batchnorm(model: Generator) -> Generator:
 def deploy_form(model: Generator) -> nn.Module:
     """What the export traces: ``model`` with BatchNorm folded and, where the generator ends in
     upsample, conv, ReLU, conv, tanh (mnist-dcgan, mnist-dcgan-wide), that tail in parity-channel
-    form (``forms.PhaseTail``: exactly equivalent, 14-18% faster in onnxruntime on the CPU)."""
+    form (``forms.PhaseTail``: exactly equivalent, ~12% faster in onnxruntime on the CPU)."""
     folded = fold_batchnorm(model)
     return phase_tail(folded) or folded
 

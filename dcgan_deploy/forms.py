@@ -64,6 +64,7 @@ def _same_conv3x3(m: nn.Module) -> bool:
 def phase_tail(model: Generator) -> Generator | None:
     """A copy of ``model`` (BatchNorm already folded) whose last Upsample(x2, nearest), Conv 3x3, ReLU,
     Conv 3x3, Tanh run as one ``PhaseTail``; ``None`` when the generator does not end that way."""
+    model = copy.deepcopy(model)  # nothing of the result is shared with the argument
     layers = list(model.main)
     if len(layers) < 5:
         return None
@@ -72,6 +73,5 @@ def phase_tail(model: Generator) -> Generator | None:
             and up.scale_factor in (2, 2.0, (2, 2), (2.0, 2.0)) and _same_conv3x3(conv_a) and _same_conv3x3(conv_b)
             and isinstance(act, nn.ReLU) and isinstance(out_act, nn.Tanh)):
         return None
-    model = copy.deepcopy(model)
     model.main = nn.Sequential(*layers[:-5], PhaseTail(conv_a, act, conv_b, out_act))
     return model

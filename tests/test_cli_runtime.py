@@ -8,7 +8,6 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from conftest import make_model
 from dcgan_deploy import Generator
 from dcgan_deploy.cli import main
 from dcgan_deploy.images import grid

@@ -2,7 +2,6 @@
 the CLI launcher, and an end-to-end run in headless Chromium."""
 import concurrent.futures
 import json
-import math
 import os
 import shutil
 import socket

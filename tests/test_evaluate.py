@@ -81,7 +81,6 @@ def test_evaluate_the_bundled_model_reports_score_floor_and_sizes():
 
 
 def test_evaluate_cli_json_and_save(tmp_path):
-    from conftest import make_model  # noqa: F401 - the bundled model is copied instead
     import shutil
 
     from dcgan_deploy.bundled import bundled_models

@@ -99,6 +99,7 @@ def test_phase_tail_form_equals_the_generator(arch):
         assert form is None  # no upsample-conv-relu-conv-tanh tail: the export keeps the folded model
         return
     assert isinstance(form.main[-1], PhaseTail) and not any(isinstance(m, PhaseTail) for m in folded.main)
+    assert not {id(p) for p in form.parameters()} & {id(p) for p in folded.parameters()}  # a copy
     z = sample_prior(16, g.cfg, torch.Generator().manual_seed(1))
     with torch.no_grad():
         want, got = g(z), form(z)
