@@ -20,12 +20,13 @@ def check_writable_dir(folder: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_path(dest: str | os.PathLike):
+def atomic_path(dest: str | os.PathLike, durable: bool = True):
     """Yield a temporary path beside ``dest``; on success it becomes ``dest``.
 
     The caller writes the whole file to the yielded path (ending in ``.part``, so
     writers must be told the format explicitly). On an exception the temp file is
-    removed and ``dest`` is untouched.
+    removed and ``dest`` is untouched. ``durable``: fsync the file and the folder before
+    returning; a bulk writer passes False and syncs once at the end (``sync_folder``).
     """
     dest = Path(dest)
     check_writable_dir(dest.parent.resolve())
@@ -34,11 +35,13 @@ def atomic_path(dest: str | os.PathLike):
     tmp = Path(tmp)
     try:
         yield tmp
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
+        if durable:
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file normal permissions
         os.replace(tmp, dest)
-        _fsync_dir(dest.parent)
+        if durable:
+            _fsync_dir(dest.parent)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
@@ -55,6 +58,13 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def sync_folder(folder: Path) -> None:
+    """Make everything written so far durable, once: the files (``os.sync``) and ``folder``'s entries."""
+    if hasattr(os, "sync"):
+        os.sync()
+    _fsync_dir(folder)
 
 
 def _fsync_dir(folder: Path) -> None:

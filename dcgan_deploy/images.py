@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .files import atomic_path, check_writable_dir
+from .files import atomic_path, check_writable_dir, sync_folder
 
 # A PNG grid bigger than this is refused: it would be slow to write and useless to view.
 MAX_GRID_PIXELS = 64 * 1024 * 1024
@@ -58,9 +58,9 @@ def to_pil(image: np.ndarray) -> Image.Image:
     return Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
 
 
-def save_png(image: np.ndarray, dest: str | os.PathLike) -> None:
-    """Atomically write one uint8 ``[H, W, C]`` image as PNG."""
-    with atomic_path(dest) as tmp:
+def save_png(image: np.ndarray, dest: str | os.PathLike, durable: bool = True) -> None:
+    """Atomically write one uint8 ``[H, W, C]`` image as PNG (``durable``: see ``atomic_path``)."""
+    with atomic_path(dest, durable) as tmp:
         to_pil(image).save(tmp, format="PNG")
 
 
@@ -97,7 +97,9 @@ def write_npy(chunks: Iterable[np.ndarray], dest: str | os.PathLike, shape: tupl
 def write_pngs(chunks: Iterable[np.ndarray], folder: str | os.PathLike, total: int, prefix: str = "") -> int:
     """One PNG per image, zero-padded names (``000000.png`` ...) in ``folder`` (created).
 
-    Returns the number written."""
+    Each file appears whole or not at all (temp file + rename); the folder is synced to disk
+    once at the end rather than per file, which would cost most of the time for 10^5 small
+    PNGs. Returns the number written."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     check_writable_dir(folder)
@@ -105,6 +107,7 @@ def write_pngs(chunks: Iterable[np.ndarray], folder: str | os.PathLike, total: i
     i = 0
     for chunk in chunks:
         for img in chunk:
-            save_png(img, folder / f"{prefix}{i:0{digits}d}.png")
+            save_png(img, folder / f"{prefix}{i:0{digits}d}.png", durable=False)
             i += 1
+    sync_folder(folder)
     return i

@@ -49,6 +49,22 @@ def test_generate_directory(rgb_model, tmp_path, trailing_slash):
     np.testing.assert_array_equal(np.asarray(Image.open(files[11])), expected[11])
 
 
+def test_png_folder_syncs_once_not_per_file(rgb_model, tmp_path, monkeypatch):
+    import os
+
+    from dcgan_deploy.images import write_pngs
+    calls = {"fsync": 0, "sync": 0}
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (calls.__setitem__("fsync", calls["fsync"] + 1), real_fsync(fd)))
+    monkeypatch.setattr(os, "sync", lambda: calls.__setitem__("sync", calls["sync"] + 1))
+    images = Generator.load(rgb_model).generate(20, seed=2)
+    assert write_pngs([images[:8], images[8:]], tmp_path / "pngs", total=20) == 20
+    assert calls == {"fsync": 1, "sync": 1}  # the folder's entries once, the files once: not 2 x 20
+    files = sorted((tmp_path / "pngs").iterdir())
+    assert len(files) == 20 and not [f for f in files if f.name.endswith(".part")]
+    np.testing.assert_array_equal(np.asarray(Image.open(files[19])), images[19])
+
+
 @pytest.mark.parametrize("args, message", [
     (["-n", "0"], "-n must be at least 1"),
     (["-n", "-4"], "-n must be at least 1"),
