@@ -4,21 +4,19 @@
 
 Exports the same generator twice — BatchNorm folded only ("plain": Upsample + Conv as
 trained) and as `dcgan-deploy export` writes it (``deploy_form``: the last upsample and
-the two convolutions after it in ``forms.PhaseTail`` form) — and times the two sessions in
-alternating rounds of --seconds each, so that this VM's drift hits both alike. Prints
-each round's ratio and the median. mnist-dcgan uses the bundled model's weights, other
-architectures stand-in weights.
+the two convolutions after it in ``forms.PhaseTail`` form) — and times the two models in
+alternating rounds of --seconds each (``bench_model``, as `dcgan-deploy bench` times), so
+that this VM's drift hits both alike. Prints each round's ratio and the median.
+mnist-dcgan uses the bundled model's weights, other architectures stand-in weights.
 """
 import argparse
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
-import numpy as np
-import onnxruntime as ort
-
-from dcgan_deploy.export import deploy_form, describe, fold_batchnorm, to_onnx
+from dcgan_deploy.bench import bench_model
+from dcgan_deploy.export import (DEFAULT_OPSET, Described, base_metadata, deploy_form, describe, fold_batchnorm,
+                                 to_onnx, write_metadata)
 
 from common import trained_like
 
@@ -35,25 +33,17 @@ def main():
     args = ap.parse_args()
     g = (describe(ROOT / "training" / "mnist" / "generator.safetensors").model if args.arch == "mnist-dcgan"
          else trained_like(args.arch))
-    z = np.random.default_rng(0).standard_normal((args.batch_size, g.cfg.latent_dim), dtype=np.float32)
-    sessions = {}
+    rates = {"plain": [], "phase_tail": []}
     with tempfile.TemporaryDirectory() as tmp:
+        paths = {}
         for name, model in (("plain", fold_batchnorm(g)), ("phase_tail", deploy_form(g))):
-            path = Path(tmp) / f"{name}.onnx"
-            to_onnx(model, g.cfg, path)
-            so = ort.SessionOptions()
-            so.intra_op_num_threads = args.threads
-            sessions[name] = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-    rates = {name: [] for name in sessions}
-    for _ in range(args.rounds):
-        for name, s in sessions.items():
-            s.run(None, {"z": z})
-            times, end = [], time.perf_counter() + args.seconds
-            while time.perf_counter() < end:
-                start = time.perf_counter()
-                s.run(None, {"z": z})
-                times.append(time.perf_counter() - start)
-            rates[name].append(args.batch_size / statistics.median(times))
+            paths[name] = Path(tmp) / f"{name}.onnx"
+            to_onnx(model, g.cfg, paths[name])
+            write_metadata(paths[name], base_metadata(Described(g, g.cfg, g.cfg.arch), DEFAULT_OPSET))
+        for _ in range(args.rounds):
+            for name, path in paths.items():
+                row = bench_model(path, "cpu", [args.batch_size], args.threads, args.seconds)[0]
+                rates[name].append(row["images_per_s"])
     for name, r in rates.items():
         print(f"{args.arch} {name:<10} img/s: median {statistics.median(r):7.1f}  (min {min(r):.1f}, max {max(r):.1f})")
     ratios = [b / a for a, b in zip(rates["plain"], rates["phase_tail"])]
