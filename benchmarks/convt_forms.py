@@ -3,18 +3,21 @@
     python benchmarks/convt_forms.py [--threads 2] [--batch-size 64] [--seconds 3]
 
 For the generators with ConvTranspose2d(k=4, s=2, p=1) layers (dcgan64, mnist-convt),
-exports three exactly equivalent graphs and times them side by side on the CPU:
+exports four exactly equivalent graphs and times them side by side on the CPU:
 
 - ``convt``: the layers as they are (ConvTranspose), BatchNorm folded;
 - ``conv3x3_shuffle``: each as one Conv2d(k=3, p=1) to 4*Cout channels + PixelShuffle(2)
   (DepthToSpace): one large convolution, but 9 taps where 4 are non-zero (2.25x the
   multiply-adds);
-- ``parity4``: each as four 2x2 convolutions, one per output parity, stacked and
-  pixel-shuffled: the same multiply-adds as the transposed convolution.
+- ``parity4_all``: each as four 2x2 convolutions, one per output parity, stacked and
+  pixel-shuffled (``forms.ParityConvT``, the ReLU after it fused in): the same multiply-adds;
+- ``export``: what `dcgan-deploy export` writes (``forms.transposed_forms``): ``parity4`` only
+  for the layers with at least 16 output channels, the last (1 or 3 channels, which the
+  blocked layout pads to 16) left a ConvTranspose.
 
-For dcgan64 the first layer (ConvTranspose on the 1x1 latent map) becomes a Gemm in both
-rewrites. Every variant passes the parity gate against the original PyTorch model. The
-export keeps whichever form this benchmark shows fastest (see BENCHMARKS.md).
+For dcgan64 the first layer (ConvTranspose on the 1x1 latent map) becomes a Gemm
+(``forms.FirstLayerGemm``) in every rewrite. Every variant passes the parity gate against the
+original PyTorch model.
 """
 import copy
 import json
@@ -23,19 +26,17 @@ import tempfile
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from dcgan_deploy.export import fold_batchnorm
+from dcgan_deploy.export import deploy_form, fold_batchnorm
+from dcgan_deploy.forms import FirstLayerGemm, ParityConvT, transposed_forms
 from dcgan_deploy.nets import Generator
 
 from common import gate_and_time, speed_args, trained_like
 
 # Output pixel 2m + r of a k4/s2/p1 transposed convolution sums input m-1, m (r = 0, taps 3, 1)
-# or m, m+1 (r = 1, taps 2, 0).
-TAPS = {0: (3, 1), 1: (2, 0)}          # parity -> kernel taps for input offsets (first, second)
-OFFSETS = {0: (0, 1), 1: (1, 2)}       # parity -> positions of those offsets in a 3-tap window (-1, 0, +1)
-PADS = {0: (1, 0), 1: (0, 1)}          # parity -> (before, after) padding of a 2-tap window
+# or m, m+1 (r = 1, taps 2, 0): ParityConvT.KERNEL_ROWS; in a 3-tap window (-1, 0, +1) those offsets sit at
+OFFSETS = {0: (0, 1), 1: (1, 2)}
 
 
 class Conv3x3Shuffle(nn.Module):
@@ -46,8 +47,8 @@ class Conv3x3Shuffle(nn.Module):
         weight = torch.zeros(cout, 2, 2, cin, 3, 3)                 # [Cout, ry, rx, Cin, a, b]
         for ry in (0, 1):
             for rx in (0, 1):
-                for a, ky in zip(OFFSETS[ry], TAPS[ry]):
-                    for b, kx in zip(OFFSETS[rx], TAPS[rx]):
+                for a, ky in zip(OFFSETS[ry], ParityConvT.KERNEL_ROWS[ry]):
+                    for b, kx in zip(OFFSETS[rx], ParityConvT.KERNEL_ROWS[rx]):
                         weight[:, ry, rx, :, a, b] = w[:, :, ky, kx].T
         self.conv = nn.Conv2d(cin, 4 * cout, 3, padding=1, bias=convt.bias is not None)
         self.conv.weight.data = weight.reshape(4 * cout, cin, 3, 3)
@@ -57,40 +58,6 @@ class Conv3x3Shuffle(nn.Module):
 
     def forward(self, x):
         return self.shuffle(self.conv(x))
-
-
-class Parity4(nn.Module):
-    def __init__(self, convt: nn.ConvTranspose2d):
-        super().__init__()
-        w = convt.weight.detach()
-        self.convs, self.pads = nn.ModuleList(), []
-        for ry in (0, 1):
-            for rx in (0, 1):
-                c = nn.Conv2d(convt.in_channels, convt.out_channels, 2, bias=convt.bias is not None)
-                c.weight.data = w[:, :, list(TAPS[ry])][:, :, :, list(TAPS[rx])].permute(1, 0, 2, 3).contiguous()
-                if convt.bias is not None:
-                    c.bias.data = convt.bias.detach().clone()
-                self.convs.append(c)
-                self.pads.append((*PADS[rx], *PADS[ry]))
-        self.shuffle = nn.PixelShuffle(2)
-
-    def forward(self, x):
-        y = torch.stack([c(F.pad(x, p)) for c, p in zip(self.convs, self.pads)], 2)  # [n, Cout, 4, H, W]
-        return self.shuffle(y.flatten(1, 2))
-
-
-class FirstLayerGemm(nn.Module):
-    def __init__(self, convt: nn.ConvTranspose2d):
-        super().__init__()
-        cin, cout, kh, kw = convt.weight.shape
-        self.shape = (cout, kh, kw)
-        self.linear = nn.Linear(cin, cout * kh * kw)
-        self.linear.weight.data = convt.weight.detach().reshape(cin, -1).T.contiguous()
-        bias = convt.bias.detach() if convt.bias is not None else torch.zeros(cout)
-        self.linear.bias.data = bias.repeat_interleave(kh * kw)
-
-    def forward(self, x):                                           # [n, Cin, 1, 1]
-        return self.linear(x.flatten(1)).unflatten(1, self.shape)
 
 
 def rewrite(model: Generator, form) -> Generator:
@@ -114,7 +81,8 @@ def main():
             g = trained_like(arch)
             folded = fold_batchnorm(g)
             for name, model in (("convt", folded), ("conv3x3_shuffle", rewrite(folded, Conv3x3Shuffle)),
-                                ("parity4", rewrite(folded, Parity4))):
+                                ("parity4_all", transposed_forms(folded, min_channels=1)),
+                                ("export", deploy_form(g))):
                 path = Path(tmp) / f"{arch}-{name}.onnx"
                 gate, r = gate_and_time(g, model, path, args)
                 rows.append({"arch": arch, "form": name, "images_per_s": r["images_per_s"], "p50_ms": r["p50_ms"],

@@ -2,15 +2,16 @@
 
     python benchmarks/int8_quant.py [--threads 2] [--batch-size 64] [--seconds 3]
 
-For each architecture: the fp32 export (BatchNorm folded, as `dcgan-deploy export` writes
-it), and int8 variants made from it as `dcgan-deploy export --int8` makes them
-(``onnxruntime.quantization.quantize_static`` calibrated on the model's own latents,
+For each architecture: the fp32 export (as `dcgan-deploy export` writes it: ``deploy_form``),
+and int8 variants made as `dcgan-deploy export --int8` makes them: from the int8 form
+(``deploy_form(..., int8=True)``, which differs for the conv-upsample nets' tail) with
+``onnxruntime.quantization.quantize_static`` calibrated on the model's own latents,
 seeds 1000-1007 x 64, MinMax; QDQ format, int8 weights per output channel), with the
 activations as uint8 (the export's choice) or int8.
 They are timed side by side in one process, and their images are compared with the fp32
 images for the same 256 latents (PSNR over [-1, 1], share of changed uint8 pixels).
 
-mnist-dcgan uses the bundled trained model (`exports/mnist.onnx`); the others use stand-in
+mnist-dcgan uses the bundled trained model's weights; the others use stand-in
 weights with realistic BatchNorm statistics (speed does not depend on the values; the
 image error of random weights is only indicative). A variant would ship only if it is at
 least 1.5x faster than fp32 with PSNR >= 30 dB (BENCHMARKS.md).
@@ -22,8 +23,7 @@ import warnings
 from pathlib import Path
 
 from dcgan_deploy.bench import bench_model, matmul_ceiling
-from dcgan_deploy.bundled import resolve
-from dcgan_deploy.export import Described, base_metadata, deploy_form, quantize_int8, to_onnx, write_metadata
+from dcgan_deploy.export import Described, base_metadata, deploy_form, describe, quantize_int8, to_onnx, write_metadata
 from dcgan_deploy.nets import NetConfig
 from dcgan_deploy.parity import compare
 from dcgan_deploy.runtime import Generator
@@ -31,16 +31,19 @@ from dcgan_deploy.runtime import Generator
 from common import speed_args, trained_like
 
 SHIP_SPEEDUP, SHIP_PSNR = 1.5, 30.0
+ROOT = Path(__file__).resolve().parent.parent
 
 
-def fp32_model(arch: str, tmp: Path) -> Path:
-    if arch == "mnist-dcgan":
-        return resolve(None)
-    g = trained_like(arch)
-    path = tmp / f"{arch}.onnx"
-    to_onnx(deploy_form(g), g.cfg, path)
-    write_metadata(path, base_metadata(Described(g, g.cfg, arch), 18))
-    return path
+def exported_forms(arch: str, tmp: Path) -> tuple[Path, Path]:
+    """(the fp32 export, the float32 graph its int8 variants are quantized from)."""
+    g = describe(ROOT / "training" / "mnist" / "generator.safetensors").model if arch == "mnist-dcgan" else trained_like(arch)
+    paths = []
+    for name, int8 in (("fp32", False), ("int8-form", True)):
+        path = tmp / f"{arch}-{name}.onnx"
+        to_onnx(deploy_form(g, int8=int8), g.cfg, path)
+        write_metadata(path, base_metadata(Described(g, g.cfg, arch), 18))
+        paths.append(path)
+    return paths[0], paths[1]
 
 
 def quantize(src: Path, dest: Path, activations: str) -> None:
@@ -59,11 +62,11 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         for arch in ("mnist-dcgan", "mnist-dcgan-wide", "dcgan64", "mnist-mlp", "mnist-convt"):
-            fp32 = fp32_model(arch, tmp)
+            fp32, int8_form = exported_forms(arch, tmp)
             variants = {"fp32": fp32}
             for name, act in (("int8_u8act", "uint8"), ("int8_s8act", "int8")):
                 variants[name] = tmp / f"{arch}-{name}.onnx"
-                quantize(fp32, variants[name], act)
+                quantize(int8_form, variants[name], act)
             ref_gen = Generator.load(fp32, device="cpu", threads=args.threads)
             z = ref_gen.latents(256, 0)
             reference = ref_gen.run(z)

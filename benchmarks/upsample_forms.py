@@ -12,9 +12,10 @@ forms of every such pair (BatchNorm folded, as `dcgan-deploy export` writes them
   DepthToSpace(2) and a one-pixel crop: 16(H+1)^2 instead of 36H^2 multiply-adds per
   channel pair (1.7-2x fewer) and no upsampled copy of the activations;
 - ``convtranspose_4x4``: the same collapsed taps as one ConvTranspose2d(k=4, s=2, p=1);
-- ``phase_tail``: the last upsample and the two convolutions after it on the small map,
-  the four output parities as channels, one DepthToSpace of the 1-channel image at the end
-  (``dcgan_deploy.forms.PhaseTail``; what `dcgan-deploy export` writes since it won here).
+- ``phase_tail``: the last upsample and the two convolutions after it on the small map, per
+  output parity (four 2x2 convolutions, then the output convolution by taps), one
+  DepthToSpace of the 1-channel image at the end (``dcgan_deploy.forms.PhaseTail``; what
+  `dcgan-deploy export` writes since it won here).
 
 Each form passes the parity gate against the original PyTorch model, and all are timed
 side by side on the CPU with PyTorch eager on the original in the same run

@@ -1,10 +1,12 @@
 """Exactly equivalent generator forms that onnxruntime runs faster (each proven by the parity gate
-against the original model at every export; `benchmarks/upsample_forms.py` measures them)."""
+against the original model at every export; `benchmarks/upsample_forms.py`, `benchmarks/convt_forms.py`
+and `benchmarks/export_form_ab.py` measure them)."""
 from __future__ import annotations
 
 import copy
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .nets import Generator
@@ -22,38 +24,108 @@ def _phase_maps():
     return p, q
 
 
-class PhaseTail(nn.Module):
-    """The generator's last ``Upsample(x2) -> conv_a (3x3) -> act -> conv_b (3x3) -> out_act``, computed
-    on the small map with the four output parities as channels, and shuffled to full size at the end.
+class ParityConv(nn.Module):
+    """``Upsample(x2, nearest) -> conv (3x3) -> act`` computed on the small map, one map per output parity.
 
-    ``conv_a`` becomes a 3x3 convolution on the small map to 4*C channels (parity-major): the same
-    multiply-adds, but no upsampled copy of the activations. ``conv_b`` becomes a 3x3 convolution from
-    those 4*C parity channels to 4*Cout (each output parity reads the input parities its taps land on),
-    and a DepthToSpace of the small Cout-channel result finishes: the large map never exists before
-    the last, tiny shuffle.
+    Each output parity of the pair sees only a 2x2 window of the small map, so each parity is one 2x2
+    convolution on the small map (with its own one-sided zero padding): 4/9 of the multiply-adds of
+    the 3x3 convolution on the large map, and the large map never exists. ``forward`` concatenates
+    the parities parity-major (channel ``(2 r + s) * C + c``); ``parities`` returns them apart.
     """
 
-    def __init__(self, conv_a: nn.Conv2d, act: nn.Module, conv_b: nn.Conv2d, out_act: nn.Module):
+    def __init__(self, conv: nn.Conv2d, act: nn.Module):
         super().__init__()
-        p, q = _phase_maps()
-        wa, wb = conv_a.weight.detach(), conv_b.weight.detach()        # [C, Cin, 3, 3], [Co, C, 3, 3]
-        c, cin = wa.shape[:2]
-        co = wb.shape[0]
-        p, q = p.to(wa.dtype), q.to(wa.dtype)
-        ka = torch.einsum("rya,sxb,ciyx->rsciab", p, p, wa).reshape(4 * c, cin, 3, 3)
-        kb = torch.einsum("ryua,sxvb,ocyx->orsuvcab", q, q, wb).reshape(4 * co, 4 * c, 3, 3)
-        self.conv_a = nn.Conv2d(cin, 4 * c, 3, padding=1, bias=conv_a.bias is not None)
-        self.conv_a.weight.data = ka.contiguous()
-        if conv_a.bias is not None:
-            self.conv_a.bias.data = conv_a.bias.detach().repeat(4)
-        self.conv_b = nn.Conv2d(4 * c, 4 * co, 3, padding=1, bias=conv_b.bias is not None)
-        self.conv_b.weight.data = kb.contiguous()
-        if conv_b.bias is not None:
-            self.conv_b.bias.data = conv_b.bias.detach().repeat_interleave(4)
-        self.act, self.out_act, self.shuffle = act, out_act, nn.PixelShuffle(2)
+        p, _ = _phase_maps()
+        w = conv.weight.detach()                                          # [C, Cin, 3, 3]
+        c, cin = w.shape[:2]
+        k = torch.einsum("rya,sxb,ciyx->rsciab", p.to(w.dtype), p.to(w.dtype), w)  # [2, 2, C, Cin, 3, 3]
+        self.convs = nn.ModuleList()
+        self.pads = []
+        for r in range(2):
+            for s in range(2):
+                # parity r reads small-map offsets r - 1 and r: the window [r, r + 2) of the 3 offsets
+                part = nn.Conv2d(cin, c, 2, bias=conv.bias is not None)
+                part.weight.data = k[r, s, :, :, r:r + 2, s:s + 2].contiguous()
+                if conv.bias is not None:
+                    part.bias.data = conv.bias.detach().clone()
+                self.convs.append(part)
+                self.pads.append((1 - s, s, 1 - r, r))                    # left, right, top, bottom
+        self.act = act
+
+    def parities(self, x) -> list:
+        return [self.act(conv(F.pad(x, pad))) for conv, pad in zip(self.convs, self.pads)]
 
     def forward(self, x):
-        return self.shuffle(self.out_act(self.conv_b(self.act(self.conv_a(x)))))
+        return torch.cat(self.parities(x), 1)
+
+
+class PhaseTail(nn.Module):
+    """The generator's last ``Upsample(x2) -> conv_a (3x3) -> act -> conv_b (3x3) -> out_act``, computed
+    on the small map per output parity, and shuffled to full size at the end.
+
+    ``conv_a`` becomes a ``ParityConv``: four 2x2 convolutions on the small map, one per output parity
+    (4/9 of the multiply-adds, no upsampled copy of the activations). ``conv_b`` goes to Co channels,
+    few, which onnxruntime's blocked layout pads to 16; it takes one of two forms:
+
+    - ``taps=True`` (float32): taken apart by taps. On the parity maps the taps of each of its 4*Co
+      (output channel, output parity) pairs lie in a 2x2 window of small-map offsets, and each tap
+      reads exactly one input parity. So one 1x1 convolution per input parity computes the 16*Co tap
+      maps (summed over the parities: no concatenation), and a grouped 3x3 convolution with one-hot
+      weights shifts each tap map to its offset and adds a pair's four taps.
+    - ``taps=False`` (for int8, where each tap map would be rounded to 8 bits on its own): one 3x3
+      convolution from the concatenated 4*C parity channels to the 4*Co output parities.
+
+    A DepthToSpace of the small Co-channel result finishes: the large map never exists before the
+    last, tiny shuffle.
+    """
+
+    def __init__(self, conv_a: nn.Conv2d, act: nn.Module, conv_b: nn.Conv2d, out_act: nn.Module, taps: bool = True):
+        super().__init__()
+        _, q = _phase_maps()
+        wb = conv_b.weight.detach()                                       # [Co, C, 3, 3]
+        co, c = wb.shape[:2]
+        # kb[o, r, s, u, v, c, a, b]: output channel o at parity (r, s) reads input parity (u, v),
+        # channel c, at small-map offset (a - 1, b - 1)
+        kb = torch.einsum("ryua,sxvb,ocyx->orsuvcab", q.to(wb.dtype), q.to(wb.dtype), wb)
+        bias = None if conv_b.bias is None else conv_b.bias.detach().repeat_interleave(4)
+        self.head = ParityConv(conv_a, act)
+        self.taps = self.shift = self.conv_b = None
+        if taps:
+            tap_w = torch.zeros(4, 16 * co, c, dtype=wb.dtype)           # [input parity, tap, C]
+            shift = torch.zeros(4 * co, 4, 3, 3, dtype=wb.dtype)          # 4 taps per (o, r, s)
+            t = 0
+            for o in range(co):
+                for r in range(2):
+                    for s in range(2):
+                        for a in (r, r + 1):
+                            for b in (s, s + 1):
+                                tap_w[:, t] = kb[o, r, s, :, :, :, a, b].reshape(4, c)
+                                shift[t // 4, t % 4, a, b] = 1
+                                t += 1
+            self.taps = nn.ModuleList()
+            for weight in tap_w:
+                tap = nn.Conv2d(c, 16 * co, 1, bias=False)
+                tap.weight.data = weight[:, :, None, None].contiguous()
+                self.taps.append(tap)
+            self.shift = nn.Conv2d(16 * co, 4 * co, 3, padding=1, groups=4 * co, bias=bias is not None)
+            self.shift.weight.data = shift
+            if bias is not None:
+                self.shift.bias.data = bias
+        else:
+            self.conv_b = nn.Conv2d(4 * c, 4 * co, 3, padding=1, bias=bias is not None)
+            self.conv_b.weight.data = kb.reshape(4 * co, 4 * c, 3, 3).contiguous()
+            if bias is not None:
+                self.conv_b.bias.data = bias
+        self.out_act, self.shuffle = out_act, nn.PixelShuffle(2)
+
+    def forward(self, x):
+        parities = self.head.parities(x)
+        if self.taps is None:
+            y = self.conv_b(torch.cat(parities, 1))
+        else:
+            parts = [tap(h) for tap, h in zip(self.taps, parities)]
+            y = self.shift(sum(parts[1:], parts[0]))
+        return self.shuffle(self.out_act(y))
 
 
 def _same_conv3x3(m: nn.Module) -> bool:
@@ -61,9 +133,10 @@ def _same_conv3x3(m: nn.Module) -> bool:
             and m.dilation == (1, 1) and m.groups == 1 and m.padding_mode == "zeros")
 
 
-def phase_tail(model: Generator) -> Generator | None:
+def phase_tail(model: Generator, taps: bool = True) -> Generator | None:
     """A copy of ``model`` (BatchNorm already folded) whose last Upsample(x2, nearest), Conv 3x3, ReLU,
-    Conv 3x3, Tanh run as one ``PhaseTail``; ``None`` when the generator does not end that way."""
+    Conv 3x3, Tanh run as one ``PhaseTail`` (``taps``: its float32 form, else its int8 form);
+    ``None`` when the generator does not end that way."""
     model = copy.deepcopy(model)  # nothing of the result is shared with the argument
     layers = list(model.main)
     if len(layers) < 5:
@@ -73,5 +146,93 @@ def phase_tail(model: Generator) -> Generator | None:
             and up.scale_factor in (2, 2.0, (2, 2), (2.0, 2.0)) and _same_conv3x3(conv_a) and _same_conv3x3(conv_b)
             and isinstance(act, nn.ReLU) and isinstance(out_act, nn.Tanh)):
         return None
-    model.main = nn.Sequential(*layers[:-5], PhaseTail(conv_a, act, conv_b, out_act))
+    model.main = nn.Sequential(*layers[:-5], PhaseTail(conv_a, act, conv_b, out_act, taps))
+    return model
+
+
+class ParityConvT(nn.Module):
+    """``ConvTranspose2d(kernel 4, stride 2, padding 1) [-> ReLU]`` as four 2x2 convolutions on the input
+    map, one per output parity, shuffled to full size by a DepthToSpace.
+
+    Output row ``2 m + r`` of the transposed convolution takes kernel rows 3 and 1 at input rows
+    ``m - 1`` and ``m`` (r = 0), or 2 and 0 at ``m`` and ``m + 1`` (r = 1): a 2x2 convolution with
+    one-sided padding, the same multiply-adds. onnxruntime's CPU ConvTranspose runs image by image
+    outside the blocked (NCHWc) layout; these convolutions run in it, the ReLU fused into them.
+    """
+
+    KERNEL_ROWS = ((3, 1), (2, 0))  # per output parity: the kernel rows at input offsets (r - 1, r)
+
+    def __init__(self, convt: nn.ConvTranspose2d, act: nn.Module | None = None):
+        super().__init__()
+        w = convt.weight.detach()                                         # [Cin, Cout, 4, 4]
+        cin, cout = w.shape[:2]
+        self.convs = nn.ModuleList()
+        self.pads = []
+        for r in range(2):
+            for s in range(2):
+                part = nn.Conv2d(cin, cout, 2, bias=convt.bias is not None)
+                rows, cols = self.KERNEL_ROWS[r], self.KERNEL_ROWS[s]
+                part.weight.data = w[:, :, rows][:, :, :, cols].transpose(0, 1).contiguous()
+                if convt.bias is not None:
+                    part.bias.data = convt.bias.detach().clone()
+                self.convs.append(part)
+                self.pads.append((1 - s, s, 1 - r, r))                    # left, right, top, bottom
+        self.act = act if act is not None else nn.Identity()
+        self.cout = cout
+
+    def forward(self, x):
+        n, _, h, w = x.shape
+        parts = [self.act(conv(F.pad(x, pad))) for conv, pad in zip(self.convs, self.pads)]
+        # channel c * 4 + parity, as PixelShuffle (DepthToSpace, CRD) reads it
+        return F.pixel_shuffle(torch.stack(parts, 2).reshape(n, 4 * self.cout, h, w), 2)
+
+
+class FirstLayerGemm(nn.Module):
+    """``ConvTranspose2d(kernel k, stride 1, padding 0)`` on a 1x1 map (the 64x64 DCGAN's first layer)
+    as one matrix product and a reshape: the same multiply-adds, one Gemm for the whole batch instead
+    of a transposed convolution per image."""
+
+    def __init__(self, convt: nn.ConvTranspose2d):
+        super().__init__()
+        w = convt.weight.detach()                                         # [Cin, Cout, k, k]
+        cin, self.cout, self.k = w.shape[0], w.shape[1], w.shape[2]
+        self.linear = nn.Linear(cin, self.cout * self.k * self.k)
+        self.linear.weight.data = w.reshape(cin, -1).t().contiguous()
+        bias = convt.bias.detach() if convt.bias is not None else torch.zeros(self.cout, dtype=w.dtype)
+        self.linear.bias.data = bias.repeat_interleave(self.k * self.k)
+
+    def forward(self, x):
+        return self.linear(x.flatten(1)).reshape(-1, self.cout, self.k, self.k)
+
+
+def _is_convt(m: nn.Module, kernel: int, stride: int, padding: int) -> bool:
+    return (isinstance(m, nn.ConvTranspose2d) and m.kernel_size == (kernel, kernel) and m.stride == (stride, stride)
+            and m.padding == (padding, padding) and m.output_padding == (0, 0) and m.dilation == (1, 1)
+            and m.groups == 1)
+
+
+def transposed_forms(model: Generator, min_channels: int = 16) -> Generator | None:
+    """A copy of ``model`` (BatchNorm already folded) with its transposed convolutions rewritten:
+    the 64x64 DCGAN's first layer on the 1x1 latent as ``FirstLayerGemm``, each stride-2 one with at
+    least ``min_channels`` outputs (the blocked layout pads fewer, like the last layer's 1 or 3, to
+    16) as ``ParityConvT``, absorbing a ReLU after it. ``None`` when there is nothing to rewrite."""
+    model = copy.deepcopy(model)
+    layers, out, changed = list(model.main), [], False
+    i = 0
+    while i < len(layers):
+        m = layers[i]
+        if i == 0 and model.cfg.arch == "dcgan64" and _is_convt(m, m.kernel_size[0], 1, 0):
+            out.append(FirstLayerGemm(m))
+            changed = True
+        elif _is_convt(m, 4, 2, 1) and m.out_channels >= min_channels:
+            relu = i + 1 < len(layers) and isinstance(layers[i + 1], nn.ReLU)
+            out.append(ParityConvT(m, nn.ReLU() if relu else None))
+            changed = True
+            i += relu
+        else:
+            out.append(m)
+        i += 1
+    if not changed:
+        return None
+    model.main = nn.Sequential(*out)
     return model

@@ -1,5 +1,6 @@
 import json
 
+import pytest
 from click.testing import CliRunner
 
 from dcgan_deploy import bench
@@ -15,10 +16,12 @@ def test_macs_are_counted_from_the_graph(tiny_model):
     expected = (c.latent_dim * w // 2 * 49                 # Linear -> 32x7x7
                 + 7 * 7 * w * (w // 2) * 9                 # conv at 7x7
                 + 14 * 14 * 2 * w * w * 9                  # conv at 14x14
-                # the export's parity-channel tail (forms.PhaseTail): the 28x28 convolution runs at
-                # 14x14 to 4 parities x w channels, the output conv from 4w channels to 4 parities
-                + 14 * 14 * (4 * w) * 2 * w * 9
-                + 14 * 14 * 4 * (4 * w) * 9)
+                # the export's tail (forms.PhaseTail): the 28x28 convolution as four 2x2 convolutions
+                # at 14x14 (one per output parity), the output conv as four 1x1 convolutions to 16 tap
+                # maps and a grouped 3x3 shift (4 groups of 4 taps) to the 4 output parities
+                + 4 * 14 * 14 * w * 2 * w * 4
+                + 4 * 14 * 14 * 16 * w
+                + 14 * 14 * 4 * 4 * 9)
     assert bench.count_macs(bundled_models()["mnist"]) == expected
 
 
@@ -54,3 +57,14 @@ def test_bench_rejects_bad_arguments(tiny_model):
                           (["-m", str(tiny_model), "-m", str(tiny_model), "--ckpt", "x.pt"], "one -m")):
         r = CliRunner().invoke(main, ["bench", *args])
         assert r.exit_code == 1 and message in r.output, r.output
+
+
+def test_the_ceiling_is_the_higher_of_before_and_after():
+    rows = [{"gflops": 50.0}, {"images_per_s": 1.0}]  # the second row has no GFLOP/s (no onnx to count)
+    low = {"backend": "test", "size": 1024, "gflops": 1e-3}  # a ceiling measured on a stalled core
+    c = bench.settle_ceiling(low, rows, threads=1)
+    assert c["gflops"] > 1 and c["measured_gflops"][0] == 0.0 and c["measured_gflops"][1] == round(c["gflops"], 1)
+    assert rows[0]["share_of_ceiling"] == pytest.approx(50.0 / c["gflops"], rel=1e-3)
+    assert "share_of_ceiling" not in rows[1]
+    high = {"backend": "test", "size": 1024, "gflops": 1e9}
+    assert bench.settle_ceiling(high, rows, threads=1)["gflops"] == 1e9 and rows[0]["share_of_ceiling"] == 5e-8

@@ -15,7 +15,7 @@ from dcgan_deploy.checkpoint import CheckpointError, save_generator
 from dcgan_deploy.cli import EXIT_PARITY, main
 from dcgan_deploy.export import ParityError, describe, export, fold_batchnorm, to_onnx, verify, write_metadata
 from dcgan_deploy.export import base_metadata
-from dcgan_deploy.forms import PhaseTail, phase_tail
+from dcgan_deploy.forms import FirstLayerGemm, ParityConvT, PhaseTail, phase_tail, transposed_forms
 from dcgan_deploy.images import to_uint8
 from dcgan_deploy.nets import ARCHITECTURES, Generator, NetConfig, sample_prior
 from dcgan_deploy.parity import Thresholds, compare, run_gate
@@ -26,9 +26,11 @@ CONTRACT_KEYS = {"dcgan_deploy.format", "architecture", "latent_dim", "latent_pr
                  "value_range", "dataset", "train_step", "torch_version", "opset", "parity"}
 # BatchNorm nodes left after folding: only BNs that follow a ReLU and precede a reshape or transposed conv.
 BN_LEFT = {"mnist-dcgan": 0, "mnist-dcgan-wide": 0, "dcgan64": 0, "mnist-mlp": 0, "mnist-convt": 2}
-# The conv-upsample generators export their tail in parity-channel form: one upsample left, one DepthToSpace.
-UPSAMPLE_FORM = {"mnist-dcgan": (1, 1), "mnist-dcgan-wide": (1, 1), "dcgan64": (0, 0), "mnist-mlp": (0, 0),
-                 "mnist-convt": (0, 0)}  # (Resize nodes, DepthToSpace nodes)
+# (Resize, DepthToSpace, ConvTranspose nodes) of the export at TINY width: the conv-upsample nets' last
+# upsample is in PhaseTail form; dcgan64's first layer is a Gemm and its two stride-2 transposed
+# convolutions with >= 16 outputs (32 and 16 at width 8) are ParityConvT, leaving two.
+EXPORT_FORM = {"mnist-dcgan": (1, 1, 0), "mnist-dcgan-wide": (1, 1, 0), "dcgan64": (0, 2, 2), "mnist-mlp": (0, 0, 0),
+               "mnist-convt": (0, 0, 2)}
 
 
 def random_generator(arch, seed=0, **net):
@@ -77,7 +79,7 @@ def test_export_verify_round_trip(tmp_path, arch):
     assert meta["architecture"] == arch and meta["train_step"] == "7" and meta["dataset"] == "synthetic"
     assert json.loads(meta["parity"])["passed"] is True
     assert ops(path)["BatchNormalization"] == BN_LEFT[arch]
-    assert (ops(path)["Resize"], ops(path)["DepthToSpace"]) == UPSAMPLE_FORM[arch]
+    assert (ops(path)["Resize"], ops(path)["DepthToSpace"], ops(path)["ConvTranspose"]) == EXPORT_FORM[arch]
     assert not set(ops(path)) & {"Dropout", "RandomNormal", "RandomUniform"}
     assert json.loads((tmp_path / "out" / f"{arch}.parity.json").read_text())["parity"]["passed"]
     # the runtime reproduces PyTorch on the contract's latents
@@ -95,7 +97,7 @@ def test_phase_tail_form_equals_the_generator(arch):
     g = random_generator(arch, seed=3, g_width=16)
     folded = fold_batchnorm(g)
     form = phase_tail(folded)
-    if UPSAMPLE_FORM[arch] == (0, 0):
+    if arch not in ("mnist-dcgan", "mnist-dcgan-wide"):
         assert form is None  # no upsample-conv-relu-conv-tanh tail: the export keeps the folded model
         return
     assert isinstance(form.main[-1], PhaseTail) and not any(isinstance(m, PhaseTail) for m in folded.main)
@@ -342,3 +344,57 @@ def test_export_and_verify_errors(tmp_path):
     assert r.exit_code == 1 and "no such model file" in r.output
     with pytest.raises(ParityError):
         export(ckpt, tmp_path / "m.onnx", thresholds=Thresholds(cpu_max_abs=0.0))
+
+
+def test_phase_tail_with_several_output_channels():
+    # RGB-style tail: each of the 3 output channels gets its own 16 tap maps and shift group
+    torch.manual_seed(0)
+    up, conv_a, act, conv_b, out_act = (torch.nn.Upsample(scale_factor=2), torch.nn.Conv2d(5, 6, 3, padding=1),
+                                        torch.nn.ReLU(), torch.nn.Conv2d(6, 3, 3, padding=1), torch.nn.Tanh())
+    plain = torch.nn.Sequential(up, conv_a, act, conv_b, out_act).eval()
+    form = PhaseTail(conv_a, act, conv_b, out_act).eval()
+    x = torch.randn(4, 5, 7, 9)
+    with torch.no_grad():
+        torch.testing.assert_close(form(x), plain(x), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("relu", [False, True])
+def test_parity_convt_equals_the_transposed_convolution(relu):
+    torch.manual_seed(0)
+    convt = torch.nn.ConvTranspose2d(6, 5, 4, 2, 1)
+    plain = torch.nn.Sequential(convt, torch.nn.ReLU()) if relu else convt
+    form = ParityConvT(convt, torch.nn.ReLU() if relu else None)
+    x = torch.randn(3, 6, 5, 7)
+    with torch.no_grad():
+        torch.testing.assert_close(form(x), plain(x), atol=1e-5, rtol=0)
+
+
+def test_first_layer_gemm_equals_the_transposed_convolution():
+    torch.manual_seed(0)
+    convt = torch.nn.ConvTranspose2d(10, 6, 4, 1, 0, bias=False)
+    x = torch.randn(3, 10, 1, 1)
+    with torch.no_grad():
+        torch.testing.assert_close(FirstLayerGemm(convt)(x), convt(x), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_transposed_forms_equal_the_generator(arch):
+    g = random_generator(arch, seed=5)
+    folded = fold_batchnorm(g)
+    form = transposed_forms(folded, min_channels=1)  # rewrite every stride-2 layer, the last one too
+    if arch not in ("dcgan64", "mnist-convt"):
+        assert form is None
+        return
+    n_convt = sum(isinstance(m, torch.nn.ConvTranspose2d) for m in folded.main)
+    assert sum(isinstance(m, (ParityConvT, FirstLayerGemm)) for m in form.main) == n_convt
+    assert not any(isinstance(m, torch.nn.ConvTranspose2d) for m in form.main)
+    narrow = transposed_forms(folded, min_channels=10 ** 6)  # no stride-2 layer is wide enough
+    if arch == "mnist-convt":
+        assert narrow is None
+    else:
+        assert [type(m) for m in narrow.main if not isinstance(m, torch.nn.ReLU)][:2] == [FirstLayerGemm, torch.nn.ConvTranspose2d]
+    z = sample_prior(16, g.cfg, torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        want, got = g(z), form(z)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+    assert (want - torch.roll(want, 1, dims=-1)).abs().max() > 1e-2

@@ -1,10 +1,11 @@
-"""Does the export's parity-channel tail beat the plain graph? An interleaved A/B on the CPU.
+"""Does the export's form beat the plain graph? An interleaved A/B on the CPU.
 
-    python benchmarks/phase_tail_ab.py [--arch mnist-dcgan] [--rounds 10] [--threads 2] [--batch-size 64]
+    python benchmarks/export_form_ab.py [--arch mnist-dcgan] [--rounds 10] [--threads 2] [--batch-size 64]
 
-Exports the same generator twice — BatchNorm folded only ("plain": Upsample + Conv as
-trained) and as `dcgan-deploy export` writes it (``deploy_form``: the last upsample and
-the two convolutions after it in ``forms.PhaseTail`` form) — and times the two models in
+Exports the same generator twice — BatchNorm folded only ("plain": the layers as trained)
+and as `dcgan-deploy export` writes it (``deploy_form``: for the conv-upsample nets the last
+upsample and the two convolutions after it as ``forms.PhaseTail``, for the transposed-convolution
+nets ``forms.transposed_forms``) — and times the two models in
 alternating rounds of --seconds each (``bench_model``, as `dcgan-deploy bench` times), so
 that this VM's drift hits both alike. Prints each round's ratio and the median.
 mnist-dcgan uses the bundled model's weights, other architectures stand-in weights.
@@ -33,10 +34,10 @@ def main():
     args = ap.parse_args()
     g = (describe(ROOT / "training" / "mnist" / "generator.safetensors").model if args.arch == "mnist-dcgan"
          else trained_like(args.arch))
-    rates = {"plain": [], "phase_tail": []}
+    rates = {"plain": [], "export": []}
     with tempfile.TemporaryDirectory() as tmp:
         paths = {}
-        for name, model in (("plain", fold_batchnorm(g)), ("phase_tail", deploy_form(g))):
+        for name, model in (("plain", fold_batchnorm(g)), ("export", deploy_form(g))):
             paths[name] = Path(tmp) / f"{name}.onnx"
             to_onnx(model, g.cfg, paths[name])
             write_metadata(paths[name], base_metadata(Described(g, g.cfg, g.cfg.arch), DEFAULT_OPSET))
@@ -46,8 +47,8 @@ def main():
                 rates[name].append(row["images_per_s"])
     for name, r in rates.items():
         print(f"{args.arch} {name:<10} img/s: median {statistics.median(r):7.1f}  (min {min(r):.1f}, max {max(r):.1f})")
-    ratios = [b / a for a, b in zip(rates["plain"], rates["phase_tail"])]
-    print(f"phase_tail / plain per round: {' '.join(f'{x:.2f}' for x in ratios)}; median {statistics.median(ratios):.3f}")
+    ratios = [b / a for a, b in zip(rates["plain"], rates["export"])]
+    print(f"export / plain per round: {' '.join(f'{x:.2f}' for x in ratios)}; median {statistics.median(ratios):.3f}")
 
 
 if __name__ == "__main__":
