@@ -9,11 +9,13 @@ exports four exactly equivalent graphs and times them side by side on the CPU:
 - ``conv3x3_shuffle``: each as one Conv2d(k=3, p=1) to 4*Cout channels + PixelShuffle(2)
   (DepthToSpace): one large convolution, but 9 taps where 4 are non-zero (2.25x the
   multiply-adds);
-- ``parity4_all``: each as four 2x2 convolutions, one per output parity, stacked and
-  pixel-shuffled (``forms.ParityConvT``, the ReLU after it fused in): the same multiply-adds;
-- ``export``: what `dcgan-deploy export` writes (``forms.transposed_forms``): ``parity4`` only
-  for the layers with at least 16 output channels, the last (1 or 3 channels, which the
-  blocked layout pads to 16) left a ConvTranspose.
+- ``parity4``: each with at least 16 output channels as four 2x2 convolutions, one per output
+  parity, stacked and pixel-shuffled (``forms.ParityConvT``, the ReLU after it fused in): the
+  same multiply-adds; the last (1 or 3 channels, which the blocked layout pads to 16) left a
+  ConvTranspose;
+- ``export``: what `dcgan-deploy export` writes (``forms.transposed_forms``): ``parity4``, and
+  the last two layers as ``forms.ParityConvTTail`` (the last transposed convolution computed
+  from the parity maps of the one before by taps, no full-size middle map).
 
 For dcgan64 the first layer (ConvTranspose on the 1x1 latent map) becomes a Gemm
 (``forms.FirstLayerGemm``) in every rewrite. Every variant passes the parity gate against the
@@ -81,7 +83,7 @@ def main():
             g = trained_like(arch)
             folded = fold_batchnorm(g)
             for name, model in (("convt", folded), ("conv3x3_shuffle", rewrite(folded, Conv3x3Shuffle)),
-                                ("parity4_all", transposed_forms(folded, min_channels=1)),
+                                ("parity4", transposed_forms(folded, tail=False)),
                                 ("export", deploy_form(g))):
                 path = Path(tmp) / f"{arch}-{name}.onnx"
                 gate, r = gate_and_time(g, model, path, args)

@@ -24,36 +24,44 @@ def _phase_maps():
     return p, q
 
 
-class ParityConv(nn.Module):
+class _PerParity(nn.Module):
+    """Four 2x2 convolutions on one map, one per output parity (r, s) of a map twice its size, each with
+    its own one-sided zero padding (parity r reads offsets r - 1 and r), then ``act``."""
+
+    def __init__(self, kernels: list, bias: torch.Tensor | None, act: nn.Module | None):
+        super().__init__()
+        self.convs, self.pads = nn.ModuleList(), []
+        for (r, s), kernel in zip([(0, 0), (0, 1), (1, 0), (1, 1)], kernels):   # [Cout, Cin, 2, 2]
+            part = nn.Conv2d(kernel.shape[1], kernel.shape[0], 2, bias=bias is not None)
+            part.weight.data = kernel.contiguous()
+            if bias is not None:
+                part.bias.data = bias.clone()
+            self.convs.append(part)
+            self.pads.append((1 - s, s, 1 - r, r))                        # left, right, top, bottom
+        self.act = act if act is not None else nn.Identity()
+        self.cout = kernels[0].shape[0]
+
+    def parities(self, x) -> list:
+        """The four output parities (index 2 r + s), each at the input's size."""
+        return [self.act(conv(F.pad(x, pad))) for conv, pad in zip(self.convs, self.pads)]
+
+
+class ParityConv(_PerParity):
     """``Upsample(x2, nearest) -> conv (3x3) -> act`` computed on the small map, one map per output parity.
 
     Each output parity of the pair sees only a 2x2 window of the small map, so each parity is one 2x2
-    convolution on the small map (with its own one-sided zero padding): 4/9 of the multiply-adds of
-    the 3x3 convolution on the large map, and the large map never exists. ``forward`` concatenates
-    the parities parity-major (channel ``(2 r + s) * C + c``); ``parities`` returns them apart.
+    convolution on the small map: 4/9 of the multiply-adds of the 3x3 convolution on the large map,
+    and the large map never exists. ``forward`` concatenates the parities parity-major (channel
+    ``(2 r + s) * C + c``).
     """
 
     def __init__(self, conv: nn.Conv2d, act: nn.Module):
-        super().__init__()
         p, _ = _phase_maps()
         w = conv.weight.detach()                                          # [C, Cin, 3, 3]
-        c, cin = w.shape[:2]
         k = torch.einsum("rya,sxb,ciyx->rsciab", p.to(w.dtype), p.to(w.dtype), w)  # [2, 2, C, Cin, 3, 3]
-        self.convs = nn.ModuleList()
-        self.pads = []
-        for r in range(2):
-            for s in range(2):
-                # parity r reads small-map offsets r - 1 and r: the window [r, r + 2) of the 3 offsets
-                part = nn.Conv2d(cin, c, 2, bias=conv.bias is not None)
-                part.weight.data = k[r, s, :, :, r:r + 2, s:s + 2].contiguous()
-                if conv.bias is not None:
-                    part.bias.data = conv.bias.detach().clone()
-                self.convs.append(part)
-                self.pads.append((1 - s, s, 1 - r, r))                    # left, right, top, bottom
-        self.act = act
-
-    def parities(self, x) -> list:
-        return [self.act(conv(F.pad(x, pad))) for conv, pad in zip(self.convs, self.pads)]
+        # parity r reads small-map offsets r - 1 and r: the window [r, r + 2) of the 3 offsets
+        kernels = [k[r, s, :, :, r:r + 2, s:s + 2] for r in range(2) for s in range(2)]
+        super().__init__(kernels, None if conv.bias is None else conv.bias.detach(), act)
 
     def forward(self, x):
         return torch.cat(self.parities(x), 1)
@@ -150,7 +158,7 @@ def phase_tail(model: Generator, taps: bool = True) -> Generator | None:
     return model
 
 
-class ParityConvT(nn.Module):
+class ParityConvT(_PerParity):
     """``ConvTranspose2d(kernel 4, stride 2, padding 1) [-> ReLU]`` as four 2x2 convolutions on the input
     map, one per output parity, shuffled to full size by a DepthToSpace.
 
@@ -163,28 +171,80 @@ class ParityConvT(nn.Module):
     KERNEL_ROWS = ((3, 1), (2, 0))  # per output parity: the kernel rows at input offsets (r - 1, r)
 
     def __init__(self, convt: nn.ConvTranspose2d, act: nn.Module | None = None):
-        super().__init__()
         w = convt.weight.detach()                                         # [Cin, Cout, 4, 4]
-        cin, cout = w.shape[:2]
-        self.convs = nn.ModuleList()
-        self.pads = []
-        for r in range(2):
-            for s in range(2):
-                part = nn.Conv2d(cin, cout, 2, bias=convt.bias is not None)
-                rows, cols = self.KERNEL_ROWS[r], self.KERNEL_ROWS[s]
-                part.weight.data = w[:, :, rows][:, :, :, cols].transpose(0, 1).contiguous()
-                if convt.bias is not None:
-                    part.bias.data = convt.bias.detach().clone()
-                self.convs.append(part)
-                self.pads.append((1 - s, s, 1 - r, r))                    # left, right, top, bottom
-        self.act = act if act is not None else nn.Identity()
-        self.cout = cout
+        rows = self.KERNEL_ROWS
+        kernels = [w[:, :, rows[r]][:, :, :, rows[s]].transpose(0, 1) for r in range(2) for s in range(2)]
+        super().__init__(kernels, None if convt.bias is None else convt.bias.detach(), act)
 
     def forward(self, x):
         n, _, h, w = x.shape
-        parts = [self.act(conv(F.pad(x, pad))) for conv, pad in zip(self.convs, self.pads)]
         # channel c * 4 + parity, as PixelShuffle (DepthToSpace, CRD) reads it
-        return F.pixel_shuffle(torch.stack(parts, 2).reshape(n, 4 * self.cout, h, w), 2)
+        return F.pixel_shuffle(torch.stack(self.parities(x), 2).reshape(n, 4 * self.cout, h, w), 2)
+
+
+def _convt_phase_taps(phase: int) -> dict[int, tuple[int, int]]:
+    """One dimension of a k4/s2/p1 transposed convolution applied to a map held as its two parities:
+    output row ``4 j + phase`` (phase = 2 a + r; row ``2 m + r`` with m = 2 j + a) takes two kernel
+    rows, each from one input parity. Returns {input parity: (offset in j, kernel row)}."""
+    a, r = divmod(phase, 2)
+    taps = {}
+    for delta, k in (((0, 1), (-1, 3)) if r == 0 else ((1, 0), (0, 2))):  # input row m + delta, kernel row k
+        u, e = (a + delta) % 2, (a + delta) // 2
+        taps[u] = (e, k)
+    return taps
+
+
+class ParityConvTTail(nn.Module):
+    """The transposed-convolution generators' end, ``ParityConvT -> [BatchNorm2d] -> ConvTranspose2d
+    (k4, s2, p1; to Co channels, few) -> out_act``, without ever shuffling the middle map to full size.
+
+    The last transposed convolution reads the ParityConvT's four parity maps directly: its output, at
+    4x the parity maps' size, has 16 phases per channel, each the sum of four taps, and the four taps
+    of a phase read the four input parities once each. So per input parity one 1x1 convolution (with
+    the BatchNorm folded in: it has no padding) computes one tap map per (channel, phase), a
+    depthwise 3x3 convolution with one-hot weights shifts each to its offset, the four parities'
+    results add up to the 16*Co phase maps, and one DepthToSpace (block 4) makes the image. The
+    (up to) 16x larger middle map and its shuffle are never made; all of it runs in onnxruntime's
+    blocked layout.
+    """
+
+    def __init__(self, head: ParityConvT, bn: nn.BatchNorm2d | None, convt: nn.ConvTranspose2d, out_act: nn.Module):
+        super().__init__()
+        w = convt.weight.detach()                                         # [C, Co, 4, 4]
+        c, co = w.shape[:2]
+        scale, shift = torch.ones(c, dtype=w.dtype), torch.zeros(c, dtype=w.dtype)
+        if bn is not None:
+            scale = bn.weight.detach() / torch.sqrt(bn.running_var + bn.eps)
+            shift = bn.bias.detach() - bn.running_mean * scale
+        self.head, self.out_act, self.co = head, out_act, co
+        self.taps, self.shifts = nn.ModuleList(), nn.ModuleList()
+        phases = [_convt_phase_taps(f) for f in range(4)]
+        for uy in range(2):
+            for ux in range(2):                                           # input parity 2 uy + ux
+                tap_w = torch.zeros(co * 16, c, dtype=w.dtype)
+                one_hot = torch.zeros(co * 16, 1, 3, 3, dtype=w.dtype)
+                for o in range(co):
+                    for fy in range(4):
+                        for fx in range(4):                               # channel o * 16 + 4 fy + fx
+                            (ey, ky), (ex, kx) = phases[fy][uy], phases[fx][ux]
+                            ch = o * 16 + 4 * fy + fx
+                            tap_w[ch] = w[:, o, ky, kx]
+                            one_hot[ch, 0, ey + 1, ex + 1] = 1
+                tap = nn.Conv2d(c, co * 16, 1)
+                tap.weight.data = (tap_w * scale)[:, :, None, None].contiguous()
+                tap.bias.data = tap_w @ shift
+                move = nn.Conv2d(co * 16, co * 16, 3, padding=1, groups=co * 16, bias=False)
+                move.weight.data = one_hot
+                self.taps.append(tap)
+                self.shifts.append(move)
+        self.bias = None if convt.bias is None else nn.Parameter(convt.bias.detach().repeat_interleave(16)[None, :, None, None].clone())
+
+    def forward(self, x):
+        parts = [move(tap(p)) for tap, move, p in zip(self.taps, self.shifts, self.head.parities(x))]
+        y = sum(parts[1:], parts[0])
+        if self.bias is not None:
+            y = y + self.bias
+        return F.pixel_shuffle(self.out_act(y), 4)
 
 
 class FirstLayerGemm(nn.Module):
@@ -211,28 +271,35 @@ def _is_convt(m: nn.Module, kernel: int, stride: int, padding: int) -> bool:
             and m.groups == 1)
 
 
-def transposed_forms(model: Generator, min_channels: int = 16) -> Generator | None:
-    """A copy of ``model`` (BatchNorm already folded) with its transposed convolutions rewritten:
-    the 64x64 DCGAN's first layer on the 1x1 latent as ``FirstLayerGemm``, each stride-2 one with at
-    least ``min_channels`` outputs (the blocked layout pads fewer, like the last layer's 1 or 3, to
-    16) as ``ParityConvT``, absorbing a ReLU after it. ``None`` when there is nothing to rewrite."""
+def transposed_forms(model: Generator, min_channels: int = 16, tail: bool = True) -> Generator | None:
+    """A copy of ``model`` (BatchNorm already folded) with its transposed convolutions rewritten: a
+    generator ending in ``ConvT (k4, s2, p1) -> ReLU -> [BatchNorm2d] -> ConvT (k4, s2, p1) -> Tanh``
+    ends in a ``ParityConvTTail``; the 64x64 DCGAN's first layer on the 1x1 latent becomes a
+    ``FirstLayerGemm``; every other stride-2 one with at least ``min_channels`` outputs (the blocked
+    layout pads fewer to 16) a ``ParityConvT``, absorbing a ReLU after it. ``tail=False`` leaves the
+    last two as they are (for comparison). ``None`` when there is nothing to rewrite."""
     model = copy.deepcopy(model)
-    layers, out, changed = list(model.main), [], False
-    i = 0
+    layers, end_form = list(model.main), []
+    for k in (5, 4) if tail else ():  # with and without the BatchNorm between the two transposed convolutions
+        end = layers[-k:]
+        if len(layers) >= k and _is_convt(end[0], 4, 2, 1) and isinstance(end[1], nn.ReLU) and _is_convt(end[-2], 4, 2, 1) \
+                and isinstance(end[-1], nn.Tanh) and (k == 4 or isinstance(end[2], nn.BatchNorm2d)):
+            end_form = [ParityConvTTail(ParityConvT(end[0], nn.ReLU()), end[2] if k == 5 else None, end[-2], end[-1])]
+            layers = layers[:-k]
+            break
+    out, i = [], 0
     while i < len(layers):
         m = layers[i]
         if i == 0 and model.cfg.arch == "dcgan64" and _is_convt(m, m.kernel_size[0], 1, 0):
             out.append(FirstLayerGemm(m))
-            changed = True
         elif _is_convt(m, 4, 2, 1) and m.out_channels >= min_channels:
             relu = i + 1 < len(layers) and isinstance(layers[i + 1], nn.ReLU)
             out.append(ParityConvT(m, nn.ReLU() if relu else None))
-            changed = True
             i += relu
         else:
             out.append(m)
         i += 1
-    if not changed:
-        return None
-    model.main = nn.Sequential(*out)
+    if not end_form and len(out) == len(layers) and all(a is b for a, b in zip(out, layers)):
+        return None  # nothing rewritten
+    model.main = nn.Sequential(*out, *end_form)
     return model

@@ -15,7 +15,8 @@ from dcgan_deploy.checkpoint import CheckpointError, save_generator
 from dcgan_deploy.cli import EXIT_PARITY, main
 from dcgan_deploy.export import ParityError, describe, export, fold_batchnorm, to_onnx, verify, write_metadata
 from dcgan_deploy.export import base_metadata
-from dcgan_deploy.forms import FirstLayerGemm, ParityConvT, PhaseTail, phase_tail, transposed_forms
+from dcgan_deploy.forms import (FirstLayerGemm, ParityConvT, ParityConvTTail, PhaseTail, phase_tail,
+                                transposed_forms)
 from dcgan_deploy.images import to_uint8
 from dcgan_deploy.nets import ARCHITECTURES, Generator, NetConfig, sample_prior
 from dcgan_deploy.parity import Thresholds, compare, run_gate
@@ -25,12 +26,14 @@ TINY = {"g_width": 8, "d_width": 8}
 CONTRACT_KEYS = {"dcgan_deploy.format", "architecture", "latent_dim", "latent_prior", "channels", "height", "width",
                  "value_range", "dataset", "train_step", "torch_version", "opset", "parity"}
 # BatchNorm nodes left after folding: only BNs that follow a ReLU and precede a reshape or transposed conv.
-BN_LEFT = {"mnist-dcgan": 0, "mnist-dcgan-wide": 0, "dcgan64": 0, "mnist-mlp": 0, "mnist-convt": 2}
+# (mnist-convt's BatchNorm2d before its last transposed convolution is folded into ParityConvTTail's taps.)
+BN_LEFT = {"mnist-dcgan": 0, "mnist-dcgan-wide": 0, "dcgan64": 0, "mnist-mlp": 0, "mnist-convt": 1}
 # (Resize, DepthToSpace, ConvTranspose nodes) of the export at TINY width: the conv-upsample nets' last
-# upsample is in PhaseTail form; dcgan64's first layer is a Gemm and its two stride-2 transposed
-# convolutions with >= 16 outputs (32 and 16 at width 8) are ParityConvT, leaving two.
-EXPORT_FORM = {"mnist-dcgan": (1, 1, 0), "mnist-dcgan-wide": (1, 1, 0), "dcgan64": (0, 2, 2), "mnist-mlp": (0, 0, 0),
-               "mnist-convt": (0, 0, 2)}
+# upsample is in PhaseTail form; dcgan64's first layer is a Gemm, its two stride-2 transposed
+# convolutions with >= 16 outputs (32 and 16 at width 8) are ParityConvT and its last two a
+# ParityConvTTail (one DepthToSpace each), as are mnist-convt's two.
+EXPORT_FORM = {"mnist-dcgan": (1, 1, 0), "mnist-dcgan-wide": (1, 1, 0), "dcgan64": (0, 3, 0), "mnist-mlp": (0, 0, 0),
+               "mnist-convt": (0, 1, 0)}
 
 
 def random_generator(arch, seed=0, **net):
@@ -377,24 +380,41 @@ def test_first_layer_gemm_equals_the_transposed_convolution():
         torch.testing.assert_close(FirstLayerGemm(convt)(x), convt(x), atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("bn", [False, True])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_parity_convt_tail_equals_the_two_transposed_convolutions(bn, channels):
+    torch.manual_seed(channels)
+    a, b = torch.nn.ConvTranspose2d(6, 5, 4, 2, 1), torch.nn.ConvTranspose2d(5, channels, 4, 2, 1, bias=bn)
+    norm = torch.nn.BatchNorm2d(5).eval()
+    norm.running_mean.uniform_(-1, 1), norm.running_var.uniform_(0.5, 2)
+    norm.weight.data.uniform_(0.5, 1.5), norm.bias.data.uniform_(-1, 1)
+    plain = torch.nn.Sequential(a, torch.nn.ReLU(), *([norm] if bn else []), b, torch.nn.Tanh()).eval()
+    form = ParityConvTTail(ParityConvT(a, torch.nn.ReLU()), norm if bn else None, b, torch.nn.Tanh()).eval()
+    x = torch.randn(2, 6, 5, 7)
+    with torch.no_grad():
+        want, got = plain(x), form(x)
+    assert got.shape == want.shape == (2, channels, 20, 28)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+    assert (want - torch.roll(want, 1, dims=-1)).abs().max() > 1e-2  # a wrong phase would not pass
+
+
 @pytest.mark.parametrize("arch", ARCHITECTURES)
 def test_transposed_forms_equal_the_generator(arch):
     g = random_generator(arch, seed=5)
     folded = fold_batchnorm(g)
-    form = transposed_forms(folded, min_channels=1)  # rewrite every stride-2 layer, the last one too
+    form = transposed_forms(folded, min_channels=1)  # rewrite every stride-2 layer however narrow
     if arch not in ("dcgan64", "mnist-convt"):
         assert form is None
         return
-    n_convt = sum(isinstance(m, torch.nn.ConvTranspose2d) for m in folded.main)
-    assert sum(isinstance(m, (ParityConvT, FirstLayerGemm)) for m in form.main) == n_convt
+    assert isinstance(form.main[-1], ParityConvTTail)
     assert not any(isinstance(m, torch.nn.ConvTranspose2d) for m in form.main)
-    narrow = transposed_forms(folded, min_channels=10 ** 6)  # no stride-2 layer is wide enough
-    if arch == "mnist-convt":
-        assert narrow is None
-    else:
-        assert [type(m) for m in narrow.main if not isinstance(m, torch.nn.ReLU)][:2] == [FirstLayerGemm, torch.nn.ConvTranspose2d]
+    assert isinstance(form.main[0], FirstLayerGemm) == (arch == "dcgan64")
+    narrow = transposed_forms(folded, min_channels=10 ** 6)  # only the tail and the first layer
+    assert isinstance(narrow.main[-1], ParityConvTTail)
+    assert sum(isinstance(m, torch.nn.ConvTranspose2d) for m in narrow.main) == (2 if arch == "dcgan64" else 0)
     z = sample_prior(16, g.cfg, torch.Generator().manual_seed(1))
     with torch.no_grad():
-        want, got = g(z), form(z)
-    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+        want = g(z)
+        for model in (form, narrow):
+            torch.testing.assert_close(model(z), want, atol=1e-5, rtol=0)
     assert (want - torch.roll(want, 1, dims=-1)).abs().max() > 1e-2
