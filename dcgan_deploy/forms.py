@@ -287,19 +287,21 @@ def transposed_forms(model: Generator, min_channels: int = 16, tail: bool = True
             end_form = [ParityConvTTail(ParityConvT(end[0], nn.ReLU()), end[2] if k == 5 else None, end[-2], end[-1])]
             layers = layers[:-k]
             break
-    out, i = [], 0
+    out, i, changed = [], 0, bool(end_form)
     while i < len(layers):
         m = layers[i]
         if i == 0 and model.cfg.arch == "dcgan64" and _is_convt(m, m.kernel_size[0], 1, 0):
             out.append(FirstLayerGemm(m))
+            changed = True
         elif _is_convt(m, 4, 2, 1) and m.out_channels >= min_channels:
             relu = i + 1 < len(layers) and isinstance(layers[i + 1], nn.ReLU)
             out.append(ParityConvT(m, nn.ReLU() if relu else None))
+            changed = True
             i += relu
         else:
             out.append(m)
         i += 1
-    if not end_form and len(out) == len(layers) and all(a is b for a, b in zip(out, layers)):
-        return None  # nothing rewritten
+    if not changed:
+        return None
     model.main = nn.Sequential(*out, *end_form)
     return model
