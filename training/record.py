@@ -4,7 +4,7 @@
 
 Copies config.json, log.jsonl, generator.safetensors (unless --no-weights) and the
 sample grids, and writes losses.png (d_loss and g_loss against step, smoothed over 50
-log points).
+log points; where a run was resumed, the re-run steps count once).
 """
 import json
 import shutil
@@ -23,9 +23,16 @@ def smooth(values, k=50):
     return np.convolve(values, kernel, mode="valid")
 
 
-def loss_curve(log: Path, dest: Path, width=640, height=320, pad=40):
+def step_rows(log: Path) -> list[dict]:
+    """The per-step rows of ``log.jsonl`` in step order, each step once: a resumed run logs
+    the steps after its last checkpoint twice, and the later entry wins."""
     rows = [json.loads(x) for x in log.read_text().splitlines()]
-    rows = [r for r in rows if "d_loss" in r and "done" not in r]
+    by_step = {r["step"]: r for r in rows if "d_loss" in r and "done" not in r}
+    return [by_step[s] for s in sorted(by_step)]
+
+
+def loss_curve(log: Path, dest: Path, width=640, height=320, pad=40):
+    rows = step_rows(log)
     steps = np.array([r["step"] for r in rows])
     curves = {"d_loss": (smooth([r["d_loss"] for r in rows]), (200, 40, 40)),
               "g_loss": (smooth([r["g_loss"] for r in rows]), (40, 90, 200))}

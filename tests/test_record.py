@@ -1,0 +1,30 @@
+"""training/record.py: the script that files a finished run into training/<name>/."""
+import importlib.util
+import json
+from pathlib import Path
+
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_record():
+    spec = importlib.util.spec_from_file_location("record", ROOT / "training" / "record.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_resumed_runs_log_counts_each_step_once_with_the_rerun_entry(tmp_path):
+    lines = [{"step": s, "d_loss": 1.0, "g_loss": 2.0} for s in (10, 20, 30)]  # killed after 30
+    lines += [{"resumed_from": 20}]                                             # checkpoint at 20
+    lines += [{"step": s, "d_loss": 0.5, "g_loss": 1.5} for s in (30, 40)]
+    lines += [{"done": True, "step": 40, "d_loss": 0.5, "g_loss": 1.5}]
+    log = tmp_path / "log.jsonl"
+    log.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    record = load_record()
+    rows = record.step_rows(log)
+    assert [r["step"] for r in rows] == [10, 20, 30, 40]
+    assert rows[2]["d_loss"] == 0.5  # step 30 as re-run after the resume
+    record.loss_curve(log, tmp_path / "losses.png")
+    assert Image.open(tmp_path / "losses.png").size == (640, 320)
