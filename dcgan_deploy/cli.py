@@ -217,8 +217,9 @@ def info(model, as_json, device):
     if "evaluation" in facts:
         e = facts["evaluation"]
         click.echo(f"quality    FID {e['fid']} (real floor {e['fid_floor']}), KID {e['kid']} (floor {e['kid_floor']})"
-                   + (f", classifier score {e['score']} (real {e['real_score']}), smallest class {e['min_class_share']:.1%}"
-                      if "score" in e else "") + f"; n={e['n']}, features: {e['extractor']}")
+                   + (f", classifier score {e['score']} (real {e['real_score']})" if "score" in e else "")
+                   + (f", smallest class {e['min_class_share']:.1%}" if "min_class_share" in e else "")
+                   + f"; n={e['n']}, features: {e['extractor']}")
     click.echo(f"providers  active: {', '.join(facts['providers']['active'])}; "
                f"available: {', '.join(facts['providers']['available'])}")
 
@@ -271,7 +272,9 @@ def demo(models, host, port, share, auth, device):
 @click.option("-n", "count", type=int, default=2500, show_default=True, help="Generated images.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--features", default=None,
-              help="ONNX feature extractor (image [N,C,H,W] in [-1,1] -> features[, probs]); default: mnist-classifier.")
+              help="ONNX feature extractor (image [N,C,H,W] in [-1,1] -> features[, probs]), or the FID "
+                   "Inception weights file of pytorch-fid / torch-fidelity (.pth; converted once, needs torch); "
+                   "default: mnist-classifier.")
 @click.option("--ckpt", default=None, type=click.Path(dir_okay=False),
               help="Also measure deployment drift: PyTorch samples of this checkpoint vs the ONNX samples (needs torch).")
 @click.option("--save", is_flag=True, help="Store the summary in the model's metadata (shown by `info`; needs onnx).")

@@ -3,7 +3,8 @@
 Features come from an ONNX feature extractor: input ``image`` float32 ``[N, C, H, W]``
 in [-1, 1]; first output the features ``[N, D]``, an optional second output class
 probabilities ``[N, K]``. For MNIST the package ships one (``mnist-classifier``, a small
-CNN trained on the embedded sample). Every score is reported beside its floor: the
+CNN trained on the embedded sample); for other data the FID Inception weights file of
+pytorch-fid / torch-fidelity becomes one (:mod:`dcgan_deploy.inception`). Every score is reported beside its floor: the
 same metric between two disjoint halves of the real data at the same sample count.
 """
 from __future__ import annotations
@@ -20,6 +21,7 @@ from .runtime import CPU, Generator, ModelError
 
 DEFAULT_EXTRACTOR = "mnist-classifier"
 MIN_CLASS_SHARE = 0.05  # a class rarer than this in generated samples is flagged
+MAX_COVERAGE_CLASSES = 20  # per-class shares and the flag for classifiers of up to this many classes
 
 
 # ---- metrics --------------------------------------------------------------------------
@@ -65,9 +67,16 @@ def classifier_score(probs: np.ndarray) -> float:
 
 
 def coverage(probs: np.ndarray) -> dict:
-    """The share of samples the classifier puts in each class, the smallest share, and a flag."""
+    """The share of samples the classifier puts in each class, the smallest share, and a flag.
+
+    With more than ``MAX_COVERAGE_CLASSES`` classes (Inception's 1008) no class is expected in
+    every sample set, so only the number of distinct classes and the five largest shares."""
     k = probs.shape[1]
     shares = np.bincount(probs.argmax(1), minlength=k) / len(probs)
+    if k > MAX_COVERAGE_CLASSES:
+        top = np.argsort(-shares, kind="stable")[:5]
+        return {"classes": k, "distinct": int(np.count_nonzero(shares)),
+                "top": [[int(c), round(float(shares[c]), 4)] for c in top], "flagged": False}
     return {"shares": [round(float(s), 4) for s in shares], "min_share": float(shares.min()),
             "missing_or_rare": [int(c) for c in np.flatnonzero(shares < MIN_CLASS_SHARE)],
             "flagged": bool(shares.min() < MIN_CLASS_SHARE)}
@@ -84,14 +93,14 @@ class Extractor:
 
     @classmethod
     def load(cls, spec: str | Path | None = None) -> "Extractor":
-        """``spec``: an ONNX path, or the name of a shipped extractor (default: mnist-classifier)."""
+        """``spec``: an ONNX path, the FID Inception weights file of pytorch-fid / torch-fidelity
+        (``.pth``: exported to ONNX once, into a cache, see :mod:`dcgan_deploy.inception`), or the
+        name of a shipped extractor (default: mnist-classifier)."""
         text = str(spec or DEFAULT_EXTRACTOR)
         is_path = text.endswith((".onnx", ".pth", ".pt")) or Path(text).exists()
         path = Path(text) if is_path else bundled.exports_dir() / "features" / f"{text}.onnx"
         if path.suffix in (".pth", ".pt"):
-            raise ModelError(f"{path}: Inception weight files need the Inception network in PyTorch, which "
-                             "dcgan-deploy does not include; export the extractor to ONNX (features first, "
-                             "probabilities second) and pass that file")
+            path = _inception_onnx(path)
         if not path.is_file():
             raise ModelError(f"{path}: no such feature extractor. For data other than MNIST pass --features "
                              "with an ONNX extractor: image [N,C,H,W] in [-1,1] -> features [N,D] (, probs [N,K])")
@@ -108,14 +117,34 @@ class Extractor:
     def has_probs(self) -> bool:
         return len(self.session.get_outputs()) > 1
 
-    def __call__(self, images: np.ndarray, batch_size: int = 500) -> tuple[np.ndarray, np.ndarray | None]:
-        """float ``[N, C, H, W]`` in [-1, 1] -> (features ``[N, D]``, probabilities ``[N, K]`` or None)."""
-        name = self.session.get_inputs()[0].name
+    def __call__(self, images: np.ndarray, batch_size: int | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+        """float ``[N, C, H, W]`` in [-1, 1] -> (features ``[N, D]``, probabilities ``[N, K]`` or None).
+
+        Grayscale images go to a 3-channel extractor (Inception) with their channel repeated."""
+        inp = self.session.get_inputs()[0]
+        name, channels = inp.name, inp.shape[1] if len(inp.shape) == 4 else None
+        if images.shape[1] == 1 and channels == 3:
+            images = np.repeat(images, 3, axis=1)
+        elif isinstance(channels, int) and images.shape[1] != channels:
+            raise ModelError(f"{self.path}: the extractor takes {channels}-channel images, these have {images.shape[1]}")
+        batch_size = batch_size or int(self.info.get("batch_size", 500))
         outs = [self.session.run(None, {name: images[i:i + batch_size].astype(np.float32)})
                 for i in range(0, len(images), batch_size)]
         feats = np.concatenate([o[0] for o in outs])
         probs = np.concatenate([o[1] for o in outs]) if self.has_probs else None
         return feats, probs
+
+
+def _inception_onnx(weights: Path) -> Path:
+    """The cached ONNX export of an Inception weights file (made with torch on first use)."""
+    if not weights.is_file():
+        raise ModelError(f"{weights}: no such Inception weights file")
+    try:
+        from . import inception
+    except ImportError:
+        raise ModelError(f"{weights}: turning Inception weights into an ONNX extractor needs torch "
+                         "(pip install 'dcgan-deploy[train]'), once; afterwards pass the ONNX file it writes") from None
+    return inception.cached_extractor(weights)
 
 
 # ---- the evaluation ---------------------------------------------------------------------------
@@ -146,10 +175,14 @@ def real_halves(data: str, channels: int, size: int, seed: int = 0) -> tuple[np.
 
 def compare_sets(extractor: Extractor, x: np.ndarray, y: np.ndarray, seed: int = 0) -> dict:
     """Metrics of set ``x`` against reference set ``y`` (both uint8 ``[N, H, W, C]``)."""
-    fx, px = extractor(to_float(x))
-    fy, _ = extractor(to_float(y))
+    return compare_features(extractor(to_float(x)), extractor(to_float(y))[0], seed)
+
+
+def compare_features(x: tuple[np.ndarray, np.ndarray | None], fy: np.ndarray, seed: int = 0) -> dict:
+    """Metrics of a set's (features, probabilities) ``x`` against reference features ``fy``."""
+    fx, px = x
     kid_mean, kid_std = kid(fx, fy, seed=seed)
-    out = {"n": len(x), "n_reference": len(y), "fid": fid(fx, fy), "kid": kid_mean, "kid_std": kid_std}
+    out = {"n": len(fx), "n_reference": len(fy), "fid": fid(fx, fy), "kid": kid_mean, "kid_std": kid_std}
     if px is not None:
         out["classifier_score"] = classifier_score(px)
         out["coverage"] = coverage(px)
@@ -165,10 +198,10 @@ def evaluate(model: str | Path | None = None, data: str = "mnist-sample", n: int
     m = min(n, len(half_a), len(half_b))
     if m < 100:
         raise ValueError(f"need at least 100 images per half for stable metrics, have {m}")
-    fake = gen.generate(n, seed=seed)
-    generated = compare_sets(extractor, fake, half_b, seed)
-    floor = compare_sets(extractor, half_a[:m], half_b, seed)
-    real = compare_sets(extractor, half_b, half_a[:m], seed)
+    fake, a, b = (extractor(to_float(x)) for x in (gen.generate(n, seed=seed), half_a[:m], half_b))
+    generated = compare_features(fake, b[0], seed)  # each set's features once (Inception is slow)
+    floor = compare_features(a, b[0], seed)
+    real = compare_features(b, a[0], seed)
     report = {
         "model": str(gen.path), "architecture": gen.metadata.get("architecture"), "seed": seed,
         "n_generated": n, "real": {"data": data, "half_size": int(len(half_b)), "floor_sample_size": m},
@@ -215,8 +248,9 @@ def summary(report: dict) -> dict:
            "fid": round(g["fid"], 3), "fid_floor": round(f["fid"], 3), "kid": round(g["kid"], 5),
            "kid_floor": round(f["kid"], 5)}
     if "classifier_score" in g:
-        out.update(score=round(g["classifier_score"], 3), real_score=round(report["real_classifier_score"], 3),
-                   min_class_share=round(g["coverage"]["min_share"], 4))
+        out.update(score=round(g["classifier_score"], 3), real_score=round(report["real_classifier_score"], 3))
+        if "min_share" in g["coverage"]:
+            out["min_class_share"] = round(g["coverage"]["min_share"], 4)
     out["ratios"] = {k: round(v, 3) for k, v in r.items()}
     return out
 
@@ -230,13 +264,17 @@ def format_report(report: dict) -> str:
              f"held-out; floor: {report['real']['floor_sample_size']} vs {report['real']['half_size']} real",
              f"{'':<18}{'generated':>12}{'real floor':>12}{'ratio':>8}",
              f"{'FID':<18}{g['fid']:>12.3f}{f['fid']:>12.3f}{report['ratios']['fid_vs_floor']:>8.2f}",
-             f"{'KID':<18}{g['kid']:>12.5f}{f['kid']:>12.5f}{report['ratios']['kid_vs_floor']:>8.2f}"
-             f"   (KID ratio vs the floor's noise, |mean| + std {abs(f['kid']) + f['kid_std']:.5f})"]
+             f"{'KID':<18}{g['kid']:>12.5g}{f['kid']:>12.5g}{report['ratios']['kid_vs_floor']:>8.2f}"
+             f"   (KID ratio vs the floor's noise, |mean| + std {abs(f['kid']) + f['kid_std']:.5g})"]
     if "classifier_score" in g:
         lines.append(f"{'classifier score':<18}{g['classifier_score']:>12.3f}{report['real_classifier_score']:>12.3f}"
                      f"{report['ratios']['score_vs_real']:>8.2f}")
         cov = g["coverage"]
-        lines.append("class shares     " + " ".join(f"{i}:{s:.1%}" for i, s in enumerate(cov["shares"])))
+        if "shares" in cov:
+            lines.append("class shares     " + " ".join(f"{i}:{s:.1%}" for i, s in enumerate(cov["shares"])))
+        else:
+            lines.append(f"classes          {cov['distinct']} of {cov['classes']} hit; largest shares "
+                         + " ".join(f"{c}:{s:.1%}" for c, s in cov["top"]))
         if cov["flagged"]:
             lines.append(f"WARNING: classes {cov['missing_or_rare']} are under {MIN_CLASS_SHARE:.0%} of samples")
     return "\n".join(lines)

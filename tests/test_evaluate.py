@@ -50,6 +50,21 @@ def test_classifier_score_and_coverage():
     assert not ev.coverage(confident)["flagged"]
 
 
+def test_coverage_of_a_many_class_extractor_counts_classes_instead_of_flagging_each():
+    probs = np.eye(1008)[np.r_[np.full(60, 612), np.arange(40)]]  # Inception's 1008 classes
+    cov = ev.coverage(probs)
+    assert not cov["flagged"] and cov["classes"] == 1008 and cov["distinct"] == 41
+    assert cov["top"][0] == [612, 0.6] and "shares" not in cov
+    report = {"model": "m.onnx", "architecture": "dcgan64", "seed": 0, "n_generated": 100,
+              "extractor": {"path": "inception-v3-fid.onnx"}, "real": {"half_size": 100, "floor_sample_size": 100},
+              "generated": {"fid": 1.0, "kid": 1e-4, "kid_std": 1e-5, "classifier_score": 2.0, "coverage": cov},
+              "floor": {"fid": 0.5, "kid": 1e-6, "kid_std": 1e-5}, "real_classifier_score": 3.0,
+              "ratios": {"fid_vs_floor": 2.0, "kid_vs_floor": 9.0, "score_vs_real": 0.67}}
+    text = ev.format_report(report)
+    assert "41 of 1008 hit; largest shares 612:60.0%" in text and "WARNING" not in text
+    assert "min_class_share" not in ev.summary(report) and ev.summary(report)["score"] == 2.0
+
+
 def test_the_shipped_extractor_sees_blur_and_class_collapse():
     extractor = ev.Extractor.load()
     assert float(extractor.info["test_accuracy"]) > 0.95
