@@ -113,6 +113,19 @@ class Extractor:
                 from None
         return cls(session, path, dict(session.get_modelmeta().custom_metadata_map))
 
+    def check_images(self, channels: int, height: int, width: int) -> None:
+        """Refuse images this extractor cannot take, saying what to pass instead."""
+        shape = self.session.get_inputs()[0].shape
+        want = [d if isinstance(d, int) else None for d in shape[1:]] if len(shape) == 4 else [None] * 3
+        fits = want[0] in (None, channels) or (channels == 1 and want[0] == 3)
+        fits = fits and all(w in (None, g) for w, g in zip(want[1:], (height, width)))
+        if not fits:
+            takes = "x".join("?" if d is None else str(d) for d in want)
+            raise ModelError(f"the feature extractor {self.path.name} takes {takes} images (channels x height x "
+                             f"width), the model makes {channels}x{height}x{width}. For data other than MNIST pass "
+                             "--features: an ONNX extractor, or the FID Inception weights file "
+                             "(pt_inception-2015-12-05-6726825d.pth) as a local path")
+
     @property
     def has_probs(self) -> bool:
         return len(self.session.get_outputs()) > 1
@@ -123,10 +136,9 @@ class Extractor:
         Grayscale images go to a 3-channel extractor (Inception) with their channel repeated."""
         inp = self.session.get_inputs()[0]
         name, channels = inp.name, inp.shape[1] if len(inp.shape) == 4 else None
+        self.check_images(*images.shape[1:])
         if images.shape[1] == 1 and channels == 3:
             images = np.repeat(images, 3, axis=1)
-        elif isinstance(channels, int) and images.shape[1] != channels:
-            raise ModelError(f"{self.path}: the extractor takes {channels}-channel images, these have {images.shape[1]}")
         batch_size = batch_size or int(self.info.get("batch_size", 500))
         outs = [self.session.run(None, {name: images[i:i + batch_size].astype(np.float32)})
                 for i in range(0, len(images), batch_size)]
@@ -194,6 +206,7 @@ def evaluate(model: str | Path | None = None, data: str = "mnist-sample", n: int
     """Generated (``n`` images, ``seed``) vs the real held-out half, beside the real-vs-real floor."""
     gen = Generator.load(model, device=device)
     extractor = Extractor.load(features)
+    extractor.check_images(gen.channels, gen.height, gen.width)  # before generating anything
     half_a, half_b = real_halves(data, gen.channels, gen.height, seed=0)
     m = min(n, len(half_a), len(half_b))
     if m < 100:

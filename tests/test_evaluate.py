@@ -113,6 +113,15 @@ def test_evaluate_cli_json_and_save(tmp_path):
     assert "real floor" in text.output and "classifier score" in text.output
 
 
+def test_an_extractor_that_cannot_take_the_models_images_names_what_to_pass():
+    mnist = ev.Extractor.load()
+    mnist.check_images(1, 28, 28)
+    with pytest.raises(ModelError, match="takes 1x28x28 images.*makes 3x64x64.*--features.*Inception"):
+        mnist.check_images(3, 64, 64)
+    with pytest.raises(ModelError, match="takes 1x28x28"):
+        mnist(np.zeros((2, 1, 32, 32), np.float32))
+
+
 def test_missing_extractor_is_explained(tmp_path):
     with pytest.raises(ModelError, match="--features"):
         ev.Extractor.load(tmp_path / "none.onnx")
