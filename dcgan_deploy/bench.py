@@ -16,8 +16,20 @@ import numpy as np
 from .runtime import Generator
 
 
+def _placement(w: np.ndarray | None, out_axis: int) -> bool:
+    """A constant weight that only moves values: 0/1 entries, at most one 1 per output unit, so each
+    output is one input or zero (the export's interleaving MatMuls and one-hot shift convolutions).
+    Not arithmetic: not counted."""
+    if w is None or w.size == 0 or not np.isin(w, (0, 1)).all():
+        return False
+    per_output = np.moveaxis(w, out_axis, 0).reshape(w.shape[out_axis], -1).sum(1)
+    return bool((per_output <= 1).all())
+
+
 def count_macs(path: str | Path) -> int | None:
-    """Multiply-adds of one image through the graph (Conv, ConvTranspose, Gemm, MatMul); needs ``onnx``."""
+    """Multiply-adds of one image through the graph (Conv, ConvTranspose, Gemm, MatMul); needs ``onnx``.
+
+    Nodes whose constant weight only places values (``_placement``) do no arithmetic and count 0."""
     try:
         import onnx
         from onnx import numpy_helper, shape_inference
@@ -30,10 +42,15 @@ def count_macs(path: str | Path) -> int | None:
     model = shape_inference.infer_shapes(model)
     shapes = {vi.name: [d.dim_value for d in vi.type.tensor_type.shape.dim]
               for vi in list(model.graph.value_info) + list(model.graph.input) + list(model.graph.output)}
-    shapes.update({t.name: list(numpy_helper.to_array(t).shape) for t in model.graph.initializer})
+    consts = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    consts.update({n.output[0]: numpy_helper.to_array(n.attribute[0].t) for n in model.graph.node
+                   if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value"})
+    shapes.update({name: list(v.shape) for name, v in consts.items()})
     macs = 0
     for node in model.graph.node:
         attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        if node.op_type in ("Conv", "MatMul") and _placement(consts.get(node.input[1]), 0 if node.op_type == "Conv" else -1):
+            continue
         if node.op_type == "Conv":
             w, out = shapes[node.input[1]], shapes[node.output[0]]      # w [Cout, Cin/g, kh, kw]
             macs += int(np.prod(out)) * int(np.prod(w[1:]))

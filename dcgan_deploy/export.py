@@ -328,6 +328,7 @@ def quantize_int8(fp32_path: str | os.PathLike, dest: str | os.PathLike, cfg: Ne
     import tempfile
 
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     from .latent import latents
@@ -350,7 +351,11 @@ def quantize_int8(fp32_path: str | os.PathLike, dest: str | os.PathLike, cfg: Ne
         with tempfile.TemporaryDirectory() as tmp:
             pre = Path(tmp) / "pre.onnx"  # shapes inferred and graph simplified, as the quantizer wants it
             quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
+            # every op the quantizer knows (its default) except MatMul: the export's MatMuls only place
+            # values (forms.interleave), and re-quantizing what they place would add a rounding
+            ops = sorted((set(QDQRegistry) | set(QLinearOpsRegistry)) - {"MatMul"})
             quantize_static(str(pre), str(dest), Calibration(), quant_format=QuantFormat.QDQ, per_channel=True,
+                            op_types_to_quantize=ops,
                             weight_type=QuantType.QInt8,
                             activation_type=QuantType.QUInt8 if activations == "uint8" else QuantType.QInt8)
     finally:

@@ -1,5 +1,6 @@
 import json
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -23,6 +24,29 @@ def test_macs_are_counted_from_the_graph(tiny_model):
                 + 4 * 14 * 14 * 16 * w
                 + 14 * 14 * 4 * 4 * 9)
     assert bench.count_macs(bundled_models()["mnist"]) == expected
+
+
+def test_placement_weights_count_no_multiply_adds(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    place = np.zeros((4, 8), np.float32)
+    place[np.arange(4), 2 * np.arange(4)] = 1          # the export's column interleave: a copy or a zero
+    shift = np.zeros((3, 1, 3, 3), np.float32)
+    shift[:, 0, 0, 2] = 1                              # depthwise one-hot shift
+    dense = np.full((4, 8), 0.5, np.float32)           # real arithmetic
+    summing = np.ones((3, 1, 3, 3), np.float32)        # 0/1 but adds nine values: arithmetic
+    x = helper.make_tensor_value_info("z", TensorProto.FLOAT, ["n", 3, 4, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    nodes = [helper.make_node("MatMul", ["z", "place"], ["a"]), helper.make_node("MatMul", ["z", "dense"], ["b"]),
+             helper.make_node("Conv", ["z", "shift"], ["c"], group=3, pads=[1, 1, 1, 1]),
+             helper.make_node("Conv", ["z", "summing"], ["d"], group=3, pads=[1, 1, 1, 1]),
+             helper.make_node("Concat", ["a", "b"], ["e"], axis=3),
+             helper.make_node("Concat", ["c", "d"], ["y_"], axis=3), helper.make_node("Identity", ["y_"], ["y"])]
+    inits = [numpy_helper.from_array(v, k) for k, v in
+             {"place": place, "dense": dense, "shift": shift, "summing": summing}.items()]
+    graph = helper.make_graph(nodes, "g", [x], [y], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), tmp_path / "g.onnx")
+    assert bench.count_macs(tmp_path / "g.onnx") == 3 * 4 * 4 * 8 + 3 * 4 * 4 * 9  # dense MatMul + summing Conv
 
 
 def test_bench_report_is_well_formed(tiny_model, tmp_path):

@@ -8,6 +8,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 from torch import nn
+from torch.nn import functional as F
 
 from dcgan_deploy import Generator as Runtime
 from dcgan_deploy import UnverifiedModelWarning
@@ -15,7 +16,7 @@ from dcgan_deploy.checkpoint import CheckpointError, save_generator
 from dcgan_deploy.cli import EXIT_PARITY, main
 from dcgan_deploy.export import ParityError, describe, export, fold_batchnorm, to_onnx, verify, write_metadata
 from dcgan_deploy.export import base_metadata
-from dcgan_deploy.forms import (FirstLayerGemm, ParityConvT, ParityConvTTail, PhaseTail, phase_tail,
+from dcgan_deploy.forms import (FirstLayerGemm, ParityConvT, ParityConvTTail, PhaseTail, interleave, phase_tail,
                                 transposed_forms)
 from dcgan_deploy.images import to_uint8
 from dcgan_deploy.nets import ARCHITECTURES, Generator, NetConfig, sample_prior
@@ -30,9 +31,9 @@ CONTRACT_KEYS = {"dcgan_deploy.format", "architecture", "latent_dim", "latent_pr
 BN_LEFT = {"mnist-dcgan": 0, "mnist-dcgan-wide": 0, "dcgan64": 0, "mnist-mlp": 0, "mnist-convt": 1}
 # (Resize, DepthToSpace, ConvTranspose nodes) of the export at TINY width: the conv-upsample nets' last
 # upsample is in PhaseTail form; dcgan64's first layer is a Gemm, its two stride-2 transposed
-# convolutions with >= 16 outputs (32 and 16 at width 8) are ParityConvT and its last two a
-# ParityConvTTail (one DepthToSpace each), as are mnist-convt's two.
-EXPORT_FORM = {"mnist-dcgan": (1, 1, 0), "mnist-dcgan-wide": (1, 1, 0), "dcgan64": (0, 3, 0), "mnist-mlp": (0, 0, 0),
+# convolutions with >= 16 outputs (32 and 16 at width 8) are ParityConvT (interleaved without a
+# DepthToSpace) and its last two a ParityConvTTail (one DepthToSpace), as are mnist-convt's two.
+EXPORT_FORM = {"mnist-dcgan": (1, 1, 0), "mnist-dcgan-wide": (1, 1, 0), "dcgan64": (0, 1, 0), "mnist-mlp": (0, 0, 0),
                "mnist-convt": (0, 1, 0)}
 
 
@@ -370,6 +371,13 @@ def test_parity_convt_equals_the_transposed_convolution(relu):
     x = torch.randn(3, 6, 5, 7)
     with torch.no_grad():
         torch.testing.assert_close(form(x), plain(x), atol=1e-5, rtol=0)
+
+
+def test_interleave_is_exactly_the_pixel_shuffle_of_the_stacked_parities():
+    torch.manual_seed(0)
+    parities = [torch.randn(3, 5, 4, 7) * 10 ** float(e) for e in range(-3, 1)]  # mixed magnitudes, signs
+    shuffled = F.pixel_shuffle(torch.stack(parities, 2).reshape(3, 20, 4, 7), 2)
+    assert torch.equal(interleave(parities), shuffled)  # bit for bit: placement by 0/1 products adds exact zeros
 
 
 def test_first_layer_gemm_equals_the_transposed_convolution():
