@@ -4,8 +4,9 @@ Features come from an ONNX feature extractor: input ``image`` float32 ``[N, C, H
 in [-1, 1]; first output the features ``[N, D]``, an optional second output class
 probabilities ``[N, K]``. For MNIST the package ships one (``mnist-classifier``, a small
 CNN trained on the embedded sample); for other data the FID Inception weights file of
-pytorch-fid / torch-fidelity becomes one (:mod:`dcgan_deploy.inception`). Every score is reported beside its floor: the
-same metric between two disjoint halves of the real data at the same sample count.
+pytorch-fid / torch-fidelity becomes one (:mod:`dcgan_deploy.inception`). Every score is
+reported beside its floor: the same metric between two disjoint halves of the real data
+at the same sample count.
 """
 from __future__ import annotations
 
@@ -154,8 +155,9 @@ def _inception_onnx(weights: Path) -> Path:
     try:
         from . import inception
     except ImportError:
-        raise ModelError(f"{weights}: turning Inception weights into an ONNX extractor needs torch "
-                         "(pip install 'dcgan-deploy[train]'), once; afterwards pass the ONNX file it writes") from None
+        raise ModelError(f"{weights}: turning Inception weights into an ONNX extractor needs torch, once "
+                         "(pip install 'dcgan-deploy[train]'); the ONNX file it writes (the report's extractor "
+                         "path) then works without torch: pass it to --features") from None
     return inception.cached_extractor(weights)
 
 
