@@ -1,15 +1,28 @@
 """Shared fixtures: tiny ONNX generators that follow the model-file contract.
 
-They are built with onnx.helper (no torch): z -> Gemm -> Tanh -> Reshape -> image.
+They are built with onnx.helper (no torch): z -> Gemm -> Tanh -> Reshape -> image. Also
+``load_script``: a repository script (not a package module) imported by its path.
 """
 from __future__ import annotations
 
+import importlib.util
 import json
+from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_script(relative: str, name: str):
+    """The module of the script at ``relative`` (from the repository root), imported as ``name``."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / relative)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def make_model(path, latent_dim=8, channels=1, height=6, width=6, prior="normal", seed=0,

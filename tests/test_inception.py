@@ -1,6 +1,5 @@
 """The FID Inception network from its weights file: the same outputs as torch-fidelity's
 implementation, and an ONNX extractor that `evaluate --features W.pth` uses."""
-import importlib.util
 import json
 from pathlib import Path
 
@@ -12,18 +11,10 @@ torch = pytest.importorskip("torch")
 from dcgan_deploy import evaluate as ev  # noqa: E402
 from dcgan_deploy import inception  # noqa: E402
 from dcgan_deploy.runtime import ModelError  # noqa: E402
+from conftest import load_script  # noqa: E402
 
 DATA = Path(__file__).resolve().parent / "data"
-
-
-def _reference_module():
-    spec = importlib.util.spec_from_file_location("inception_reference", DATA.parent / "inception_reference.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-REF = _reference_module()
+REF = load_script("tests/inception_reference.py", "inception_reference")
 KEYS = json.loads((DATA / "inception_keys.json").read_text())
 EXPECTED = np.load(DATA / "inception_reference.npz")
 

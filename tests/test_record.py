@@ -1,18 +1,8 @@
 """training/record.py: the script that files a finished run into training/<name>/."""
-import importlib.util
 import json
-from pathlib import Path
 
+from conftest import load_script
 from PIL import Image
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def load_record():
-    spec = importlib.util.spec_from_file_location("record", ROOT / "training" / "record.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_a_resumed_runs_log_counts_each_step_once_with_the_rerun_entry(tmp_path):
@@ -22,7 +12,7 @@ def test_a_resumed_runs_log_counts_each_step_once_with_the_rerun_entry(tmp_path)
     lines += [{"done": True, "step": 40, "d_loss": 0.5, "g_loss": 1.5}]
     log = tmp_path / "log.jsonl"
     log.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
-    record = load_record()
+    record = load_script("training/record.py", "record")
     rows = record.step_rows(log)
     assert [r["step"] for r in rows] == [10, 20, 30, 40]
     assert rows[2]["d_loss"] == 0.5  # step 30 as re-run after the resume
