@@ -17,6 +17,8 @@ def speed_args(doc: str) -> argparse.Namespace:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--seconds", type=float, default=3.0)
+    ap.add_argument("--rounds", type=int, default=5,
+                    help="alternating rounds (onnxruntime, PyTorch eager, the ceiling) the seconds are split into")
     return ap.parse_args()
 
 
@@ -29,10 +31,12 @@ def trained_like(arch: str) -> Generator:
     return g.eval()
 
 
-def gate_and_time(original: Generator, form: torch.nn.Module, path: Path, args: argparse.Namespace) -> tuple[dict, dict]:
+def gate_and_time(original: Generator, form: torch.nn.Module, path: Path, args: argparse.Namespace,
+                  eager: bool = False) -> tuple[dict, dict]:
     """Export ``form`` (an exact rewrite of ``original``) to ``path``, run the parity gate against
-    ``original``, and time it on the CPU: (gate report, bench row)."""
+    ``original``, and time it on the CPU (``eager``: beside ``original`` in PyTorch): (gate report, bench row)."""
     to_onnx(form, original.cfg, path)
     write_metadata(path, base_metadata(Described(original, original.cfg, original.cfg.arch), 18))
     gate = run_gate(original, path, seeds=(0,), batch_sizes=(1, 7))
-    return gate, bench_model(path, "cpu", [args.batch_size], args.threads, args.seconds)[0]
+    return gate, bench_model(path, "cpu", [args.batch_size], args.threads, args.seconds, original if eager else None,
+                             rounds=args.rounds)[0]

@@ -23,7 +23,6 @@ from common import speed_args, trained_like
 def main():
     args = speed_args(__doc__)
     torch.set_num_threads(args.threads)
-    ceiling = bench.matmul_ceiling(args.threads)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for arch in ARCHITECTURES:
@@ -32,9 +31,9 @@ def main():
             save_generator(g.state_dict(), g.cfg, ckpt)
             export(ckpt, Path(tmp) / f"{arch}.onnx")
             row = bench.bench_model(Path(tmp) / f"{arch}.onnx", "cpu", [args.batch_size], args.threads, args.seconds,
-                                    None, g)[0]
+                                    g, rounds=args.rounds)[0]
             rows.append(row)
-    ceiling = bench.settle_ceiling(ceiling, rows, args.threads)
+    ceiling = bench.ceiling_summary(rows, args.threads)
     import onnxruntime
     result = {"onnxruntime": onnxruntime.__version__,
               "torch": torch.__version__, "threads": args.threads, "ceiling": ceiling, "cpu": bench._cpu_name(),

@@ -22,7 +22,7 @@ import tempfile
 import warnings
 from pathlib import Path
 
-from dcgan_deploy.bench import bench_model, matmul_ceiling, settle_ceiling
+from dcgan_deploy.bench import bench_model, ceiling_summary
 from dcgan_deploy.export import Described, base_metadata, deploy_form, describe, quantize_int8, to_onnx, write_metadata
 from dcgan_deploy.nets import NetConfig
 from dcgan_deploy.parity import compare
@@ -56,7 +56,6 @@ def quantize(src: Path, dest: Path, activations: str) -> None:
 def main():
     args = speed_args(__doc__)
     warnings.simplefilter("ignore")  # the int8 files carry no parity report; that is the point here
-    before = matmul_ceiling(args.threads)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -71,21 +70,21 @@ def main():
             reference = ref_gen.run(z)
             base = None
             for name, path in variants.items():
-                r = bench_model(path, "cpu", [args.batch_size], args.threads, args.seconds, before["gflops"])[0]
+                r = bench_model(path, "cpu", [args.batch_size], args.threads, args.seconds, rounds=args.rounds)[0]
                 err = compare(reference, Generator.load(path, device="cpu", threads=args.threads).run(z))
                 base = base or r["images_per_s"]
                 speedup = r["images_per_s"] / base
                 ships = bool(name != "fp32" and speedup >= SHIP_SPEEDUP and err["psnr"] >= SHIP_PSNR)
                 rows.append({"arch": arch, "variant": name, "weights": "trained" if arch == "mnist-dcgan" else "stand-in",
                              "images_per_s": r["images_per_s"], "p50_ms": r["p50_ms"], "speedup_vs_fp32": round(speedup, 2),
-                             "gflops": r["gflops"],
+                             "gflops": r["gflops"], "share_of_fp32_ceiling": r["share_of_ceiling"],
+                             "share_of_best_fp32_ceiling": r["share_of_best_ceiling"], "ceiling_gflops": r["ceiling_gflops"],
                              "psnr_db": round(err["psnr"], 1), "changed": round(err["changed"], 4),
                              "size_mb": round(path.stat().st_size / 2**20, 2), "meets_ship_bar": ships})
-    ceiling = settle_ceiling(before, rows, args.threads)  # measured before and after, the higher kept
-    print(f"float32 matmul ceiling: {ceiling['gflops']:.1f} GFLOP/s ({ceiling['backend']}, {args.threads} threads; "
-          f"before/after the runs {' / '.join(map(str, ceiling['measured_gflops']))})")
+    ceiling = ceiling_summary(rows, args.threads)  # measured in every row's rounds
+    print(f"float32 matmul ceiling: median {ceiling['gflops']:.1f} GFLOP/s ({ceiling['backend']}, {args.threads} threads; "
+          f"rows {ceiling['range'][0]}-{ceiling['range'][1]}, best product {ceiling['best_gflops']})")
     for row in rows:
-        row["share_of_fp32_ceiling"] = row.pop("share_of_ceiling")
         print(f"{row['arch']:<17} {row['variant']:<11} {row['images_per_s']:9.1f} img/s  x{row['speedup_vs_fp32']:4.2f} vs fp32  "
               f"{100 * row['share_of_fp32_ceiling']:4.0f}% of ceiling  "
               f"PSNR {row['psnr_db']:6.1f} dB  changed {100 * row['changed']:5.1f}%  "

@@ -321,7 +321,8 @@ def evaluate(model, data, count, seed, features, ckpt, save, as_json):
 @click.option("--batch-size", "batch_sizes", default="1,8,64,256", show_default=True, help="Comma-separated batch sizes.")
 @threads_option
 @click.option("--seconds", type=click.FloatRange(min=0.01), default=2.0, show_default=True,
-              help="Timed run per batch size, after the first run.")
+              help="onnxruntime's timed runs per batch size, after the first run (PyTorch eager gets as long, "
+                   "the ceiling half), split into 5 alternating rounds.")
 @click.option("--ckpt", type=click.Path(dir_okay=False), default=None,
               help="The model's checkpoint: also time the same generator in PyTorch eager, side by side (one model).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
@@ -330,8 +331,9 @@ def bench(models, device, batch_sizes, threads, seconds, ckpt, as_json):
     """Measure generation speed against a float32 matrix-product ceiling.
 
     Session creation, first run, images/s, latency p50/p95/p99, GFLOP/s from the
-    graph's multiply-adds, and the share of a matrix-product rate measured in the
-    same run with the same threads. With --ckpt, PyTorch eager on the same latents.
+    graph's multiply-adds, and its share of a matrix-product rate measured in the
+    same rounds with the same threads (ceil%; best%: against the fastest single
+    product). With --ckpt, PyTorch eager on the same latents in the same rounds.
 
     \b
     Example:
