@@ -131,9 +131,9 @@ def bench_model(model, device: str, batch_sizes, threads: int, seconds: float = 
     """One row per batch size for ``model``.
 
     The time is spent in ``rounds`` alternating rounds: onnxruntime, then PyTorch eager (``torch_model``),
-    then the matrix-product ceiling (when the graph's multiply-adds can be counted and ``ceiling``), so
-    all three see the same state of the machine; a VM whose speed drifts by 10-20% over seconds would
-    otherwise tilt every ratio. images/s and the latency percentiles come from all of onnxruntime's
+    then the matrix-product ceiling (on the CPU, when the graph's multiply-adds can be counted and
+    ``ceiling``), so all three see the same state of the machine; a VM whose speed drifts by 10-30%
+    within seconds would otherwise tilt every ratio. images/s and the latency percentiles come from all of onnxruntime's
     runs; ``speedup_vs_torch`` and ``share_of_ceiling`` are the medians of the per-round ratios of
     median times (like against like), and ``share_of_best_ceiling`` sets the median GFLOP/s against
     the fastest single product seen: the stricter reading."""
@@ -141,7 +141,8 @@ def bench_model(model, device: str, batch_sizes, threads: int, seconds: float = 
     gen = Generator.load(model, device=device, threads=threads)
     created = time.perf_counter() - start
     macs = count_macs(gen.path)
-    product = _product(threads) if macs is not None and ceiling else None
+    # the ceiling is a CPU product: a share of it means nothing for a model running on the GPU
+    product = _product(threads) if macs is not None and ceiling and gen.device == "cpu" else None
     if product:
         product[0](), product[0]()
     rows = []
