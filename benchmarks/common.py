@@ -11,9 +11,12 @@ from dcgan_deploy.parity import run_gate
 from dcgan_deploy.train import recompute_bn_stats
 
 
-def speed_args(doc: str) -> argparse.Namespace:
-    """--threads, --batch-size and --seconds, as every generation benchmark takes them."""
+def speed_args(doc: str, compile: bool = False) -> argparse.Namespace:
+    """--threads, --batch-size, --seconds and --rounds, as every generation benchmark takes them
+    (``compile``: and --compile, torch.compile beside PyTorch eager)."""
     ap = argparse.ArgumentParser(description=doc)
+    if compile:
+        ap.add_argument("--compile", action="store_true", help="also time torch.compile of each generator")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--seconds", type=float, default=3.0)

@@ -1,10 +1,11 @@
 """onnxruntime vs PyTorch eager for every architecture, side by side, at default widths.
 
-    python benchmarks/generate_speed.py [--threads 2] [--batch-size 64] [--seconds 3]
+    python benchmarks/generate_speed.py [--threads 2] [--batch-size 64] [--seconds 3] [--compile]
 
 Each generator gets random weights with realistic BatchNorm statistics (speed does not
 depend on the values), is exported through the parity gate, then timed with
-`dcgan_deploy.bench` against the matrix-product ceiling and PyTorch eager.
+`dcgan_deploy.bench` against the matrix-product ceiling and PyTorch eager (and, with
+--compile, torch.compile), in alternating rounds.
 """
 import json
 import tempfile
@@ -21,7 +22,7 @@ from common import speed_args, trained_like
 
 
 def main():
-    args = speed_args(__doc__)
+    args = speed_args(__doc__, compile=True)
     torch.set_num_threads(args.threads)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -31,7 +32,7 @@ def main():
             save_generator(g.state_dict(), g.cfg, ckpt)
             export(ckpt, Path(tmp) / f"{arch}.onnx")
             row = bench.bench_model(Path(tmp) / f"{arch}.onnx", "cpu", [args.batch_size], args.threads, args.seconds,
-                                    g, rounds=args.rounds)[0]
+                                    g, rounds=args.rounds, compile=args.compile)[0]
             rows.append(row)
     ceiling = bench.ceiling_summary(rows, args.threads)
     import onnxruntime

@@ -114,7 +114,8 @@ def _repeat(fn, seconds: float, at_least: int) -> list[float]:
 
 
 def _eager(model, z: np.ndarray, threads: int):
-    """PyTorch eager on the same latents, warmed up: a callable for one batch."""
+    """PyTorch on the same latents, warmed up (for a compiled model the first call compiles): a
+    callable for one batch, and the seconds of that first call."""
     import torch
     torch.set_num_threads(threads)
     x = torch.from_numpy(z)
@@ -122,16 +123,27 @@ def _eager(model, z: np.ndarray, threads: int):
     def run():
         with torch.inference_mode():
             model(x)
-    run()
-    return run
+    return run, _timed(run)
+
+
+def _compiled(model, z: np.ndarray, threads: int) -> tuple:
+    """``torch.compile`` (inductor, shapes fixed) of ``model``, warmed up on ``z``: (callable, compile
+    seconds, None), or (None, None, why) where it does not work here (no C++ compiler, say)."""
+    import torch
+    try:
+        run, seconds = _eager(torch.compile(model, dynamic=False), z, threads)
+    except Exception as e:  # noqa: BLE001 -- any failure to compile is reported in the row, not raised
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        return None, None, f"{type(e).__name__}: {first}" if first else type(e).__name__
+    return run, seconds, None
 
 
 def bench_model(model, device: str, batch_sizes, threads: int, seconds: float = 2.0, torch_model=None,
-                rounds: int = 5, ceiling: bool = True) -> list[dict]:
+                rounds: int = 5, ceiling: bool = True, compile: bool = False) -> list[dict]:
     """One row per batch size for ``model``.
 
-    The time is spent in ``rounds`` alternating rounds: onnxruntime, then PyTorch eager (``torch_model``),
-    then the matrix-product ceiling (on the CPU, when the graph's multiply-adds can be counted and
+    The time is spent in ``rounds`` alternating rounds: onnxruntime, then PyTorch eager (``torch_model``;
+    with ``compile`` also ``torch.compile`` of it, compiled per batch size), then the matrix-product ceiling (on the CPU, when the graph's multiply-adds can be counted and
     ``ceiling``), so all three see the same state of the machine; a VM whose speed drifts by 10-30%
     within seconds would otherwise tilt every ratio. images/s and the latency percentiles come from all of onnxruntime's
     runs; ``speedup_vs_torch`` and ``share_of_ceiling`` are the medians of the per-round ratios of
@@ -150,8 +162,16 @@ def bench_model(model, device: str, batch_sizes, threads: int, seconds: float = 
         z = gen.latents(batch, 0)
         first = _timed(lambda: gen.run(z))
         runners = {"ort": (lambda: gen.run(z), seconds / rounds, 5 // rounds + 1)}
+        extra = {}
         if torch_model is not None:
-            runners["torch"] = (_eager(torch_model, z, threads), seconds / rounds, 2)
+            runners["torch"] = (_eager(torch_model, z, threads)[0], seconds / rounds, 2)
+            if compile:
+                run, compile_s, why = _compiled(torch_model, z, threads)
+                if run:
+                    runners["compiled"] = (run, seconds / rounds, 2)
+                    extra["compile_s"] = round(compile_s, 2)
+                else:
+                    extra["compile_error"] = why
         if product:
             runners["ceiling"] = (product[0], seconds / rounds / 2, 3)
         times = {k: [] for k in runners}
@@ -168,7 +188,7 @@ def bench_model(model, device: str, batch_sizes, threads: int, seconds: float = 
                "images_per_s": round(batch / np.median(t), 1),
                "p50_ms": round(1e3 * np.percentile(t, 50), 3), "p95_ms": round(1e3 * np.percentile(t, 95), 3),
                "p99_ms": round(1e3 * np.percentile(t, 99), 3), "rounds": rounds}
-        row.update(summarize_rounds(medians, times, batch, macs, product[2] if product else None))
+        row.update(summarize_rounds(medians, times, batch, macs, product[2] if product else None), **extra)
         rows.append(row)
     return rows
 
@@ -180,11 +200,12 @@ def summarize_rounds(medians: dict, times: dict, batch: int, macs: int | None, c
     ort = np.array(medians["ort"])
     if macs is not None:
         out["gflops"] = _sig(2 * macs * batch / np.median(times["ort"]) / 1e9)
-    if "torch" in medians:
-        ratios = np.array(medians["torch"]) / ort
-        out["torch_images_per_s"] = round(batch / float(np.median(times["torch"])), 1)
-        out["speedup_vs_torch"] = round(float(np.median(ratios)), 2)
-        out["speedup_range"] = [round(float(ratios.min()), 2), round(float(ratios.max()), 2)]
+    for name, range_key in (("torch", "speedup_range"), ("compiled", "speedup_vs_compiled_range")):
+        if name in medians:
+            ratios = np.array(medians[name]) / ort
+            out[f"{name}_images_per_s"] = round(batch / float(np.median(times[name])), 1)
+            out[f"speedup_vs_{name}"] = round(float(np.median(ratios)), 2)
+            out[range_key] = [round(float(ratios.min()), 2), round(float(ratios.max()), 2)]
     if "ceiling" in medians and macs is not None:
         ceil = ceiling_flops / np.array(medians["ceiling"]) / 1e9
         shares = 2 * macs * batch / ort / 1e9 / ceil
@@ -197,7 +218,7 @@ def summarize_rounds(medians: dict, times: dict, batch: int, macs: int | None, c
 
 
 def run(models, device: str = "auto", batch_sizes=(1, 8, 64, 256), threads: int | None = None,
-        seconds: float = 2.0, ckpt=None) -> dict:
+        seconds: float = 2.0, ckpt=None, compile: bool = False) -> dict:
     """The whole benchmark as plain data."""
     import onnxruntime as ort
     threads = threads or os.cpu_count() or 1
@@ -205,7 +226,8 @@ def run(models, device: str = "auto", batch_sizes=(1, 8, 64, 256), threads: int 
     if ckpt:
         from .export import describe
         torch_model = describe(ckpt).model
-    rows = [r for m in models for r in bench_model(m, device, batch_sizes, threads, seconds, torch_model)]
+    rows = [r for m in models for r in bench_model(m, device, batch_sizes, threads, seconds, torch_model,
+                                                    compile=compile)]
     return {"onnxruntime": ort.__version__, "numpy": np.__version__, "threads": threads,
             "ceiling": ceiling_summary(rows, threads), "cpu": _cpu_name(), "rows": rows}
 
@@ -237,12 +259,14 @@ def _cpu_name() -> str:
 def format_table(result: dict) -> str:
     c = result["ceiling"]
     has_torch = any("torch_images_per_s" in r for r in result["rows"])
+    has_compiled = any("compiled_images_per_s" in r for r in result["rows"])
     lines = [f"cpu: {result['cpu']}; threads: {result['threads']}; onnxruntime {result['onnxruntime']}; "
              f"ceiling ({c['backend']}, {c['size']}x{c['size']} float32, measured in each row's rounds): "
              f"median {c['gflops']:.1f} GFLOP/s (rows {c['range'][0]:.1f}-{c['range'][1]:.1f}), best product "
              f"{c['best_gflops']:.1f}",
              f"{'model':<14}{'batch':>6}{'session_s':>10}{'first_s':>9}{'img/s':>11}{'p50_ms':>9}{'p95_ms':>9}"
-             f"{'p99_ms':>9}{'GFLOP/s':>9}{'ceil%':>7}{'best%':>7}" + (f"{'torch':>11}{'x':>6}" if has_torch else "")]
+             f"{'p99_ms':>9}{'GFLOP/s':>9}{'ceil%':>7}{'best%':>7}" + (f"{'torch':>11}{'x':>6}" if has_torch else "")
+             + (f"{'compiled':>11}{'x':>6}" if has_compiled else "")]
     nan = float("nan")
     for r in result["rows"]:
         line = (f"{r['model']:<14}{r['batch']:>6}{r['session_s']:>10.3f}{r['first_run_s']:>9.4f}{r['images_per_s']:>11.1f}"
@@ -250,8 +274,12 @@ def format_table(result: dict) -> str:
                 f"{100 * r.get('share_of_ceiling', nan):>6.0f}%{100 * r.get('share_of_best_ceiling', nan):>6.0f}%")
         if "torch_images_per_s" in r:
             line += f"{r['torch_images_per_s']:>11.1f}{r['speedup_vs_torch']:>6.2f}"
+        if "compiled_images_per_s" in r:
+            line += f"{r['compiled_images_per_s']:>11.1f}{r['speedup_vs_compiled']:>6.2f}"
+        elif "compile_error" in r:
+            line += f"  torch.compile failed: {r['compile_error']}"
         lines.append(line)
     lines.append("ceil%: median over the rounds of GFLOP/s / the ceiling's median in the same round; best%: median "
-                 "GFLOP/s / the fastest product" + ("; x: median over the rounds of eager time / onnxruntime time"
+                 "GFLOP/s / the fastest product" + ("; x: median over the rounds of PyTorch's time / onnxruntime's"
                                                      if has_torch else ""))
     return "\n".join(lines)

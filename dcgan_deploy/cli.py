@@ -325,20 +325,24 @@ def evaluate(model, data, count, seed, features, ckpt, save, as_json):
                    "the ceiling half), split into 5 alternating rounds.")
 @click.option("--ckpt", type=click.Path(dir_okay=False), default=None,
               help="The model's checkpoint: also time the same generator in PyTorch eager, side by side (one model).")
+@click.option("--compile", "compile_", is_flag=True,
+              help="With --ckpt: also torch.compile the generator (inductor; compiled once per batch size, which "
+                   "takes seconds to a minute) and time it in the same rounds.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @friendly_errors
-def bench(models, device, batch_sizes, threads, seconds, ckpt, as_json):
+def bench(models, device, batch_sizes, threads, seconds, ckpt, compile_, as_json):
     """Measure generation speed against a float32 matrix-product ceiling.
 
     Session creation, first run, images/s, latency p50/p95/p99, GFLOP/s from the
     graph's multiply-adds, and its share of a matrix-product rate measured in the
     same rounds with the same threads (ceil%; best%: against the fastest single
-    product). With --ckpt, PyTorch eager on the same latents in the same rounds.
+    product). With --ckpt, PyTorch eager on the same latents in the same rounds
+    (and with --compile, torch.compile too).
 
     \b
     Example:
         dcgan-deploy bench --threads 2 --batch-size 64
-        dcgan-deploy bench -m exports/mnist.onnx --ckpt training/mnist/generator.safetensors --json
+        dcgan-deploy bench -m exports/mnist.onnx --ckpt training/mnist/generator.safetensors --compile --json
     """
     from . import bench as benchmark
 
@@ -350,9 +354,11 @@ def bench(models, device, batch_sizes, threads, seconds, ckpt, as_json):
         raise ValueError("batch sizes must be at least 1")
     if ckpt and len(models) > 1:
         raise ValueError("--ckpt compares one model with its checkpoint; give one -m")
+    if compile_ and not ckpt:
+        raise ValueError("--compile compiles the PyTorch generator: give its checkpoint with --ckpt")
     if ckpt:
         need_torch("--ckpt")
-    result = benchmark.run(list(models) or [None], device, sizes, threads, seconds, ckpt)
+    result = benchmark.run(list(models) or [None], device, sizes, threads, seconds, ckpt, compile_)
     click.echo(json.dumps(result, indent=2) if as_json else benchmark.format_table(result))
 
 

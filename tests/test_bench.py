@@ -1,7 +1,9 @@
 import json
+import shutil
 
 import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 
 from dcgan_deploy import bench
@@ -81,9 +83,51 @@ def test_bench_with_a_checkpoint_compares_pytorch_side_by_side():
     assert row["speedup_range"][0] <= row["speedup_vs_torch"] <= row["speedup_range"][1]
 
 
+@pytest.mark.skipif(not (shutil.which("c++") or shutil.which("g++")), reason="torch.compile (inductor) needs a C++ compiler")
+def test_bench_compiles_the_pytorch_generator_beside_eager(tmp_path):
+    from dcgan_deploy.checkpoint import save_generator
+    from dcgan_deploy.export import export
+    from dcgan_deploy.nets import Generator
+    g = Generator(NetConfig.for_arch("mnist-mlp", g_width=16)).eval()
+    save_generator(g.state_dict(), g.cfg, tmp_path / "g.safetensors")
+    export(tmp_path / "g.safetensors", tmp_path / "g.onnx")
+    r = CliRunner().invoke(main, ["bench", "-m", str(tmp_path / "g.onnx"), "--ckpt", str(tmp_path / "g.safetensors"),
+                                  "--compile", "--batch-size", "4", "--seconds", "0.1", "--threads", "1", "--json"])
+    assert r.exit_code == 0, r.output
+    row = json.loads(r.output)["rows"][0]
+    assert row["compiled_images_per_s"] > 0 and row["torch_images_per_s"] > 0 and row["compile_s"] > 0
+    lo, hi = row["speedup_vs_compiled_range"]
+    assert lo <= row["speedup_vs_compiled"] <= hi and "compile_error" not in row
+
+
+def test_a_generator_that_cannot_be_compiled_is_reported_not_raised():
+    class Broken(torch.nn.Module):
+        def forward(self, z):
+            raise RuntimeError("no kernel for this")
+    run, seconds, why = bench._compiled(Broken(), np.zeros((2, 3), np.float32), threads=1)
+    assert run is None and seconds is None and why == "RuntimeError: no kernel for this"
+
+
+def test_compiled_rounds_are_summarized_like_eager():
+    medians = {"ort": [1.0, 2.0, 1.0], "torch": [3.0, 6.0, 3.0], "compiled": [1.5, 2.0, 2.5]}
+    times = {k: v * 2 for k, v in medians.items()}
+    out = bench.summarize_rounds(medians, times, batch=4, macs=None, ceiling_flops=None)
+    assert out["speedup_vs_torch"] == 3.0 and out["speedup_range"] == [3.0, 3.0]
+    assert out["speedup_vs_compiled"] == 1.5 and out["speedup_vs_compiled_range"] == [1.0, 2.5]
+    assert out["compiled_images_per_s"] == 2.0  # 4 images in the median 2.0 s
+    table = bench.format_table({"cpu": "x", "threads": 1, "onnxruntime": "v", "rows": [
+        {"model": "m", "batch": 4, "session_s": 0.1, "first_run_s": 0.1, "images_per_s": 4.0, "p50_ms": 1.0,
+         "p95_ms": 1.0, "p99_ms": 1.0, **out},
+        {"model": "n", "batch": 4, "session_s": 0.1, "first_run_s": 0.1, "images_per_s": 4.0, "p50_ms": 1.0,
+         "p95_ms": 1.0, "p99_ms": 1.0, "compile_error": "RuntimeError: no compiler"}],
+        "ceiling": {"backend": "b", "size": 1024, "gflops": 1.0, "best_gflops": 1.0, "range": [1.0, 1.0]}})
+    assert "compiled" in table.splitlines()[1] and "torch.compile failed: RuntimeError: no compiler" in table
+
+
 def test_bench_rejects_bad_arguments(tiny_model):
     for args, message in ((["--batch-size", "a"], "comma-separated"), (["--batch-size", "0"], "at least 1"),
-                          (["-m", str(tiny_model), "-m", str(tiny_model), "--ckpt", "x.pt"], "one -m")):
+                          (["-m", str(tiny_model), "-m", str(tiny_model), "--ckpt", "x.pt"], "one -m"),
+                          (["--compile"], "--ckpt")):
         r = CliRunner().invoke(main, ["bench", *args])
         assert r.exit_code == 1 and message in r.output, r.output
 
