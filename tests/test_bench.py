@@ -154,3 +154,17 @@ def test_the_ceiling_summary_spans_the_rows():
     assert (c["gflops"], c["range"], c["best_gflops"], c["size"]) == (220.0, [200.0, 240.0], 260.0, 1024)
     alone = bench.ceiling_summary([{"images_per_s": 1.0}], threads=1)  # no row measured one: measured alone
     assert 0 < alone["gflops"] <= alone["best_gflops"] and alone["range"] == [alone["gflops"]] * 2
+
+
+def test_without_torch_the_ceiling_is_numpys(tiny_model):
+    import subprocess
+    import sys
+    code = ("import sys, json; sys.modules['torch'] = None\n"  # a runtime-only install: no torch to import
+            "from dcgan_deploy import bench\n"
+            f"r = bench.run([{str(tiny_model)!r}], 'cpu', [2], 1, 0.05)\n"
+            "print(json.dumps(r))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    result = json.loads(out)
+    assert result["ceiling"]["backend"].startswith("numpy") and result["ceiling"]["gflops"] > 0
+    row = result["rows"][0]
+    assert row["share_of_ceiling"] > 0 and "torch_images_per_s" not in row
