@@ -142,13 +142,15 @@ def bench_model(model, device: str, batch_sizes, threads: int, seconds: float = 
                 rounds: int = 5, ceiling: bool = True, compile: bool = False) -> list[dict]:
     """One row per batch size for ``model``.
 
-    The time is spent in ``rounds`` alternating rounds: onnxruntime, then PyTorch eager (``torch_model``;
-    with ``compile`` also ``torch.compile`` of it, compiled per batch size), then the matrix-product ceiling (on the CPU, when the graph's multiply-adds can be counted and
-    ``ceiling``), so all three see the same state of the machine; a VM whose speed drifts by 10-30%
-    within seconds would otherwise tilt every ratio. images/s and the latency percentiles come from all of onnxruntime's
-    runs; ``speedup_vs_torch`` and ``share_of_ceiling`` are the medians of the per-round ratios of
-    median times (like against like), and ``share_of_best_ceiling`` sets the median GFLOP/s against
-    the fastest single product seen: the stricter reading."""
+    The time is spent in ``rounds`` alternating rounds: onnxruntime, then PyTorch eager
+    (``torch_model``; with ``compile`` also ``torch.compile`` of it, compiled per batch size), then
+    the matrix-product ceiling (on the CPU, when the graph's multiply-adds can be counted and
+    ``ceiling``), so all of them see the same state of the machine; a VM whose speed drifts by
+    10-30% within seconds would otherwise tilt every ratio. images/s and the latency percentiles
+    come from all of onnxruntime's runs; ``speedup_vs_torch`` (``_vs_compiled``) and
+    ``share_of_ceiling`` are the medians of the per-round ratios of median times (like against
+    like), and ``share_of_best_ceiling`` sets the median GFLOP/s against the fastest single product
+    seen: the stricter reading."""
     start = time.perf_counter()
     gen = Generator.load(model, device=device, threads=threads)
     created = time.perf_counter() - start
