@@ -18,7 +18,7 @@ import onnxruntime as ort
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from dcgan_deploy.bench import _repeat
+from dcgan_deploy.bench import in_rounds
 
 
 def ort_gemm(m: int, k: int, n: int, threads: int):
@@ -51,11 +51,8 @@ def main():
                "onnxruntime Gemm 1024x1024x1024": ort_gemm(1024, 1024, 1024, args.threads)}
     for k, n in ((100, 256), (256, 512), (512, 1024), (1024, 784)):  # the MLP generator's layers
         runners[f"onnxruntime Gemm 64x{k}x{n} (MLP)"] = ort_gemm(64, k, n, args.threads)
-    rates = {name: [] for name in runners}
-    for _ in range(args.rounds):
-        for name, (fn, flops) in runners.items():
-            _repeat(fn, args.seconds / 5, 2)  # warm up after the previous runner
-            rates[name].append(flops / statistics.median(_repeat(fn, args.seconds, 5)) / 1e9)
+    _, medians = in_rounds({name: (fn, args.seconds, 5) for name, (fn, _) in runners.items()}, args.rounds)
+    rates = {name: [flops / t / 1e9 for t in medians[name]] for name, (_, flops) in runners.items()}
     ref = rates["torch.mm 1024x1024x1024 (the ceiling)"]
     print(f"threads {args.threads}; torch {torch.__version__}, onnxruntime {ort.__version__}, numpy {np.__version__}")
     for name, r in rates.items():

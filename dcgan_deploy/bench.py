@@ -113,6 +113,21 @@ def _repeat(fn, seconds: float, at_least: int) -> list[float]:
     return times
 
 
+def in_rounds(runners: dict, rounds: int) -> tuple[dict, dict]:
+    """Time ``runners`` ({name: (callable, seconds, at least n calls)}) in ``rounds`` alternating
+    rounds, each re-warmed at the start of its turn (the previous runner's threads may still hold a
+    core): ({name: every single time}, {name: its median time in each round})."""
+    times = {k: [] for k in runners}
+    medians = {k: [] for k in runners}
+    for _ in range(rounds):
+        for k, (fn, budget, at_least) in runners.items():
+            _repeat(fn, budget / 4, 2)
+            t = _repeat(fn, budget, at_least)
+            times[k] += t
+            medians[k].append(float(np.median(t)))
+    return times, medians
+
+
 def _eager(model, z: np.ndarray, threads: int):
     """PyTorch on the same latents, warmed up (for a compiled model the first call compiles): a
     callable for one batch, and the seconds of that first call."""
@@ -176,14 +191,7 @@ def bench_model(model, device: str, batch_sizes, threads: int, seconds: float = 
                     extra["compile_error"] = why
         if product:
             runners["ceiling"] = (product[0], seconds / rounds / 2, 3)
-        times = {k: [] for k in runners}
-        medians = {k: [] for k in runners}
-        for _ in range(rounds):
-            for k, (fn, budget, at_least) in runners.items():
-                _repeat(fn, budget / 4, 2)  # the previous runner's threads may still hold a core
-                t = _repeat(fn, budget, at_least)
-                times[k] += t
-                medians[k].append(float(np.median(t)))
+        times, medians = in_rounds(runners, rounds)
         t = np.array(times["ort"])
         row = {"model": Path(gen.path).stem, "architecture": gen.metadata["architecture"], "provider": gen.provider,
                "threads": threads, "batch": batch, "session_s": round(created, 4), "first_run_s": round(first, 4),
