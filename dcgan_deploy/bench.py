@@ -128,33 +128,70 @@ def in_rounds(runners: dict, rounds: int) -> tuple[dict, dict]:
     return times, medians
 
 
-def _eager(model, z: np.ndarray, threads: int):
-    """PyTorch on the same latents, warmed up (for a compiled model the first call compiles): a
-    callable for one batch, and the seconds of that first call."""
+def _eager(model, z: np.ndarray, threads: int, device: str = "cpu"):
+    """PyTorch on the same latents, on ``device`` (the onnxruntime session's), warmed up (for a
+    compiled model the first call compiles): a callable for one batch, which waits for the GPU, and
+    the seconds of that first call."""
     import torch
     torch.set_num_threads(threads)
     x = torch.from_numpy(z)
+    sync = None
+    if device == "cuda":
+        model, x, sync = model.to("cuda"), x.to("cuda"), torch.cuda.synchronize
 
     def run():
         with torch.inference_mode():
             model(x)
+        if sync:
+            sync()
     return run, _timed(run)
 
 
-def _compiled(model, z: np.ndarray, threads: int) -> tuple:
+def _compiled(model, z: np.ndarray, threads: int, device: str = "cpu") -> tuple:
     """``torch.compile`` (inductor, shapes fixed) of ``model``, warmed up on ``z``: (callable, compile
     seconds, None), or (None, None, why) where it does not work here (no C++ compiler, say)."""
     import torch
     try:
-        run, seconds = _eager(torch.compile(model, dynamic=False), z, threads)
+        run, seconds = _eager(torch.compile(model.to(device), dynamic=False), z, threads, device)
     except Exception as e:  # noqa: BLE001 -- any failure to compile is reported in the row, not raised
         first = (str(e).strip().splitlines() or [""])[0][:200]
         return None, None, f"{type(e).__name__}: {first}" if first else type(e).__name__
     return run, seconds, None
 
 
+def _bound(gen: Generator, z: np.ndarray, session=None) -> tuple:
+    """IO binding: ``z`` and an image buffer placed once in the memory of the session's device and
+    bound to ``session`` (default: ``gen``'s), so a run copies nothing to or from the host:
+    (callable for one batch, which waits for the outputs; the bound image ``OrtValue``)."""
+    import onnxruntime as ort
+    session = session or gen.session
+    where = gen.device
+    latents = ort.OrtValue.ortvalue_from_numpy(z, where, 0)
+    image = ort.OrtValue.ortvalue_from_shape_and_type([len(z), gen.channels, gen.height, gen.width], np.float32,
+                                                      where, 0)
+    binding = session.io_binding()
+    binding.bind_ortvalue_input("z", latents)
+    binding.bind_ortvalue_output("image", image)
+
+    def run(_keep=(latents, image)):
+        session.run_with_iobinding(binding)
+        binding.synchronize_outputs()
+    return run, image
+
+
+def _graphed(gen: Generator, z: np.ndarray, threads: int) -> tuple:
+    """A session of ``gen``'s model with the CUDA provider's graph capture on, bound like ``_bound``
+    (one session per batch size: a captured graph has fixed shapes and buffer addresses): its first
+    runs capture the graph, later ones replay it. (callable, the bound image ``OrtValue``)."""
+    from .runtime import _open_session
+    run, image = _bound(gen, z, _open_session(gen.path, "cuda", threads, {"enable_cuda_graph": "1"}))
+    run(), run()
+    return run, image
+
+
 def bench_model(model, device: str, batch_sizes, threads: int, seconds: float = 2.0, torch_model=None,
-                rounds: int = 5, ceiling: bool = True, compile: bool = False) -> list[dict]:
+                rounds: int = 5, ceiling: bool = True, compile: bool = False, bound: bool = False,
+                cuda_graph: bool = False) -> list[dict]:
     """One row per batch size for ``model``.
 
     The time is spent in ``rounds`` alternating rounds: onnxruntime, then PyTorch eager
@@ -165,10 +202,24 @@ def bench_model(model, device: str, batch_sizes, threads: int, seconds: float = 
     come from all of onnxruntime's runs; ``speedup_vs_torch`` (``_vs_compiled``) and
     ``share_of_ceiling`` are the medians of the per-round ratios of median times (like against
     like), and ``share_of_best_ceiling`` sets the median GFLOP/s against the fastest single product
-    seen: the stricter reading."""
+    seen: the stricter reading.
+
+    ``bound`` adds onnxruntime with IO binding (latents and images stay in the device's memory),
+    ``cuda_graph`` the same replayed as a CUDA graph (CUDA only), both timed in the same rounds:
+    ``bound_vs_run`` / ``graph_vs_run`` are their per-round speedups over plain ``run`` (which
+    copies latents in and images out), ``..._vs_torch`` over PyTorch. With the model on CUDA,
+    PyTorch runs on the GPU too."""
     start = time.perf_counter()
     gen = Generator.load(model, device=device, threads=threads)
     created = time.perf_counter() - start
+    if cuda_graph and gen.device != "cuda":
+        raise ValueError(f"CUDA graphs need the CUDA provider, and {Path(gen.path).name} runs on the CPU here "
+                         "(use --device cuda with onnxruntime-gpu)")
+    if torch_model is not None and gen.device == "cuda":
+        import torch
+        if not torch.cuda.is_available():
+            raise ValueError("the model runs on CUDA but this PyTorch has no CUDA: it cannot be compared on the "
+                             "same device (leave out --ckpt, or install a CUDA build of torch)")
     macs = count_macs(gen.path)
     # the ceiling is a CPU product: a share of it means nothing for a model running on the GPU
     product = _product(threads) if macs is not None and ceiling and gen.device == "cpu" else None
@@ -179,11 +230,15 @@ def bench_model(model, device: str, batch_sizes, threads: int, seconds: float = 
         z = gen.latents(batch, 0)
         first = _timed(lambda: gen.run(z))
         runners = {"ort": (lambda: gen.run(z), seconds / rounds, 5 // rounds + 1)}
+        if bound:
+            runners["bound"] = (_bound(gen, z)[0], seconds / rounds, 2)
+        if cuda_graph:
+            runners["graph"] = (_graphed(gen, z, threads)[0], seconds / rounds, 2)
         extra = {}
         if torch_model is not None:
-            runners["torch"] = (_eager(torch_model, z, threads)[0], seconds / rounds, 2)
+            runners["torch"] = (_eager(torch_model, z, threads, gen.device)[0], seconds / rounds, 2)
             if compile:
-                run, compile_s, why = _compiled(torch_model, z, threads)
+                run, compile_s, why = _compiled(torch_model, z, threads, gen.device)
                 if run:
                     runners["compiled"] = (run, seconds / rounds, 2)
                     extra["compile_s"] = round(compile_s, 2)
@@ -210,12 +265,22 @@ def summarize_rounds(medians: dict, times: dict, batch: int, macs: int | None, c
     ort = np.array(medians["ort"])
     if macs is not None:
         out["gflops"] = _sig(2 * macs * batch / np.median(times["ort"]) / 1e9)
+
+    def ratio(key: str, slower: str, faster: str, range_key: str) -> None:
+        r = np.array(medians[slower]) / np.array(medians[faster])
+        out[key] = round(float(np.median(r)), 2)
+        out[range_key] = [round(float(r.min()), 2), round(float(r.max()), 2)]
+    for name in ("torch", "compiled", "bound", "graph"):
+        if name in medians:
+            out[f"{name}_images_per_s"] = round(batch / float(np.median(times[name])), 1)
     for name, range_key in (("torch", "speedup_range"), ("compiled", "speedup_vs_compiled_range")):
         if name in medians:
-            ratios = np.array(medians[name]) / ort
-            out[f"{name}_images_per_s"] = round(batch / float(np.median(times[name])), 1)
-            out[f"speedup_vs_{name}"] = round(float(np.median(ratios)), 2)
-            out[range_key] = [round(float(ratios.min()), 2), round(float(ratios.max()), 2)]
+            ratio(f"speedup_vs_{name}", name, "ort", range_key)
+    for name in ("bound", "graph"):
+        if name in medians:
+            ratio(f"{name}_vs_run", "ort", name, f"{name}_vs_run_range")
+            if "torch" in medians:
+                ratio(f"{name}_vs_torch", "torch", name, f"{name}_vs_torch_range")
     if "ceiling" in medians and macs is not None:
         ceil = ceiling_flops / np.array(medians["ceiling"]) / 1e9
         shares = 2 * macs * batch / ort / 1e9 / ceil
@@ -228,7 +293,7 @@ def summarize_rounds(medians: dict, times: dict, batch: int, macs: int | None, c
 
 
 def run(models, device: str = "auto", batch_sizes=(1, 8, 64, 256), threads: int | None = None,
-        seconds: float = 2.0, ckpt=None, compile: bool = False) -> dict:
+        seconds: float = 2.0, ckpt=None, compile: bool = False, bound: bool = False, cuda_graph: bool = False) -> dict:
     """The whole benchmark as plain data."""
     import onnxruntime as ort
     threads = threads or os.cpu_count() or 1
@@ -237,7 +302,7 @@ def run(models, device: str = "auto", batch_sizes=(1, 8, 64, 256), threads: int 
         from .export import describe
         torch_model = describe(ckpt).model
     rows = [r for m in models for r in bench_model(m, device, batch_sizes, threads, seconds, torch_model,
-                                                    compile=compile)]
+                                                    compile=compile, bound=bound, cuda_graph=cuda_graph)]
     return {"onnxruntime": ort.__version__, "numpy": np.__version__, "threads": threads,
             "ceiling": ceiling_summary(rows, threads), "cpu": _cpu_name(), "rows": rows}
 
@@ -270,13 +335,15 @@ def format_table(result: dict) -> str:
     c = result["ceiling"]
     has_torch = any("torch_images_per_s" in r for r in result["rows"])
     has_compiled = any("compiled_images_per_s" in r for r in result["rows"])
+    modes = [m for m in ("bound", "graph") if any(f"{m}_images_per_s" in r for r in result["rows"])]
     lines = [f"cpu: {result['cpu']}; threads: {result['threads']}; onnxruntime {result['onnxruntime']}; "
              f"ceiling ({c['backend']}, {c['size']}x{c['size']} float32, measured in each row's rounds): "
              f"median {c['gflops']:.1f} GFLOP/s (rows {c['range'][0]:.1f}-{c['range'][1]:.1f}), best product "
              f"{c['best_gflops']:.1f}",
              f"{'model':<14}{'batch':>6}{'session_s':>10}{'first_s':>9}{'img/s':>11}{'p50_ms':>9}{'p95_ms':>9}"
              f"{'p99_ms':>9}{'GFLOP/s':>9}{'ceil%':>7}{'best%':>7}" + (f"{'torch':>11}{'x':>6}" if has_torch else "")
-             + (f"{'compiled':>11}{'x':>6}" if has_compiled else "")]
+             + (f"{'compiled':>11}{'x':>6}" if has_compiled else "")
+             + "".join(f"{m:>11}{'x run':>6}" for m in modes)]
     nan = float("nan")
     for r in result["rows"]:
         line = (f"{r['model']:<14}{r['batch']:>6}{r['session_s']:>10.3f}{r['first_run_s']:>9.4f}{r['images_per_s']:>11.1f}"
@@ -286,10 +353,17 @@ def format_table(result: dict) -> str:
             line += f"{r['torch_images_per_s']:>11.1f}{r['speedup_vs_torch']:>6.2f}"
         if "compiled_images_per_s" in r:
             line += f"{r['compiled_images_per_s']:>11.1f}{r['speedup_vs_compiled']:>6.2f}"
-        elif "compile_error" in r:
+        elif has_compiled:
+            line += f"{'':>17}"
+        for m in modes:
+            line += f"{r[f'{m}_images_per_s']:>11.1f}{r[f'{m}_vs_run']:>6.2f}" if f"{m}_vs_run" in r else f"{'':>17}"
+        if "compile_error" in r:
             line += f"  torch.compile failed: {r['compile_error']}"
         lines.append(line)
     lines.append("ceil%: median over the rounds of GFLOP/s / the ceiling's median in the same round; best%: median "
                  "GFLOP/s / the fastest product" + ("; x: median over the rounds of PyTorch's time / onnxruntime's"
-                                                     if has_torch else ""))
+                                                     if has_torch else "")
+                 + ("; bound: IO binding, latents and images in the device's memory; graph: the same replayed as a "
+                    "CUDA graph; x run: their speedup over a plain run (which copies to and from the host)"
+                    if modes else ""))
     return "\n".join(lines)

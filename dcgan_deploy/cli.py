@@ -328,21 +328,29 @@ def evaluate(model, data, count, seed, features, ckpt, save, as_json):
 @click.option("--compile", "compile_", is_flag=True,
               help="With --ckpt: also torch.compile the generator (inductor; compiled once per batch size, which "
                    "takes seconds to a minute) and time it in the same rounds.")
+@click.option("--io-binding", "bound", is_flag=True,
+              help="Also time onnxruntime with IO binding (latents and images stay in the device's memory: no "
+                   "copies to or from the host) in the same rounds.")
+@click.option("--cuda-graph", is_flag=True,
+              help="Also time the model replayed as a CUDA graph (IO-bound; one capture per batch size). "
+                   "Needs --device cuda.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @friendly_errors
-def bench(models, device, batch_sizes, threads, seconds, ckpt, compile_, as_json):
+def bench(models, device, batch_sizes, threads, seconds, ckpt, compile_, bound, cuda_graph, as_json):
     """Measure generation speed against a float32 matrix-product ceiling.
 
     Session creation, first run, images/s, latency p50/p95/p99, GFLOP/s from the
     graph's multiply-adds, and its share of a matrix-product rate measured in the
     same rounds with the same threads (ceil%; best%: against the fastest single
     product). With --ckpt, PyTorch eager on the same latents in the same rounds
-    (and with --compile, torch.compile too).
+    (and with --compile, torch.compile too), on the model's device. On a GPU,
+    --io-binding and --cuda-graph time what a device-resident caller gets.
 
     \b
     Example:
         dcgan-deploy bench --threads 2 --batch-size 64
         dcgan-deploy bench -m exports/mnist.onnx --ckpt training/mnist/generator.safetensors --compile --json
+        dcgan-deploy bench --device cuda --batch-size 256,4096,32768 --io-binding --cuda-graph
     """
     from . import bench as benchmark
 
@@ -356,9 +364,11 @@ def bench(models, device, batch_sizes, threads, seconds, ckpt, compile_, as_json
         raise ValueError("--ckpt compares one model with its checkpoint; give one -m")
     if compile_ and not ckpt:
         raise ValueError("--compile compiles the PyTorch generator: give its checkpoint with --ckpt")
+    if cuda_graph and device == "cpu":
+        raise ValueError("--cuda-graph needs --device cuda (or auto with onnxruntime-gpu)")
     if ckpt:
         need_torch("--ckpt")
-    result = benchmark.run(list(models) or [None], device, sizes, threads, seconds, ckpt, compile_)
+    result = benchmark.run(list(models) or [None], device, sizes, threads, seconds, ckpt, compile_, bound, cuda_graph)
     click.echo(json.dumps(result, indent=2) if as_json else benchmark.format_table(result))
 
 

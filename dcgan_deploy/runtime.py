@@ -171,7 +171,9 @@ def check_metadata(meta: dict[str, str], path: Path | str) -> dict[str, str]:
     return meta
 
 
-def _open_session(path: Path, device: str, threads: int | None) -> ort.InferenceSession:
+def _open_session(path: Path, device: str, threads: int | None,
+                  cuda_options: dict[str, str] | None = None) -> ort.InferenceSession:
+    """``cuda_options``: the CUDA provider's options (``{"enable_cuda_graph": "1"}``, say)."""
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.log_severity_level = 3
@@ -182,12 +184,14 @@ def _open_session(path: Path, device: str, threads: int | None) -> ort.Inference
     if device == "cuda" and CUDA not in available:
         raise ModelError("device 'cuda' requested, but this onnxruntime build has no CUDA provider "
                          "(replace onnxruntime with onnxruntime-gpu: pip install 'dcgan-deploy[gpu]')")
-    providers = [CUDA, CPU] if device != "cpu" and CUDA in available else [CPU]
+    providers = [(CUDA, cuda_options or {}), CPU] if device != "cpu" and CUDA in available else [CPU]
     try:
         session = ort.InferenceSession(str(path), opts, providers=providers)
     except Exception as e:
         # onnxruntime raises its own exception types with long multi-line messages.
-        raise ModelError(f"{path}: not a valid ONNX model ({_first_line(e)})") from None
+        what = (f"onnxruntime could not open it with CUDA options {cuda_options}" if cuda_options
+                else "not a valid ONNX model")
+        raise ModelError(f"{path}: {what} ({_first_line(e)})") from None
     # onnxruntime silently drops a provider that fails to initialise; check what is active.
     if device == "cuda" and session.get_providers()[0] != CUDA:
         raise ModelError("device 'cuda' requested, but the CUDA provider did not initialise "

@@ -168,3 +168,82 @@ def test_without_torch_the_ceiling_is_numpys(tiny_model):
     assert result["ceiling"]["backend"].startswith("numpy") and result["ceiling"]["gflops"] > 0
     row = result["rows"][0]
     assert row["share_of_ceiling"] > 0 and "torch_images_per_s" not in row
+
+
+def test_io_binding_runs_the_same_graph_in_place(rgb_model):
+    from dcgan_deploy.runtime import Generator
+    gen = Generator.load(rgb_model, device="cpu", threads=1)
+    z = gen.latents(3, seed=4)
+    run, image = bench._bound(gen, z)
+    assert image.device_name() == "cpu" and image.shape() == [3, 3, 4, 5]
+    run()
+    first = image.numpy().copy()
+    np.testing.assert_array_equal(first, gen.run(z))  # the bound buffer holds what a plain run returns
+    run()
+    np.testing.assert_array_equal(image.numpy(), first)
+
+
+def test_bench_times_io_binding_beside_a_plain_run(rgb_model):
+    r = CliRunner().invoke(main, ["bench", "-m", str(rgb_model), "--batch-size", "2,5", "--seconds", "0.05",
+                                  "--threads", "1", "--io-binding", "--json"])
+    assert r.exit_code == 0, r.output
+    for row in json.loads(r.output)["rows"]:
+        assert row["bound_images_per_s"] > 0
+        lo, hi = row["bound_vs_run_range"]
+        assert 0 < lo <= row["bound_vs_run"] <= hi and "graph_images_per_s" not in row
+    text = CliRunner().invoke(main, ["bench", "-m", str(rgb_model), "--batch-size", "2", "--seconds", "0.05",
+                                     "--io-binding"]).output
+    assert "bound" in text.splitlines()[1] and "x run" in text.splitlines()[1] and "IO binding" in text
+
+
+def test_cuda_graphs_are_refused_off_cuda(tiny_model):
+    r = CliRunner().invoke(main, ["bench", "-m", str(tiny_model), "--device", "cpu", "--cuda-graph"])
+    assert r.exit_code == 1 and "--cuda-graph needs --device cuda" in r.output
+    with pytest.raises(ValueError, match="CUDA graphs need the CUDA provider"):
+        bench.bench_model(tiny_model, "cpu", [2], 1, 0.05, cuda_graph=True)
+
+
+def test_device_resident_modes_are_compared_with_run_and_pytorch():
+    medians = {"ort": [2.0, 4.0], "bound": [1.0, 1.0], "graph": [0.5, 1.0], "torch": [4.0, 4.0]}
+    times = {k: v * 3 for k, v in medians.items()}
+    out = bench.summarize_rounds(medians, times, batch=2, macs=None, ceiling_flops=None)
+    assert out["bound_vs_run"] == 3.0 and out["bound_vs_run_range"] == [2.0, 4.0]   # per round: 2/1, 4/1
+    assert out["graph_vs_run"] == 4.0 and out["graph_vs_run_range"] == [4.0, 4.0]
+    assert out["graph_vs_torch"] == 6.0 and out["graph_vs_torch_range"] == [4.0, 8.0]
+    assert out["bound_images_per_s"] == 2.0 and out["graph_images_per_s"] == 2.7  # 2 images in 1.0 s, in 0.75 s
+    table = bench.format_table({"cpu": "x", "threads": 1, "onnxruntime": "v", "rows": [
+        {"model": "m", "batch": 2, "session_s": 0.1, "first_run_s": 0.1, "images_per_s": 1.0, "p50_ms": 1.0,
+         "p95_ms": 1.0, "p99_ms": 1.0, **out}],
+        "ceiling": {"backend": "b", "size": 1024, "gflops": 1.0, "best_gflops": 1.0, "range": [1.0, 1.0]}})
+    header, row = table.splitlines()[1:3]
+    assert header.split()[-6:] == ["bound", "x", "run", "graph", "x", "run"]
+    assert row.split()[-4:] == ["2.0", "3.00", "2.7", "4.00"]
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif("CUDAExecutionProvider" not in __import__("onnxruntime").get_available_providers(),
+                    reason="needs onnxruntime-gpu")
+def test_cuda_graph_replays_what_a_plain_run_computes(rgb_model):
+    from dcgan_deploy.runtime import Generator
+    gen = Generator.load(rgb_model, device="cuda")
+    z = gen.latents(16, seed=2)
+    run, image = bench._graphed(gen, z, threads=1)
+    run()
+    assert image.device_name() == "cuda"
+    np.testing.assert_allclose(image.numpy(), gen.run(z), atol=1e-5)
+    row = bench.bench_model(rgb_model, "cuda", [16], 1, 0.1, bound=True, cuda_graph=True)[0]
+    assert row["provider"] == "CUDAExecutionProvider" and row["graph_images_per_s"] > 0 and row["bound_vs_run"] > 0
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif("CUDAExecutionProvider" not in __import__("onnxruntime").get_available_providers()
+                    or not torch.cuda.is_available(), reason="needs onnxruntime-gpu and a CUDA build of torch")
+def test_on_cuda_pytorch_is_timed_on_the_gpu_too(tmp_path):
+    from dcgan_deploy.checkpoint import save_generator
+    from dcgan_deploy.export import export
+    from dcgan_deploy.nets import Generator
+    g = Generator(NetConfig.for_arch("mnist-mlp", g_width=16)).eval()
+    save_generator(g.state_dict(), g.cfg, tmp_path / "g.safetensors")
+    export(tmp_path / "g.safetensors", tmp_path / "g.onnx")
+    row = bench.bench_model(tmp_path / "g.onnx", "cuda", [32], 1, 0.1, torch_model=g, cuda_graph=True)[0]
+    assert next(g.parameters()).is_cuda and row["torch_images_per_s"] > 0 and row["graph_vs_torch"] > 0
