@@ -154,9 +154,14 @@ def _compiled(model, z: np.ndarray, threads: int, device: str = "cpu") -> tuple:
     try:
         run, seconds = _eager(torch.compile(model.to(device), dynamic=False), z, threads, device)
     except Exception as e:  # noqa: BLE001 -- any failure to compile is reported in the row, not raised
-        first = (str(e).strip().splitlines() or [""])[0][:200]
-        return None, None, f"{type(e).__name__}: {first}" if first else type(e).__name__
+        return None, None, _why(e)
     return run, seconds, None
+
+
+def _why(e: Exception) -> str:
+    """An exception in one line, for a row: what failed, not a traceback."""
+    first = (str(e).strip().splitlines() or [""])[0][:200]
+    return f"{type(e).__name__}: {first}" if first else type(e).__name__
 
 
 def _bound(gen: Generator, z: np.ndarray, session=None) -> tuple:
@@ -207,8 +212,8 @@ def bench_model(model, device: str, batch_sizes, threads: int, seconds: float = 
     ``bound`` adds onnxruntime with IO binding (latents and images stay in the device's memory),
     ``cuda_graph`` the same replayed as a CUDA graph (CUDA only), both timed in the same rounds:
     ``bound_vs_run`` / ``graph_vs_run`` are their per-round speedups over plain ``run`` (which
-    copies latents in and images out), ``..._vs_torch`` over PyTorch. With the model on CUDA,
-    PyTorch runs on the GPU too."""
+    copies latents in and images out), ``..._vs_torch`` over PyTorch; a model that cannot be
+    captured gets ``graph_error`` in its row. With the model on CUDA, PyTorch runs on the GPU too."""
     start = time.perf_counter()
     gen = Generator.load(model, device=device, threads=threads)
     created = time.perf_counter() - start
@@ -232,9 +237,12 @@ def bench_model(model, device: str, batch_sizes, threads: int, seconds: float = 
         runners = {"ort": (lambda: gen.run(z), seconds / rounds, 5 // rounds + 1)}
         if bound:
             runners["bound"] = (_bound(gen, z)[0], seconds / rounds, 2)
-        if cuda_graph:
-            runners["graph"] = (_graphed(gen, z, threads)[0], seconds / rounds, 2)
         extra = {}
+        if cuda_graph:
+            try:
+                runners["graph"] = (_graphed(gen, z, threads)[0], seconds / rounds, 2)
+            except Exception as e:  # noqa: BLE001 -- a graph that cannot be captured is reported in the row
+                extra["graph_error"] = _why(e)
         if torch_model is not None:
             runners["torch"] = (_eager(torch_model, z, threads, gen.device)[0], seconds / rounds, 2)
             if compile:
@@ -359,6 +367,8 @@ def format_table(result: dict) -> str:
             line += f"{r[f'{m}_images_per_s']:>11.1f}{r[f'{m}_vs_run']:>6.2f}" if f"{m}_vs_run" in r else f"{'':>17}"
         if "compile_error" in r:
             line += f"  torch.compile failed: {r['compile_error']}"
+        if "graph_error" in r:
+            line += f"  CUDA graph failed: {r['graph_error']}"
         lines.append(line)
     lines.append("ceil%: median over the rounds of GFLOP/s / the ceiling's median in the same round; best%: median "
                  "GFLOP/s / the fastest product" + ("; x: median over the rounds of PyTorch's time / onnxruntime's"

@@ -203,6 +203,19 @@ def test_cuda_graphs_are_refused_off_cuda(tiny_model):
         bench.bench_model(tiny_model, "cpu", [2], 1, 0.05, cuda_graph=True)
 
 
+def test_a_graph_that_cannot_be_captured_is_reported_not_raised(tiny_model, monkeypatch):
+    from dcgan_deploy.runtime import Generator
+    # a session that reports CUDA on a build without it: the graph session cannot be opened
+    monkeypatch.setattr(Generator, "device", property(lambda self: "cuda"))
+    row = bench.bench_model(tiny_model, "cpu", [2], 1, 0.05, cuda_graph=True)[0]
+    assert row["images_per_s"] > 0 and "graph_images_per_s" not in row
+    assert row["graph_error"].startswith("ModelError: ") and "CUDA" in row["graph_error"]
+    table = bench.format_table({"cpu": "x", "threads": 1, "onnxruntime": "v", "rows": [row],
+                                "ceiling": {"backend": "b", "size": 1024, "gflops": 1.0, "best_gflops": 1.0,
+                                            "range": [1.0, 1.0]}})
+    assert "CUDA graph failed: ModelError" in table
+
+
 def test_device_resident_modes_are_compared_with_run_and_pytorch():
     medians = {"ort": [2.0, 4.0], "bound": [1.0, 1.0], "graph": [0.5, 1.0], "torch": [4.0, 4.0]}
     times = {k: v * 3 for k, v in medians.items()}
