@@ -321,8 +321,8 @@ def evaluate(model, data, count, seed, features, ckpt, save, as_json):
 @click.option("--batch-size", "batch_sizes", default="1,8,64,256", show_default=True, help="Comma-separated batch sizes.")
 @threads_option
 @click.option("--seconds", type=click.FloatRange(min=0.01), default=2.0, show_default=True,
-              help="onnxruntime's timed runs per batch size, after the first run (PyTorch eager gets as long, "
-                   "the ceiling half), split into 5 alternating rounds.")
+              help="onnxruntime's timed runs per batch size, after the first run (PyTorch and the IO-bound runs "
+                   "get as long, the ceiling half), split into 5 alternating rounds.")
 @click.option("--ckpt", type=click.Path(dir_okay=False), default=None,
               help="The model's checkpoint: also time the same generator in PyTorch eager, side by side (one model).")
 @click.option("--compile", "compile_", is_flag=True,
@@ -333,7 +333,7 @@ def evaluate(model, data, count, seed, features, ckpt, save, as_json):
                    "copies to or from the host) in the same rounds.")
 @click.option("--cuda-graph", is_flag=True,
               help="Also time the model replayed as a CUDA graph (IO-bound; one capture per batch size). "
-                   "Needs --device cuda.")
+                   "Needs the CUDA provider (onnxruntime-gpu; --device cuda or auto).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @friendly_errors
 def bench(models, device, batch_sizes, threads, seconds, ckpt, compile_, bound, cuda_graph, as_json):
