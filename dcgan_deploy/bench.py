@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .runtime import Generator
+from .runtime import Generator, _first_line, _open_session
 
 
 def _placement(w: np.ndarray | None, out_axis: int) -> bool:
@@ -160,8 +160,7 @@ def _compiled(model, z: np.ndarray, threads: int, device: str = "cpu") -> tuple:
 
 def _why(e: Exception) -> str:
     """An exception in one line, for a row: what failed, not a traceback."""
-    first = (str(e).strip().splitlines() or [""])[0][:200]
-    return f"{type(e).__name__}: {first}" if first else type(e).__name__
+    return f"{type(e).__name__}: {_first_line(e)[:200]}" if str(e).strip() else type(e).__name__
 
 
 def _bound(gen: Generator, z: np.ndarray, session=None) -> tuple:
@@ -188,7 +187,6 @@ def _graphed(gen: Generator, z: np.ndarray, threads: int) -> tuple:
     """A session of ``gen``'s model with the CUDA provider's graph capture on, bound like ``_bound``
     (one session per batch size: a captured graph has fixed shapes and buffer addresses): its first
     runs capture the graph, later ones replay it. (callable, the bound image ``OrtValue``)."""
-    from .runtime import _open_session
     run, image = _bound(gen, z, _open_session(gen.path, "cuda", threads, {"enable_cuda_graph": "1"}))
     run(), run()
     return run, image
