@@ -11,13 +11,15 @@ that this VM's drift hits both alike. Prints each round's ratio and the median.
 mnist-dcgan uses the bundled model's weights, other architectures stand-in weights.
 """
 import argparse
+import json
 import statistics
 import tempfile
 from pathlib import Path
 
 from dcgan_deploy.bench import bench_model
-from dcgan_deploy.export import (DEFAULT_OPSET, Described, base_metadata, deploy_form, describe, fold_batchnorm,
-                                 to_onnx, write_metadata)
+from dcgan_deploy.checkpoint import Checkpoint, open_checkpoint
+from dcgan_deploy.export import DEFAULT_OPSET, base_metadata, deploy_form, fold_batchnorm, to_onnx
+from dcgan_deploy.modelfile import write_metadata
 
 from common import trained_like
 
@@ -32,7 +34,7 @@ def main():
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--seconds", type=float, default=1.5)
     args = ap.parse_args()
-    g = (describe(ROOT / "training" / "mnist" / "generator.safetensors").model if args.arch == "mnist-dcgan"
+    g = (open_checkpoint(ROOT / "training" / "mnist" / "generator.safetensors").model if args.arch == "mnist-dcgan"
          else trained_like(args.arch))
     rates = {"plain": [], "export": []}
     with tempfile.TemporaryDirectory() as tmp:
@@ -40,15 +42,16 @@ def main():
         for name, model in (("plain", fold_batchnorm(g)), ("export", deploy_form(g))):
             paths[name] = Path(tmp) / f"{name}.onnx"
             to_onnx(model, g.cfg, paths[name])
-            write_metadata(paths[name], base_metadata(Described(g, g.cfg, g.cfg.arch), DEFAULT_OPSET))
+            write_metadata(paths[name], base_metadata(Checkpoint(g, g.cfg, g.cfg.arch), DEFAULT_OPSET))
         for _ in range(args.rounds):
             for name, path in paths.items():
-                row = bench_model(path, "cpu", [args.batch_size], args.threads, args.seconds, rounds=1, ceiling=False)[0]
+                row = bench_model(path, "cpu", [args.batch_size], args.threads, args.seconds, rounds=1)[0]
                 rates[name].append(row["images_per_s"])
     for name, r in rates.items():
         print(f"{args.arch} {name:<10} img/s: median {statistics.median(r):7.1f}  (min {min(r):.1f}, max {max(r):.1f})")
     ratios = [b / a for a, b in zip(rates["plain"], rates["export"])]
     print(f"export / plain per round: {' '.join(f'{x:.2f}' for x in ratios)}; median {statistics.median(ratios):.3f}")
+    print(json.dumps({"arch": args.arch, "images_per_s": rates, "export_vs_plain": statistics.median(ratios)}))
 
 
 if __name__ == "__main__":

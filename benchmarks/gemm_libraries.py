@@ -11,6 +11,7 @@ at batch 64 (M = 64 rows) through onnxruntime. Each figure is the median over th
 what the library reaches on any shape.
 """
 import argparse
+import json
 import statistics
 
 import numpy as np
@@ -58,6 +59,7 @@ def main():
     for name, r in rates.items():
         ratio = statistics.median(x / y for x, y in zip(r, ref))
         print(f"{name:<42} {statistics.median(r):7.1f} GFLOP/s   vs torch.mm {ratio:.2f}")
+    print(json.dumps({"threads": args.threads, "gflops": {name: statistics.median(r) for name, r in rates.items()}}))
 
 
 if __name__ == "__main__":

@@ -13,12 +13,13 @@ from pathlib import Path
 
 import torch
 
-from dcgan_deploy import bench
+from dcgan_deploy.bench import cpu_name, format_table
 from dcgan_deploy.checkpoint import save_generator
 from dcgan_deploy.export import export
 from dcgan_deploy.nets import ARCHITECTURES
 
-from common import speed_args, trained_like
+from ceiling import COLUMNS, ceiling_summary, timed_with_ceiling
+from common import archs, speed_args, trained_like
 
 
 def main():
@@ -26,20 +27,23 @@ def main():
     torch.set_num_threads(args.threads)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for arch in ARCHITECTURES:
-            g = trained_like(arch)
+        for arch in archs(ARCHITECTURES, args.smoke):
+            g = trained_like(arch, args.smoke)
             ckpt = Path(tmp) / f"{arch}.safetensors"
             save_generator(g.state_dict(), g.cfg, ckpt)
             export(ckpt, Path(tmp) / f"{arch}.onnx")
-            row = bench.bench_model(Path(tmp) / f"{arch}.onnx", "cpu", [args.batch_size], args.threads, args.seconds,
-                                    g, rounds=args.rounds, compile=args.compile)[0]
+            row = timed_with_ceiling(Path(tmp) / f"{arch}.onnx", args.threads, [args.batch_size], args.seconds,
+                                     g, rounds=args.rounds, compile=args.compile)[0]
             rows.append(row)
-    ceiling = bench.ceiling_summary(rows, args.threads)
+    ceiling = ceiling_summary(rows, args.threads)
     import onnxruntime
     result = {"onnxruntime": onnxruntime.__version__,
-              "torch": torch.__version__, "threads": args.threads, "ceiling": ceiling, "cpu": bench._cpu_name(),
+              "torch": torch.__version__, "threads": args.threads, "ceiling": ceiling, "cpu": cpu_name(),
               "rows": rows}
-    print(bench.format_table(result))
+    print(f"ceiling ({ceiling['backend']}, {ceiling['size']}x{ceiling['size']} float32, measured in each row's rounds): "
+          f"median {ceiling['gflops']:.1f} GFLOP/s (rows {ceiling['range'][0]:.1f}-{ceiling['range'][1]:.1f}), best "
+          f"product {ceiling['best_gflops']:.1f}")
+    print(format_table(result, COLUMNS))
     print(json.dumps(result))
 
 

@@ -25,8 +25,9 @@ from pathlib import Path
 
 import torch
 
-from dcgan_deploy.bench import count_macs
-from dcgan_deploy.export import describe, fold_batchnorm, to_onnx
+from ceiling import count_macs
+from dcgan_deploy.checkpoint import open_checkpoint
+from dcgan_deploy.export import fold_batchnorm, to_onnx
 
 from common import trained_like
 
@@ -77,7 +78,7 @@ def to_uint8(x: torch.Tensor) -> torch.Tensor:
 
 def bench_arch(arch: str, batches: list[int], seconds: float) -> list[dict]:
     if arch == "mnist-dcgan":
-        g = describe(ROOT / "training" / "mnist" / "generator.safetensors").model
+        g = open_checkpoint(ROOT / "training" / "mnist" / "generator.safetensors").model
     else:
         g = trained_like(arch)
     with tempfile.TemporaryDirectory() as tmp:

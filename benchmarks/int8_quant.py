@@ -24,26 +24,29 @@ import tempfile
 import warnings
 from pathlib import Path
 
-from dcgan_deploy.bench import bench_model, ceiling_summary
-from dcgan_deploy.export import Described, base_metadata, deploy_form, describe, quantize_int8, to_onnx, write_metadata
+from dcgan_deploy.checkpoint import Checkpoint, open_checkpoint
+from dcgan_deploy.export import base_metadata, deploy_form, quantize_int8, to_onnx
+from dcgan_deploy.modelfile import write_metadata
 from dcgan_deploy.nets import NetConfig
-from dcgan_deploy.parity import compare
+from dcgan_deploy.images import compare_images as compare
 from dcgan_deploy.runtime import Generator
 
-from common import speed_args, trained_like
+from ceiling import ceiling_summary, timed_with_ceiling
+from common import archs, speed_args, trained_like
 
 SHIP_SPEEDUP, SHIP_PSNR = 1.5, 30.0
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def exported_forms(arch: str, tmp: Path) -> tuple[Path, Path]:
+def exported_forms(arch: str, tmp: Path, smoke: bool = False) -> tuple[Path, Path]:
     """(the fp32 export, the float32 graph its int8 variants are quantized from)."""
-    g = describe(ROOT / "training" / "mnist" / "generator.safetensors").model if arch == "mnist-dcgan" else trained_like(arch)
+    g = (open_checkpoint(ROOT / "training" / "mnist" / "generator.safetensors").model if arch == "mnist-dcgan" and not smoke
+         else trained_like(arch, smoke))
     paths = []
     for name, int8 in (("fp32", False), ("int8-form", True)):
         path = tmp / f"{arch}-{name}.onnx"
         to_onnx(deploy_form(g, int8=int8), g.cfg, path)
-        write_metadata(path, base_metadata(Described(g, g.cfg, arch), 18))
+        write_metadata(path, base_metadata(Checkpoint(g, g.cfg, arch), 18))
         paths.append(path)
     return paths[0], paths[1]
 
@@ -61,8 +64,8 @@ def main():
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        for arch in ("mnist-dcgan", "mnist-dcgan-wide", "dcgan64", "mnist-mlp", "mnist-convt"):
-            fp32, int8_form = exported_forms(arch, tmp)
+        for arch in archs(("dcgan64", "mnist-dcgan", "mnist-dcgan-wide", "mnist-mlp", "mnist-convt"), args.smoke):
+            fp32, int8_form = exported_forms(arch, tmp, args.smoke)
             variants = {"fp32": fp32}
             for name, act in (("int8_u8act", "uint8"), ("int8_s8act", "int8")):
                 variants[name] = tmp / f"{arch}-{name}.onnx"
@@ -74,8 +77,8 @@ def main():
             timed = {name: [] for name in variants}
             for _ in range(args.rounds):
                 for name, path in variants.items():
-                    timed[name] += bench_model(path, "cpu", [args.batch_size], args.threads, args.seconds / args.rounds,
-                                               rounds=1)
+                    timed[name] += timed_with_ceiling(path, args.threads, [args.batch_size], args.seconds / args.rounds,
+                                                      rounds=1)
             for name, path in variants.items():
                 err = compare(reference, Generator.load(path, device="cpu", threads=args.threads).run(z))
                 r = timed[name]

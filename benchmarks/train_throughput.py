@@ -14,10 +14,15 @@ import platform
 import tempfile
 import time
 
+import tomllib
+from pathlib import Path
+
 import torch
 
 from dcgan_deploy.nets import ARCHITECTURES
 from dcgan_deploy.train import TrainConfig, Trainer
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def main():
@@ -25,14 +30,21 @@ def main():
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--smoke", action="store_true", help="tiny nets, one step: checks that the script runs")
     args = ap.parse_args()
     rows = []
-    for arch in ARCHITECTURES:
-        row = {"arch": arch}
+    tiny = {"g_width": 8, "d_width": 8} if args.smoke else {}
+    recipes = {arch: {"arch": arch, "net": {"channels": 3} if arch == "dcgan64" else {}} for arch in ARCHITECTURES}
+    folder = tomllib.loads((ROOT / "training" / "dcgan64-folder.toml").read_text())
+    recipes["dcgan64-folder"] = {k: v for k, v in folder.items() if k not in ("data", "steps", "batch_size", "amp",
+                                                                             "channels_last", "sample_every",
+                                                                             "checkpoint_every", "log_every")}
+    for name in list(recipes)[:1] if args.smoke else recipes:
+        row = {"arch": name}
         for label, fast in (("fp32", "off"), ("bf16_channels_last", "on")):
-            cfg = TrainConfig(arch=arch, data=f"synthetic:{args.batch_size * 4}", steps=10**6,
-                              batch_size=args.batch_size, device=args.device, amp=fast, channels_last=fast,
-                              net={"channels": 3} if arch == "dcgan64" else {})
+            recipe = recipes[name]
+            cfg = TrainConfig(**{**recipe, "net": {**recipe["net"], **tiny}}, data=f"synthetic:{args.batch_size * 4}",
+                              steps=10**6, batch_size=args.batch_size, device=args.device, amp=fast, channels_last=fast)
             with tempfile.TemporaryDirectory() as tmp:
                 t = Trainer(cfg, tmp, progress=False)
                 for _ in range(3):
@@ -43,7 +55,7 @@ def main():
                 elapsed = time.perf_counter() - start
             row[f"{label}_img_per_s"] = round(args.steps * args.batch_size / elapsed, 1)
         rows.append(row)
-        print(f"{arch:<18} fp32 {row['fp32_img_per_s']:8.1f} img/s   bf16+channels_last "
+        print(f"{name:<18} fp32 {row['fp32_img_per_s']:8.1f} img/s   bf16+channels_last "
               f"{row['bf16_channels_last_img_per_s']:8.1f} img/s")
     print(json.dumps({"device": args.device, "batch_size": args.batch_size, "threads": torch.get_num_threads(),
                       "torch": torch.__version__, "cpu": platform.processor() or platform.machine(), "results": rows}))

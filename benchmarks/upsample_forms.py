@@ -30,12 +30,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from dcgan_deploy.bench import count_macs
+from ceiling import count_macs
 from dcgan_deploy.export import fold_batchnorm
 from dcgan_deploy.forms import phase_tail
-from dcgan_deploy.nets import Generator
+from dcgan_deploy.nets import GeneratorNet
 
-from common import gate_and_time, speed_args, trained_like
+from common import archs, gate_and_time, speed_args, trained_like
 
 
 class SubpixelConv(nn.Module):
@@ -72,7 +72,7 @@ class SubpixelConv(nn.Module):
         return self.shuffle(self.act(self.conv(x)))[..., 1:2 * h + 1, 1:2 * w + 1]
 
 
-def rewrite(model: Generator, form) -> Generator:
+def rewrite(model: GeneratorNet, form) -> GeneratorNet:
     """A copy of ``model`` with every nearest x2 Upsample + 3x3 Conv2d pair as ``form(conv)`` (a
     ``SubpixelConv`` takes a ReLU right after the convolution along, so that it runs fused with it)."""
     model = copy.deepcopy(model)
@@ -108,8 +108,8 @@ def main():
     args = speed_args(__doc__)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for arch in ("mnist-dcgan", "mnist-dcgan-wide"):
-            g = trained_like(arch)
+        for arch in archs(("mnist-dcgan", "mnist-dcgan-wide"), args.smoke):
+            g = trained_like(arch, args.smoke)
             folded = fold_batchnorm(g)
             for name, model in (("upsample_conv3x3", folded), ("subpixel_conv2x2", rewrite(folded, SubpixelConv)),
                                 ("convtranspose_4x4", rewrite(folded, convtranspose_form)),

@@ -1,21 +1,32 @@
-"""Checkpoints (torch): atomic writes, safe loads, and the generator-only safetensors file.
+"""Checkpoints (torch): atomic writes, safe loads, and turning any supported checkpoint into a generator.
 
 - ``train_state.pt``: everything to resume exactly; tensors and plain Python types
   only, so it loads with ``torch.load(..., weights_only=True)`` -- never with
   ``weights_only=False``.
 - ``generator.safetensors``: the deployable generator, its ``NetConfig`` in the metadata.
+- a bare generator state dict (``netG_epoch_N.pth`` of pytorch/examples' DCGAN) when the
+  architecture is named.
+
+A checkpoint is untrusted input: its configs are validated (types, ranges, and the size of
+the net they describe, counted before anything is allocated), and every key and shape of
+its weights is checked against the architecture before they are loaded.
 """
 from __future__ import annotations
 
+import errno
+import io
 import json
 import os
 import pickle
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from torch import nn
 
-from .files import atomic_path
-from .nets import NetConfig
+from .files import write_bytes
+from .nets import GeneratorNet, NetConfig, check_size, recompute_bn_stats
+from .runtime import first_line
 
 STATE_FORMAT = 1
 NET_KEY = "dcgan_deploy.net"
@@ -25,12 +36,34 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be loaded safely or does not fit; the message says why."""
 
 
+# ---- writing ---------------------------------------------------------------------------
 def save_train_state(state: dict, dest: str | os.PathLike) -> None:
-    """Atomically write a training state (a crash mid-save keeps the previous file)."""
-    with atomic_path(dest) as tmp:
-        torch.save(state, tmp)
+    """Atomically write a training state (a crash mid-save keeps the previous file). Serialised in
+    memory first, so that a full disk is reported as such, naming the file."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    _write(dest, buffer.getvalue())
 
 
+def save_generator(state_dict: dict, cfg: NetConfig, dest: str | os.PathLike, extra: dict[str, str] | None = None) -> None:
+    """Atomically write generator weights + config as safetensors."""
+    from safetensors.torch import save
+    meta = {NET_KEY: json.dumps(cfg.to_dict()), **(extra or {})}
+    tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
+    _write(dest, save(tensors, metadata=meta))
+
+
+def _write(dest: str | os.PathLike, data: bytes) -> None:
+    try:
+        write_bytes(dest, data)
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise CheckpointError(f"{dest}: disk full while writing the checkpoint ({len(data) / 1e6:.0f} MB); "
+                                  "the previous checkpoint is kept. Free some space and resume") from None
+        raise
+
+
+# ---- reading -----------------------------------------------------------------------------
 def load_torch(path: str | os.PathLike) -> dict:
     """``torch.load`` with ``weights_only=True``, always; a refusal becomes a ``CheckpointError``."""
     path = Path(path)
@@ -41,39 +74,159 @@ def load_torch(path: str | os.PathLike) -> dict:
     except pickle.UnpicklingError as e:
         # weights_only refuses pickles that would import or call arbitrary code.
         raise CheckpointError(f"{path}: refused to load: the file holds objects other than tensors and plain "
-                              f"data, which could run code ({_first_line(e)})") from None
+                              f"data, which could run code ({first_line(e)})") from None
     except Exception as e:  # torch.load raises many types (RuntimeError, EOFError, struct.error, ...)
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({_first_line(e)})") from None
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({first_line(e)})") from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: expected a dict of tensors, got {type(obj).__name__}")
     return obj
 
 
-def save_generator(state_dict: dict, cfg: NetConfig, dest: str | os.PathLike, extra: dict[str, str] | None = None) -> None:
-    """Atomically write generator weights + config as safetensors."""
-    from safetensors.torch import save_file
-    meta = {NET_KEY: json.dumps(cfg.to_dict()), **(extra or {})}
-    tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
-    with atomic_path(dest) as tmp:
-        save_file(tensors, str(tmp), metadata=meta)
-
-
 def load_generator_file(path: str | os.PathLike) -> tuple[dict, NetConfig | None, dict[str, str]]:
     """``generator.safetensors`` -> (state dict, its NetConfig or None, metadata)."""
-    from safetensors import SafetensorError
+    from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_file
-    from safetensors import safe_open
     path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
     try:
         with safe_open(str(path), "pt") as f:
             meta = f.metadata() or {}
         tensors = load_file(str(path))
-    except (SafetensorError, OSError) as e:
-        raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from None
-    cfg = NetConfig.from_dict(json.loads(meta[NET_KEY])) if NET_KEY in meta else None
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({first_line(e)})") from None
+    cfg = None
+    if NET_KEY in meta:
+        try:
+            cfg = net_config(json.loads(meta[NET_KEY]), path)
+        except json.JSONDecodeError as e:
+            raise CheckpointError(f"{path}: metadata {NET_KEY!r} is not valid JSON ({e})") from None
     return tensors, cfg, meta
 
 
-def _first_line(e: Exception) -> str:
-    lines = str(e).strip().splitlines()
-    return lines[0][:200] if lines else type(e).__name__
+def net_config(raw, path: Path | str) -> NetConfig:
+    """A checkpoint's architecture config, validated (types, ranges, network size)."""
+    try:
+        cfg = NetConfig.from_dict(raw)
+        check_size(cfg)
+    except (ValueError, TypeError) as e:
+        raise CheckpointError(f"{path}: {e}") from None
+    return cfg
+
+
+# ---- any checkpoint -> a generator ---------------------------------------------------------
+@dataclass
+class Checkpoint:
+    """A checkpoint, understood: the eval-mode generator, its config and provenance."""
+
+    model: GeneratorNet
+    cfg: NetConfig
+    name: str
+    dataset: str = "unknown"
+    train_step: int = -1
+    source: str = ""
+    notes: list[str] = field(default_factory=list)
+
+
+def open_checkpoint(ckpt: str | os.PathLike, arch: str | None = None) -> Checkpoint:
+    """Load any supported checkpoint into an eval-mode ``GeneratorNet``.
+
+    Accepts the trainer's ``train_state.pt`` and ``generator.safetensors``, and a bare
+    generator state dict (e.g. ``netG_epoch_N.pth`` from pytorch/examples' DCGAN)
+    when ``arch`` names its architecture.
+    """
+    path = Path(ckpt)
+    name = path.parent.name if path.name in ("train_state.pt", "generator.safetensors") else path.stem
+    if path.suffix == ".safetensors":
+        state, cfg, meta = load_generator_file(path)
+        if cfg is None:
+            cfg = infer_config(state, _need_arch(arch, path), path)
+        elif arch and arch != cfg.arch:
+            raise CheckpointError(f"{path}: holds a {cfg.arch} generator, not {arch}")
+        step = meta.get("train_step", "-1")
+        return Checkpoint(build_generator(cfg, state, path), cfg, name, meta.get("dataset", "unknown"),
+                          int(step) if step.lstrip("-").isdigit() else -1, str(path))
+    obj = load_torch(path)
+    if obj.get("format") == STATE_FORMAT and "net_config" in obj:
+        cfg = net_config(obj["net_config"], path)
+        if arch and arch != cfg.arch:
+            raise CheckpointError(f"{path}: holds a {cfg.arch} generator, not {arch}")
+        tcfg, step = obj.get("train_config"), obj.get("step")
+        if not isinstance(tcfg, dict) or isinstance(step, bool) or not isinstance(step, int):
+            raise CheckpointError(f"{path}: a training state needs a 'train_config' dict and an integer 'step'")
+        ema = obj.get("ema")
+        weights = ema if ema else obj.get("G")
+        model = build_generator(cfg, weights, path)
+        notes = []
+        if ema:
+            seed = tcfg.get("seed", 0)
+            recompute_bn_stats(model, seed=seed if isinstance(seed, int) and not isinstance(seed, bool) else 0)
+            model.eval()
+            notes.append("EMA weights, BatchNorm statistics re-estimated")
+        data = tcfg.get("data")
+        return Checkpoint(model, cfg, name, data if isinstance(data, str) else "unknown", step, str(path), notes)
+    state = obj.get("state_dict", obj) if isinstance(obj.get("state_dict"), dict) else obj
+    cfg = infer_config(state, _need_arch(arch, path), path)
+    return Checkpoint(build_generator(cfg, state, path), cfg, name, source=str(path))
+
+
+def _need_arch(arch: str | None, path: Path) -> str:
+    if not arch:
+        raise CheckpointError(f"{path}: a bare state dict does not say its architecture; pass --arch "
+                              "(e.g. --arch dcgan64 for pytorch/examples' netG_epoch_N.pth)")
+    return arch
+
+
+def infer_config(state: dict, arch: str, path: Path | str = "checkpoint") -> NetConfig:
+    """A ``NetConfig`` for a bare state dict: sizes read off the weight shapes where the arch allows."""
+    try:
+        cfg = NetConfig.for_arch(arch)
+        if arch == "dcgan64" and all(isinstance(state.get(k), torch.Tensor) and state[k].dim() == 4
+                                     for k in ("main.0.weight", "main.12.weight")):
+            nz, ngf8 = state["main.0.weight"].shape[:2]         # ConvT(nz -> ngf*8): weight [nz, ngf*8, 4, 4]
+            nc = state["main.12.weight"].shape[1]               # ConvT(ngf -> nc):   weight [ngf, nc, 4, 4]
+            cfg = NetConfig.for_arch(arch, latent_dim=int(nz), g_width=int(ngf8) // 8, channels=int(nc))
+        check_size(cfg)
+    except ValueError as e:
+        raise CheckpointError(f"{path}: {e}") from None
+    return cfg
+
+
+def build_generator(cfg: NetConfig, state, path: Path | str) -> GeneratorNet:
+    """A GeneratorNet with ``state`` loaded strictly; the first mismatch is named. Keys and shapes are
+    checked against the architecture on torch's meta device before any weight is allocated."""
+    if not isinstance(state, dict) or not state:
+        raise CheckpointError(f"{path}: holds no generator weights")
+    with torch.device("meta"):
+        want = GeneratorNet(cfg).state_dict()
+    for key, tensor in want.items():
+        if key not in state:
+            raise CheckpointError(f"{path}: does not match {cfg.arch}: key {key} (shape {list(tensor.shape)}) "
+                                  "is missing from the checkpoint")
+        if not isinstance(state[key], torch.Tensor):
+            raise CheckpointError(f"{path}: key {key} is a {type(state[key]).__name__}, not a tensor")
+        if tuple(state[key].shape) != tuple(tensor.shape):
+            raise CheckpointError(f"{path}: does not match {cfg.arch}: key {key} has shape {list(state[key].shape)} "
+                                  f"in the checkpoint, {list(tensor.shape)} in the architecture")
+    extra = [k for k in state if k not in want]
+    if extra:
+        raise CheckpointError(f"{path}: does not match {cfg.arch}: unexpected key {extra[0]}")
+    model = GeneratorNet(cfg)
+    model.load_state_dict(state)
+    model.eval()
+    check_batchnorm(model, path)
+    return model
+
+
+def check_batchnorm(model: nn.Module, path: Path | str = "model") -> None:
+    """Every BatchNorm must carry finite running statistics (eval mode uses them), every weight be finite."""
+    for name, m in model.named_modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            if m.running_mean is None or m.running_var is None:
+                raise CheckpointError(f"{path}: BatchNorm {name} has no running statistics")
+            if not (torch.isfinite(m.running_mean).all() and torch.isfinite(m.running_var).all()
+                    and (m.running_var >= 0).all()):
+                raise CheckpointError(f"{path}: BatchNorm {name} has non-finite or negative running statistics")
+    for name, p in model.named_parameters():
+        if not torch.isfinite(p).all():
+            raise CheckpointError(f"{path}: weight {name} has non-finite values")

@@ -3,28 +3,35 @@ from __future__ import annotations
 
 import functools
 import json
+import math
+import signal
 import sys
 import time
 import warnings
-from pathlib import Path
 
 import click
 
 from . import __version__
-
-MAX_FRAMES = 1000
 
 
 def friendly_errors(fn):
     """Turn the library's errors into one line on stderr and a non-zero exit."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        from .runtime import ModelError
+        from .modelfile import ModelError
         try:
             return fn(*args, **kwargs)
-        except (ModelError, ValueError, OSError) as e:
-            raise click.ClickException(str(e)) from None
+        except (ModelError, ValueError, OSError, OverflowError) as e:
+            raise click.ClickException(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__) \
+                from None
+        except MemoryError:
+            raise click.ClickException("out of memory: ask for fewer images at a time (-n, --batch-size)") from None
     return wrapper
+
+
+def _terminate(signum, frame):
+    # SIGTERM as an exception, like Ctrl-C: files being written are removed, temporary folders cleaned up.
+    raise SystemExit(128 + signum)
 
 
 def load_generator(model, device, threads=None):
@@ -49,12 +56,26 @@ def counted(chunks, bar):
         yield chunk
 
 
+def seed_list(text: str) -> list[int]:
+    from .latent import check_seed
+    try:
+        return [check_seed(int(s)) for s in text.split(",")]
+    except ValueError as e:
+        raise ValueError(f"--seeds must be comma-separated whole numbers from 0 to 2**64 - 1, got {text!r}"
+                         + (f" ({e})" if "2**64" in str(e) else "")) from None
+
+
 model_option = click.option("-m", "--model", default=None,
                             help="A .onnx file or a bundled model name (default: the bundled default).")
 device_option = click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
                              help="auto = CUDA when onnxruntime's CUDA provider is really active, else CPU.")
-threads_option = click.option("--threads", type=click.IntRange(min=1), default=None,
-                              help="onnxruntime intra-op threads (default: all cores).")
+threads_option = click.option("--threads", type=int, default=None,
+                              help="onnxruntime intra-op threads (default: all cores; at most 4 per core).")
+truncation_option = click.option("--truncation", "psi", type=float, default=1.0, show_default=True,
+                                 help="Truncation psi, 0 < psi <= 1: latents scaled by psi (fidelity over "
+                                      "diversity); 1 = off.")
+MAX_COUNT = 10**9
+MAX_GIF_MS = 10_000
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -66,11 +87,14 @@ def main():
     Example:
         dcgan-deploy generate -n 64 -o grid.png
     """
+    import threading
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminate)
 
 
 @main.command()
 @model_option
-@click.option("-n", "count", type=int, default=64, show_default=True, help="Number of images.")
+@click.option("-n", "count", type=int, default=None, help="Number of images (default 64).")
 @click.option("--seed", type=int, default=None, help="Seed for the latents (default: random, printed).")
 @click.option("-o", "--out", "out", default="grid.png", show_default=True,
               help="*.png: one grid; *.npy: uint8 [n,H,W,C] array; a folder or path ending in '/': one PNG each.")
@@ -78,9 +102,11 @@ def main():
 @click.option("--batch-size", type=int, default=64, show_default=True, help="Images per onnxruntime call.")
 @click.option("--latents", "latents_file", type=click.Path(dir_okay=False), default=None,
               help="A float32 [n, latent_dim] .npy of latents to render instead of a seed (e.g. from the demo).")
+@truncation_option
+@click.option("--overwrite", is_flag=True, help="Replace a non-empty output folder whole.")
 @threads_option
 @friendly_errors
-def generate(model, count, seed, out, device, batch_size, latents_file, threads):
+def generate(model, count, seed, out, device, batch_size, latents_file, psi, overwrite, threads):
     """Generate N images from a seed.
 
     The same seed gives the same images on every backend, and the first k of n
@@ -91,72 +117,43 @@ def generate(model, count, seed, out, device, batch_size, latents_file, threads)
         dcgan-deploy generate -n 64 --seed 7 -o grid.png
         dcgan-deploy generate -n 1000000 -o digits.npy
         dcgan-deploy generate -n 100 -o samples/
+        dcgan-deploy generate -n 64 --truncation 0.7 -o faithful.png
         dcgan-deploy generate --latents latent.npy -o edited.png
     """
-    import numpy as np
+    from .images import check_output, write_images
+    from .latent import check_count, read_latents, seed_or_random
 
-    from .images import check_grid_size, grid, save_png, to_uint8, write_npy, write_pngs
-    from .latent import check_count, check_seed, random_seed
-
-    count, batch_size = check_count(count, "-n"), check_count(batch_size, "--batch-size")
-    kind = output_kind(out)
     gen = load_generator(model, device, threads)
+    batch_size = gen.check_batch_size(batch_size, "--batch-size")
     if latents_file:
-        z = load_latents(latents_file)
-        count, source = len(z), f"latents from {latents_file}"
-        images = (to_uint8(gen.run(z[i:i + batch_size])) for i in range(0, count, batch_size))
+        if count is not None or seed is not None or psi != 1.0:
+            raise ValueError("--latents gives the images' latents: -n, --seed and --truncation do not apply to it")
+        z = read_latents(latents_file, gen.latent_dim)
+        count, source, images = len(z), f"latents from {latents_file}", gen.images(z, batch_size)
     else:
-        seed = random_seed() if seed is None else check_seed(seed)
-        source = f"seed {seed}"
-        images = gen.iter_generate(count, seed, batch_size)
-    h, w, c = gen.image_shape
-    if kind == "grid":
-        check_grid_size(count, h, w)
+        count, seed = check_count(64 if count is None else count, "-n"), seed_or_random(seed)
+        if count > MAX_COUNT:
+            raise ValueError(f"-n {count} is more than {MAX_COUNT:,} images; generate them in parts")
+        source, images = f"seed {seed}", gen.iter_generate(count, seed, batch_size, psi)
+    kind = check_output(out, count, gen.image_shape, overwrite)
     with progress(count, "generating") as bar:
-        chunks = counted(images, bar)
-        if kind == "grid":
-            save_png(grid(np.concatenate(list(chunks))), out)
-        elif kind == "npy":
-            write_npy(chunks, out, (count, h, w, c))
-        else:
-            write_pngs(chunks, out, count)
+        write_images(counted(images, bar), out, kind, count, gen.image_shape, overwrite)
     click.echo(f"wrote {count} image(s) to {out} ({source}, {gen.provider})", err=True)
-
-
-def load_latents(path: str):
-    import numpy as np
-    try:
-        z = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as e:
-        raise ValueError(f"{path}: not a readable .npy file ({e})") from None
-    if z.ndim == 1:
-        z = z[None]
-    return z  # shape, dtype and finiteness are checked by Generator.run
-
-
-def output_kind(out: str) -> str:
-    if out.endswith("/") or Path(out).is_dir():
-        return "dir"
-    suffix = Path(out).suffix.lower()
-    if suffix == ".png":
-        return "grid"
-    if suffix == ".npy":
-        return "npy"
-    raise ValueError(f"cannot tell the output type of {out!r}: use *.png (grid), *.npy (array) "
-                     "or a folder ending in '/' (one PNG per image)")
 
 
 @main.command()
 @model_option
 @click.option("--seeds", default="0,1", show_default=True, help="Comma-separated seeds to pass through, in order.")
-@click.option("--frames", type=int, default=16, show_default=True, help="Frames per pair of seeds.")
+@click.option("--frames", type=int, default=16, show_default=True, help="Frames from each seed to the next.")
 @click.option("--method", type=click.Choice(["slerp", "lerp"]), default="slerp", show_default=True)
 @click.option("-o", "--out", default="interpolation", show_default=True,
               help="Output stem: writes STEM.png (strip) and STEM.gif (animation).")
-@click.option("--duration", type=click.IntRange(min=10), default=80, show_default=True, help="GIF frame time in ms.")
+@click.option("--duration", type=int, default=80, show_default=True,
+              help=f"GIF frame time in ms (10 to {MAX_GIF_MS}).")
+@truncation_option
 @device_option
 @friendly_errors
-def interpolate(model, seeds, frames, method, out, duration, device):
+def interpolate(model, seeds, frames, method, out, duration, psi, device):
     """Interpolate through the latents of several seeds.
 
     Each seed's latent is its first image's latent (`generate -n 1 --seed S`).
@@ -166,28 +163,16 @@ def interpolate(model, seeds, frames, method, out, duration, device):
         dcgan-deploy interpolate --seeds 3,14,15 --frames 24 -o walk
         # -> walk.png (all frames in a strip) and walk.gif
     """
-    import numpy as np
+    from .images import save_strip_and_gif
 
-    from .images import grid, save_gif, save_png, to_uint8
-    from .latent import check_count, check_seed, path
-
-    try:
-        seed_list = [check_seed(int(s)) for s in seeds.split(",")]
-    except ValueError:
-        raise ValueError(f"--seeds must be comma-separated non-negative integers, got {seeds!r}") from None
-    if len(seed_list) < 2:
-        raise ValueError("--seeds needs at least two seeds")
-    frames = check_count(frames, "--frames")
-    total = (len(seed_list) - 1) * frames + 1
-    if total > MAX_FRAMES:
-        raise ValueError(f"{total} frames requested; the limit is {MAX_FRAMES}")
-    stem = Path(out[:-4] if out.lower().endswith((".png", ".gif")) else out)
+    if not 10 <= duration <= MAX_GIF_MS:
+        raise ValueError(f"--duration must be from 10 to {MAX_GIF_MS} ms per frame, got {duration}")
+    stem = out[:-4] if out.lower().endswith((".png", ".gif")) else out
+    points = seed_list(seeds)
     gen = load_generator(model, device)
-    z = path([gen.latents(1, s)[0] for s in seed_list], frames, method)
-    images = np.concatenate([to_uint8(gen.run(z[i:i + 64])) for i in range(0, len(z), 64)])
-    strip, anim = stem.with_name(stem.name + ".png"), stem.with_name(stem.name + ".gif")
-    save_png(grid(images, nrow=min(len(images), frames + 1)), strip)
-    save_gif(images, anim, duration_ms=duration, scale=max(1, 128 // gen.height))
+    images = gen.interpolate(points, frames, method, psi)
+    strip, anim = save_strip_and_gif(images, stem, per_row=frames + 1, duration_ms=duration,
+                                     scale=max(1, 128 // gen.height))
     click.echo(f"wrote {len(images)} frames to {strip} and {anim}", err=True)
 
 
@@ -204,24 +189,38 @@ def info(model, as_json, device):
         dcgan-deploy info                 # the bundled default
         dcgan-deploy info exports/mnist.onnx --json
     """
-    gen = load_generator(model, device)
-    facts = gen.describe()
-    if as_json:
-        click.echo(json.dumps(facts, indent=2))
-        return
-    click.echo(f"model      {facts['path']}")
-    for key, value in sorted(facts["metadata"].items()):
-        click.echo(f"  {key:<24} {value}")
-    parity = facts["parity"]
-    click.echo("parity     " + (summarize_parity(parity) if parity else "no parity report in this file"))
+    facts = load_generator(model, device).info()
+    click.echo(json.dumps(json_safe(facts), indent=2, allow_nan=False) if as_json else format_info(facts))
+
+
+def format_info(facts: dict) -> str:
+    """``info``'s text: every metadata value made safe for a terminal (no escape codes, no line breaks)."""
+    from .evaluate import quality_line
+    from .modelfile import printable
+    lines = [f"model      {printable(facts['path'])}"]
+    lines += [f"  {printable(key, 60):<24} {printable(value, 300)}" for key, value in sorted(facts["metadata"].items())]
+    lines.append(f"precision  {facts['precision']} (from the graph)")
+    lines.append("parity     " + (summarize_parity(facts["parity"]) if facts["parity"] else "no parity report in this file"))
     if "evaluation" in facts:
-        e = facts["evaluation"]
-        click.echo(f"quality    FID {e['fid']} (real floor {e['fid_floor']}), KID {e['kid']} (floor {e['kid_floor']})"
-                   + (f", classifier score {e['score']} (real {e['real_score']})" if "score" in e else "")
-                   + (f", smallest class {e['min_class_share']:.1%}" if "min_class_share" in e else "")
-                   + f"; n={e['n']}, features: {e['extractor']}")
-    click.echo(f"providers  active: {', '.join(facts['providers']['active'])}; "
-               f"available: {', '.join(facts['providers']['available'])}")
+        lines.append("quality    " + quality_line(facts["evaluation"]))
+    if facts["directions"]:
+        lines.append("directions " + ", ".join(
+            f"{d['name']} ({d['share']:.1%})" if d["method"] == "sefa" else f"{d['name']} (AUC {d['auc']:.2f})"
+            for d in facts["directions"]))
+    lines.append(f"providers  active: {', '.join(facts['providers']['active'])}; "
+                 f"available: {', '.join(facts['providers']['available'])}")
+    return "\n".join(lines)
+
+
+def json_safe(value):
+    """``value`` with non-finite floats as null: JSON has no NaN or Infinity."""
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 @main.command()
@@ -236,8 +235,8 @@ def info(model, as_json, device):
 def demo(models, host, port, share, auth, device):
     """Explore a generator's latent space in the browser (Gradio).
 
-    Seed grids, interpolation between seeds, and latent editing, on the runtime
-    (no torch). Binds to 127.0.0.1 unless told otherwise.
+    Seed grids, interpolation between seeds, and latent editing along the model's
+    directions, on the runtime (no torch). Binds to 127.0.0.1 unless told otherwise.
 
     \b
     Example:
@@ -248,44 +247,36 @@ def demo(models, host, port, share, auth, device):
         import gradio  # noqa: F401
     except ImportError:
         raise click.ClickException("the demo needs Gradio: pip install 'dcgan-deploy[demo]'") from None
-    from . import bundled
-    from .demo import Demo, launch_warnings, parse_auth
+    from .demo import launch_warnings, serve
 
-    credentials = parse_auth(auth)
-    shipped = bundled.bundled_models()
-    given = {}
-    for path in map(bundled.resolve, models):
-        given[path.stem if shipped.get(path.stem, path) == path else str(path)] = path
-    # the models named on the command line come first: the page opens on the first of them
-    app = Demo({**given, **{k: v for k, v in shipped.items() if v not in given.values()}}, device=device)
-    for name in list(given) or list(shipped)[:1]:  # fail now, not in the browser, if a model is unusable
-        app.generator(name)
     for warning in launch_warnings(host, share, auth):
         click.echo(f"warning: {warning}", err=True)
-    app.build().launch(server_name=host, server_port=port, share=share, auth=credentials, show_error=True,
-                       footer_links=[])
+    serve(models, host=host, port=port, share=share, auth=auth, device=device)
 
 
 @main.command()
 @click.argument("model", required=False)
-@click.option("--data", default="mnist-sample", show_default=True, help="Real images to compare with (any train source).")
+@click.option("--data", default=None, help="Real images to compare with (any train source; default: the "
+                                           "embedded MNIST sample for 28x28 models).")
 @click.option("-n", "count", type=int, default=2500, show_default=True, help="Generated images.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--features", default=None,
               help="ONNX feature extractor (image [N,C,H,W] in [-1,1] -> features[, probs]), or the FID "
                    "Inception weights file of pytorch-fid / torch-fidelity (.pth; converted once, needs torch); "
-                   "default: mnist-classifier.")
+                   "default: the shipped classifier for the model's image size.")
+@click.option("--truncation", "psi", type=float, default=1.0, show_default=True, help="Truncation psi of the samples.")
 @click.option("--ckpt", default=None, type=click.Path(dir_okay=False),
               help="Also measure deployment drift: PyTorch samples of this checkpoint vs the ONNX samples (needs torch).")
-@click.option("--save", is_flag=True, help="Store the summary in the model's metadata (shown by `info`; needs onnx).")
+@click.option("--save", is_flag=True, help="Store the summary in the model's metadata (shown by `info`).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @friendly_errors
-def evaluate(model, data, count, seed, features, ckpt, save, as_json):
+def evaluate(model, data, count, seed, features, psi, ckpt, save, as_json):
     """Measure image quality: FID, KID, classifier score and class coverage.
 
     Generated images are compared with the real held-out half of --data, beside the
     floor (the same metrics between two disjoint real halves). FID depends on the
-    sample count and the feature extractor; the report states both.
+    sample count and the feature extractor; the report states both. With a data file
+    that marks held-out images (training/emoji/prepare.py), also a memorisation check.
 
     \b
     Example:
@@ -293,26 +284,20 @@ def evaluate(model, data, count, seed, features, ckpt, save, as_json):
         dcgan-deploy evaluate exports/mine.onnx --ckpt runs/mine/train_state.pt --json
     """
     from . import evaluate as ev
-    from .latent import check_count, check_seed
 
-    report = ev.evaluate(model, data=data, n=check_count(count, "-n"), seed=check_seed(seed), features=features)
+    if features and features.lower().endswith((".pth", ".pt")):  # Inception weights: to an ONNX extractor, once
+        need_torch("--features FILE.pth")
+        from .inception import cached_extractor
+        features = str(cached_extractor(features))
     if ckpt:
         need_torch("--ckpt drift")
-        report["drift"] = ev.drift(report["model"], ckpt, n=min(count, 1000), seed=seed, features=features)
-    if save:
-        need_torch("--save")
-        from .export import write_metadata
-        from .runtime import Generator
-        write_metadata(report["model"], {**Generator.load(report["model"]).metadata,
-                                         "evaluation": json.dumps(ev.summary(report))})
-    if as_json:
-        click.echo(ev.to_json(report))
-        return
-    click.echo(ev.format_report(report))
+    report = ev.evaluate(model, data=data, n=count, seed=seed, features=features, truncation=psi)
     if ckpt:
-        d = report["drift"]
-        click.echo(f"drift      PyTorch vs ONNX, {d['n']} images: FID {d['fid']:.4f}, KID {d['kid']:.5f}, "
-                   f"{d['uint8_pixels_changed']:.4%} of uint8 pixels changed")
+        from .parity import drift
+        report["drift"] = drift(report["model"], ckpt, n=min(count, 1000), seed=seed, features=features)
+    if save:
+        ev.save_summary(report)
+    click.echo(json.dumps(json_safe(report), indent=2, allow_nan=False) if as_json else ev.format_quality(report))
 
 
 @main.command()
@@ -320,9 +305,9 @@ def evaluate(model, data, count, seed, features, ckpt, save, as_json):
 @device_option
 @click.option("--batch-size", "batch_sizes", default="1,8,64,256", show_default=True, help="Comma-separated batch sizes.")
 @threads_option
-@click.option("--seconds", type=click.FloatRange(min=0.01), default=2.0, show_default=True,
+@click.option("--seconds", type=float, default=2.0, show_default=True,
               help="onnxruntime's timed runs per batch size, after the first run (PyTorch and the IO-bound runs "
-                   "get as long, the ceiling half), split into 5 alternating rounds.")
+                   "get as long), split into 5 alternating rounds; 0.01 to 600.")
 @click.option("--ckpt", type=click.Path(dir_okay=False), default=None,
               help="The model's checkpoint: also time the same generator in PyTorch eager, side by side (one model).")
 @click.option("--compile", "compile_", is_flag=True,
@@ -337,12 +322,10 @@ def evaluate(model, data, count, seed, features, ckpt, save, as_json):
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @friendly_errors
 def bench(models, device, batch_sizes, threads, seconds, ckpt, compile_, bound, cuda_graph, as_json):
-    """Measure generation speed against a float32 matrix-product ceiling.
+    """Measure generation speed: images/s and latency, beside PyTorch if asked.
 
-    Session creation, first run, images/s, latency p50/p95/p99, GFLOP/s from the
-    graph's multiply-adds, and its share of a matrix-product rate measured in the
-    same rounds with the same threads (ceil%; best%: against the fastest single
-    product). With --ckpt, PyTorch eager on the same latents in the same rounds
+    Session creation, first run, images/s and latency p50/p95/p99 per batch size.
+    With --ckpt, PyTorch eager on the same latents in the same alternating rounds
     (and with --compile, torch.compile too), on the model's device. On a GPU,
     --io-binding and --cuda-graph time what a device-resident caller gets.
 
@@ -354,22 +337,177 @@ def bench(models, device, batch_sizes, threads, seconds, ckpt, compile_, bound, 
     """
     from . import bench as benchmark
 
-    try:
-        sizes = [int(b) for b in batch_sizes.split(",")]
-    except ValueError:
-        raise ValueError(f"--batch-size must be comma-separated integers, got {batch_sizes!r}") from None
-    if not sizes or min(sizes) < 1:
-        raise ValueError("batch sizes must be at least 1")
-    if ckpt and len(models) > 1:
-        raise ValueError("--ckpt compares one model with its checkpoint; give one -m")
-    if compile_ and not ckpt:
-        raise ValueError("--compile compiles the PyTorch generator: give its checkpoint with --ckpt")
-    if cuda_graph and device == "cpu":
-        raise ValueError("--cuda-graph needs --device cuda (or auto with onnxruntime-gpu)")
+    options = benchmark.check_options(models, device, batch_sizes, threads, seconds, ckpt, compile_, cuda_graph)
     if ckpt:
         need_torch("--ckpt")
-    result = benchmark.run(list(models) or [None], device, sizes, threads, seconds, ckpt, compile_, bound, cuda_graph)
+        from .checkpoint import open_checkpoint
+        from .nets import TorchRunners
+        options["torch_model"] = TorchRunners(open_checkpoint(ckpt).model)
+    result = benchmark.measure(**options, bound=bound)
     click.echo(json.dumps(result, indent=2) if as_json else benchmark.format_table(result))
+
+
+@main.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--labelled", is_flag=True,
+              help="Also the classifier-labelled directions (\"towards <class>\"), from the shipped classifier for "
+                   "the model's image size (samples the generator; seconds).")
+@click.option("--count", type=click.IntRange(1, 32), default=10, show_default=True, help="SeFa directions to keep.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the labelled directions' samples.")
+@friendly_errors
+def directions(model, labelled, count, seed):
+    """Find a model's latent directions and store them in its file.
+
+    SeFa directions come from the ONNX file alone (its first layer's top singular
+    vectors); --labelled adds a direction towards each class of the domain
+    classifier. The file is rewritten in place, atomically: on any error it is left
+    as it was. `info` lists them, `edit` and the demo use them.
+
+    \b
+    Example:
+        dcgan-deploy directions exports/mine.onnx --labelled
+        dcgan-deploy edit -m exports/mine.onnx --seed 3 --direction sefa-1 -o strip.png
+    """
+    from .directions import compute, store
+
+    found = compute(model, labelled_too=labelled, count=count, seed=seed)
+    store(model, found, source=f"dcgan-deploy directions{' --labelled' if labelled else ''} --count {count} --seed {seed}")
+    for d in found:
+        click.echo(f"{d.name:<28} {d.method:<9} " + (f"singular value {d.value:.3g}, {d.share:.1%} of the spectrum"
+                                                      if d.method == "sefa" else f"boundary AUC {d.value:.3f} on held-out samples"))
+    click.echo(f"stored {len(found)} directions in {model}", err=True)
+
+
+@main.command()
+@model_option
+@click.option("--seed", type=int, default=None, help="Seed whose image to edit (with --index).")
+@click.option("--index", type=click.IntRange(0, 10**6), default=0, show_default=True,
+              help="Which image of the seed (as in `generate -n I+1 --seed S`), or row of --latents.")
+@click.option("--latents", "latents_file", type=click.Path(dir_okay=False), default=None,
+              help="Edit a latent from a .npy file (e.g. the demo's) instead of a seed.")
+@click.option("--direction", "names", multiple=True, required=True,
+              help="A direction's name or number (see `info`); repeat for a grid, one row each.")
+@click.option("--strengths", default="-3,-1.5,0,1.5,3", show_default=True,
+              help="Comma-separated steps along each direction (units of the latent's scale).")
+@truncation_option
+@click.option("-o", "--out", default="edit.png", show_default=True, help="The strip or grid, *.png.")
+@device_option
+@friendly_errors
+def edit(model, seed, index, latents_file, names, strengths, psi, out, device):
+    """Move one image's latent along named directions: a strip, or a grid with one row per direction.
+
+    \b
+    Examples:
+        dcgan-deploy edit --seed 3 --direction sefa-1 -o strip.png
+        dcgan-deploy edit --seed 3 --index 5 --direction towards-7 --direction sefa-2 --strengths -4,-2,0,2,4 -o grid.png
+        dcgan-deploy edit --latents latent.npy --direction 1 -o strip.png
+    """
+    from .directions import edit_grid, parse_strengths
+    from .images import grid, save_png
+    from .latent import read_latents, seed_or_random
+
+    steps = parse_strengths(strengths)
+    if not out.lower().endswith(".png"):
+        raise ValueError(f"-o {out}: edit writes a PNG strip or grid; give a path ending in .png")
+    gen = load_generator(model, device)
+    if latents_file:
+        if seed is not None or psi != 1.0:
+            raise ValueError("--latents gives the latent: --seed and --truncation do not apply to it")
+        rows = read_latents(latents_file, gen.latent_dim)
+        if index >= len(rows):
+            raise ValueError(f"--index {index}: {latents_file} has {len(rows)} row(s)")
+        z, source = rows[index], f"row {index} of {latents_file}"
+    else:
+        seed = seed_or_random(seed)
+        z, source = gen.latents(index + 1, seed, psi)[index], f"image {index} of seed {seed}"
+    images = edit_grid(gen, z, names, steps)
+    save_png(grid(images, nrow=len(steps)), out)
+    click.echo(f"wrote {out}: {source} along {', '.join(names)} at {', '.join(f'{s:g}' for s in steps)}", err=True)
+
+
+@main.command()
+@click.option("-m", "--model", "models", multiple=True, help="A model to offer (default: every bundled model); repeat.")
+@click.option("-o", "--out", required=True, help="The site's folder (new or empty; see --overwrite).")
+@click.option("--ort-dist", type=click.Path(file_okay=False), default=None,
+              help="A local onnxruntime-web dist/ folder to copy into the site (node_modules/onnxruntime-web/dist "
+                   "after `npm install onnxruntime-web`), so that it works offline; else the page loads a pinned "
+                   "version from a public CDN.")
+@click.option("--ckpt", "ckpts", multiple=True, metavar="NAME=CKPT",
+              help="Also compare model NAME in the browser with PyTorch, from its checkpoint (needs torch).")
+@click.option("--overwrite", is_flag=True, help="Replace a non-empty folder whole.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@friendly_errors
+def web(models, out, ort_dist, ckpts, overwrite, as_json):
+    """Write a static site that generates in the browser, parity-gated in headless Chromium.
+
+    The page: model facts, seed grids (PNG download), interpolation, latent
+    directions. The same seed gives the same images as `generate`. Serve the folder
+    from any static host, or `python -m http.server`. The JavaScript runtime
+    (dcgan.mjs) works in Node too. Exit code 4 when a model misses the browser gate
+    (then no site is written).
+
+    \b
+    Example:
+        npm install onnxruntime-web@1.30.0
+        dcgan-deploy web -o site --ort-dist node_modules/onnxruntime-web/dist
+        python -m http.server -d site 8000       # http://127.0.0.1:8000
+    """
+    from .web import WebGateError, build, format_report
+
+    references = {}
+    for spec in ckpts:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not path:
+            raise ValueError(f"--ckpt takes NAME=CKPT (a model's name and its checkpoint), got {spec!r}")
+        need_torch("--ckpt")
+        from .parity import pytorch_reference
+        references[name] = pytorch_reference(path)
+    try:
+        report = build(models, out, ort_dist, overwrite=overwrite, references=references)
+    except WebGateError as e:
+        click.echo(json.dumps(e.report, indent=2) if as_json else format_report(e.report), err=not as_json)
+        click.echo(f"Error: {e}", err=True)
+        sys.exit(EXIT_PARITY)
+    click.echo(json.dumps(report, indent=2) if as_json else format_report(report))
+    click.echo(f"wrote the site to {out}", err=True)
+
+
+@main.command()
+@click.option("-m", "--model", "models", multiple=True, help="A model to serve (default: every bundled model); repeat.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (loopback by default).")
+@click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True)
+@click.option("--replicas", type=int, default=1, show_default=True, help="Replicas per model (across the cluster).")
+@click.option("--max-batch-size", type=int, default=256, show_default=True,
+              help="Images per onnxruntime call a replica batches requests into.")
+@click.option("--address", default=None,
+              help="Join this Ray cluster (e.g. 10.0.0.5:6379, after `ray start --head` there) instead of starting "
+                   "a local Ray.")
+@threads_option
+@friendly_errors
+def serve(models, host, port, replicas, max_batch_size, address, threads):
+    """Serve generators over the Open Inference Protocol (KServe v2 / Triton), on Ray Serve.
+
+    POST /v2/models/NAME/infer with z, or seed and n; GET /v2/models/NAME/grid.png.
+    Requests from many clients are batched; replicas spread over a Ray cluster.
+
+    \b
+    Example:
+        dcgan-deploy serve --replicas 2
+        curl 'http://127.0.0.1:8000/v2/models/mnist/grid.png?seed=7&n=16' -o grid.png
+    """
+    try:
+        import ray  # noqa: F401
+        from ray import serve as _  # noqa: F401
+    except ImportError:
+        raise click.ClickException("serve needs Ray Serve: pip install 'dcgan-deploy[serve]'") from None
+    from .serve import serve_forever, start
+
+    if host not in ("127.0.0.1", "localhost", "::1") and not host.startswith("127."):
+        click.echo(f"warning: serving on {host}: anyone who can reach it can use it (no authentication)", err=True)
+    url = start(models, host, port, replicas, max_batch_size, address, threads)
+    click.echo(f"serving on {url} (Ctrl-C to stop); try: curl '{url}v2/models/{{name}}/grid.png?seed=0&n=16' "
+               "-o grid.png", err=True)
+    serve_forever(url)
 
 
 def need_torch(what: str):
@@ -390,7 +528,8 @@ EXIT_PARITY = 4
 @click.argument("recipe", required=False, type=click.Path(dir_okay=False))
 @click.option("--resume", "resume_dir", type=click.Path(file_okay=False), default=None,
               help="Continue the run in this folder (its recipe is in its checkpoint).")
-@click.option("--data", default=None, help="mnist-sample, synthetic[:N], a folder of images, MNIST IDX folder, or .npz.")
+@click.option("--data", default=None, help="mnist-sample, synthetic[:N], a folder of images, an MNIST IDX folder, an "
+                                           "emoji-datasource package folder, or .npz.")
 @click.option("--steps", type=int, default=None, help="Total steps of the run (with --resume: continue up to this step).")
 @click.option("--batch-size", type=int, default=None, help="Images per step (per process under torchrun).")
 @click.option("--out", "run_dir", type=click.Path(file_okay=False), default=None,
@@ -414,29 +553,14 @@ def train(recipe, resume_dir, data, steps, batch_size, run_dir, device, seed):
     need_torch("train")
     import logging
 
-    from .train import DivergenceError, TrainConfig, Trainer
+    from .train import DivergenceError, open_run
 
     logging.basicConfig(level=logging.WARNING, format="warning: %(message)s")
+    start = time.perf_counter()
+    trainer = open_run(recipe, resume_dir, run_dir, progress=sys.stderr.isatty(), data=data, steps=steps,
+                       batch_size=batch_size, device=device, seed=seed)
     try:
-        if resume_dir:
-            if recipe or data or batch_size or seed is not None:
-                raise ValueError("with --resume only --steps and --device may be given (the recipe is in the checkpoint)")
-            trainer = Trainer.resume(resume_dir, progress=sys.stderr.isatty(), steps=steps, device=device)
-        else:
-            if not recipe:
-                raise ValueError("give a RECIPE file, or --resume RUN_DIR")
-            cfg = TrainConfig.from_file(recipe, data=data, steps=steps, batch_size=batch_size, device=device, seed=seed)
-            run_dir = run_dir or str(Path("runs") / Path(recipe).stem)
-            if (Path(run_dir) / "train_state.pt").exists():
-                raise ValueError(f"{run_dir} already holds a run; continue it with --resume {run_dir}, or pick --out")
-            trainer = Trainer(cfg, run_dir, progress=sys.stderr.isatty())
-        start = time.perf_counter()
-        try:
-            record = trainer.run()
-        except BaseException:
-            trainer.dist.close(ok=False)
-            raise
-        trainer.dist.close()
+        record = trainer.train()
     except DivergenceError as e:
         click.echo(f"Error: {e}", err=True)
         sys.exit(EXIT_DIVERGED)
@@ -469,17 +593,23 @@ def thresholds_from(max_abs_cpu, max_abs_cuda, max_changed_cuda):
 @click.argument("ckpt", type=click.Path(dir_okay=False))
 @click.option("-o", "--out", default=None, help="Output .onnx (default: exports/<name>.onnx).")
 @click.option("--arch", default=None, help="Architecture of a bare state dict (e.g. dcgan64 for netG_epoch_N.pth).")
-@click.option("--opset", type=click.IntRange(min=17), default=18, show_default=True)
+@click.option("--opset", type=int, default=18, show_default=True)
 @click.option("--fp16", is_flag=True, help="Also write a float16 variant for CUDA (<name>-fp16.onnx).")
 @click.option("--int8", is_flag=True,
               help="Also write an int8 variant for the CPU (<name>-int8.onnx; static quantization calibrated on "
                    "the model's own latents, gated at PSNR >= 30 dB against PyTorch).")
+@click.option("--no-forms", "plain", is_flag=True,
+              help="Write the plain graph (BatchNorm folded) instead of the forms tuned for onnxruntime's CPU "
+                   "kernels: for other runtimes, and for debugging.")
+@click.option("--labelled", is_flag=True,
+              help="Also store classifier-labelled latent directions (SeFa ones are always stored; see `directions`).")
 @click.option("--triton", type=click.Path(file_okay=False), default=None,
               help="Also write a Triton model-repository entry DIR/<name>/{config.pbtxt,1/model.onnx}.")
 @threshold_options
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @friendly_errors
-def export(ckpt, out, arch, opset, fp16, int8, triton, max_abs_cpu, max_abs_cuda, max_changed_cuda, as_json):
+def export(ckpt, out, arch, opset, fp16, int8, plain, labelled, triton, max_abs_cpu, max_abs_cuda, max_changed_cuda,
+           as_json):
     """Export a checkpoint to ONNX and prove parity with PyTorch.
 
     CKPT is a trainer's train_state.pt or generator.safetensors, or a bare
@@ -495,40 +625,43 @@ def export(ckpt, out, arch, opset, fp16, int8, triton, max_abs_cpu, max_abs_cuda
     need_torch("export")
     from .export import ParityError
     from .export import export as run_export
-    from .parity import format_report
 
     thresholds = thresholds_from(max_abs_cpu, max_abs_cuda, max_changed_cuda)
     try:
         result = run_export(ckpt, out, arch=arch, opset=opset, fp16=fp16, int8=int8, triton=triton,
-                            thresholds=thresholds)
+                            thresholds=thresholds, forms=not plain, labelled=labelled)
     except ParityError as e:
         report_gate(e.report, as_json, error=str(e))
         sys.exit(EXIT_PARITY)
-    if as_json:
-        click.echo(json.dumps(result, indent=2))
-        return
-    click.echo(format_report(result["parity"]))
-    click.echo(f"wrote {result['model']} and {result['report']}")
+    click.echo(json.dumps(json_safe(result), indent=2) if as_json else format_export(result))
+
+
+def format_export(result: dict) -> str:
+    from .parity import format_gate
+    lines = [format_gate(result["parity"]), f"wrote {result['model']} and {result['report']}"]
     if "fp16" in result:
         p = result["fp16"]["parity"]
-        click.echo(f"wrote {result['fp16']['model']} (fp16: " + ("verified on CUDA" if p.get("verified")
-                                                                  else "UNVERIFIED: " + p.get("reason", "")) + ")")
+        lines.append(f"wrote {result['fp16']['model']} (fp16: " + ("verified on CUDA" if p.get("verified")
+                                                                    else "UNVERIFIED: " + p.get("reason", "")) + ")")
     if "int8" in result:
         w = result["int8"]["parity"]["worst"]
-        click.echo(f"wrote {result['int8']['model']} (int8: PSNR >= {w['psnr']:.1f} dB against PyTorch fp32, "
-                   f"{w['changed']:.1%} of uint8 pixels changed)")
+        lines.append(f"wrote {result['int8']['model']} (int8: PSNR >= {w['psnr']:.1f} dB against PyTorch fp32, "
+                     f"{w['changed']:.1%} of uint8 pixels changed)")
     if "triton" in result:
-        click.echo(f"wrote Triton model repository entry {result['triton']}")
+        lines.append(f"wrote Triton model repository entry {result['triton']}")
+    return "\n".join(lines)
 
 
 @main.command()
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.argument("ckpt", type=click.Path(dir_okay=False))
 @click.option("--arch", default=None, help="Architecture of a bare state dict.")
+@click.option("--precision", type=click.Choice(["float32", "float16", "int8"]), default=None,
+              help="The gate to apply (default: what the file's graph is; never what its metadata claims).")
 @threshold_options
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @friendly_errors
-def verify(model, ckpt, arch, max_abs_cpu, max_abs_cuda, max_changed_cuda, as_json):
+def verify(model, ckpt, arch, precision, max_abs_cpu, max_abs_cuda, max_changed_cuda, as_json):
     """Re-run the parity gate on an existing ONNX file against its checkpoint.
 
     Exit code 0 when it passes, 4 when it misses.
@@ -540,26 +673,27 @@ def verify(model, ckpt, arch, max_abs_cpu, max_abs_cuda, max_changed_cuda, as_js
     need_torch("verify")
     from .export import verify as run_verify
 
-    report = run_verify(model, ckpt, arch=arch, thresholds=thresholds_from(max_abs_cpu, max_abs_cuda, max_changed_cuda))
+    report = run_verify(model, ckpt, arch=arch, precision=precision,
+                        thresholds=thresholds_from(max_abs_cpu, max_abs_cuda, max_changed_cuda))
     report_gate(report, as_json)
     if not report["passed"]:
         sys.exit(EXIT_PARITY)
 
 
 def report_gate(report: dict, as_json: bool, error: str | None = None) -> None:
-    from .parity import format_report
+    from .parity import format_gate
     if as_json:
-        click.echo(json.dumps({"error": error, **report} if error else report, indent=2))
+        click.echo(json.dumps(json_safe({"error": error, **report} if error else report), indent=2))
     elif report.get("checks"):
-        click.echo(format_report(report))
+        click.echo(format_gate(report))
     if error:
         detail = "" if report.get("checks") or not report.get("failures") else ": " + "; ".join(report["failures"])
         click.echo(f"Error: {error}{detail}", err=True)
 
 
 def summarize_parity(parity: dict) -> str:
-    status = "PASSED" if parity.get("passed") else "FAILED"
+    status = {True: "PASSED", False: "FAILED"}.get(parity.get("passed"), "NOT RUN")
     worst = parity.get("worst", {})
-    parts = [f"{k}={v:.3g}" for k, v in worst.items() if isinstance(v, (int, float))]
-    return f"{status} on {', '.join(parity.get('providers', []))} " + " ".join(parts)
-
+    parts = [f"{k}={v:.3g}" for k, v in worst.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    providers = ", ".join(str(p) for p in parity.get("providers", []))
+    return f"{status} on {providers or 'no provider'} " + " ".join(parts)

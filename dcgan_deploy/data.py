@@ -1,13 +1,20 @@
-"""Training images: the embedded MNIST sample, MNIST IDX files, image folders, synthetic.
+"""Training images: the embedded MNIST sample, MNIST IDX files, image folders, emoji-datasource
+packages, labelled ``.npz`` files, synthetic.
 
 Every source loads into one uint8 array ``[N, C, H, W]`` held in memory (MNIST is
 47 MB, the 64x64 emoji set 46 MB); ``Batches`` turns it into seeded, resumable
-mini-batches in [-1, 1]. Needs numpy and Pillow; torch only for ``Batches``.
+mini-batches in [-1, 1] (in ``train``). Needs numpy and Pillow, not torch.
+
+Some sources also know each image's class, which images are near-duplicates of each other
+(a *group*: an emoji's skin-tone variants) and which are held out of training (``Dataset``);
+evaluation uses them to split without leaking near-duplicates across the split.
 """
 from __future__ import annotations
 
 import gzip
+import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -32,33 +39,127 @@ def mnist_sample_path() -> Path:
         return Path(__file__).resolve().parent.parent / "training" / "data" / "mnist_5k.npz"
 
 
-def load(source: str, channels: int, size: int, seed: int = 0) -> np.ndarray:
-    """A data source -> uint8 ``[N, channels, size, size]``.
+@dataclass
+class Dataset:
+    """Images and what a source knows about them."""
 
-    ``source``: ``mnist-sample`` (embedded), ``synthetic`` or ``synthetic:N``, a
-    ``.npz`` with ``images``, a folder with MNIST IDX files, or any folder of images.
+    images: np.ndarray                   # uint8 [N, C, H, W]
+    labels: np.ndarray | None = None     # int64 [N]: index into ``classes``
+    classes: tuple[str, ...] = ()
+    groups: np.ndarray | None = None     # int64 [N]: near-duplicates (an emoji's skin-tone variants) share one
+    heldout: np.ndarray | None = None    # bool [N]: kept out of training (for the memorisation check)
+
+    def subset(self, index: np.ndarray) -> "Dataset":
+        pick = (lambda a: None if a is None else a[index])
+        return Dataset(self.images[index], pick(self.labels), self.classes, pick(self.groups), pick(self.heldout))
+
+    @property
+    def training(self) -> "Dataset":
+        """The images a generator trains on: all but the held-out ones."""
+        return self if self.heldout is None else self.subset(np.flatnonzero(~self.heldout))
+
+
+def load(source: str, channels: int, size: int, seed: int = 0) -> np.ndarray:
+    """A data source -> the uint8 training images ``[N, channels, size, size]`` (held-out images excluded).
+
+    ``source``: ``mnist-sample`` (embedded), ``synthetic`` or ``synthetic:N``, a ``.npz`` with
+    ``images``, a folder with MNIST IDX files, an emoji-datasource package folder (with
+    ``emoji.json``), or any folder of images.
     """
+    return load_dataset(source, channels, size, seed).training.images
+
+
+def load_dataset(source: str, channels: int, size: int, seed: int = 0) -> Dataset:
+    """A data source -> ``Dataset`` (labels, groups and the held-out mask where the source has them)."""
+    if not isinstance(source, str) or not source:
+        raise DataError(f"data must be a data source name or path, got {source!r}")
     if source == "mnist-sample":
-        return fit(np.load(mnist_sample_path())["images"], channels, size)
+        with np.load(mnist_sample_path()) as f:
+            return Dataset(fit(f["images"], channels, size), f["labels"].astype(np.int64),
+                           tuple(str(d) for d in range(10)))
     if source.startswith("synthetic"):
         _, _, count = source.partition(":")
-        return synthetic(int(count) if count else 512, channels, size, seed)
+        if count and not count.isdigit() or count and not 1 <= int(count) <= MAX_SYNTHETIC:
+            raise DataError(f"data {source!r}: synthetic:N takes a whole number N from 1 to {MAX_SYNTHETIC}")
+        return Dataset(synthetic(int(count) if count else 512, channels, size, seed))
     path = Path(source).expanduser()
     if not path.exists():
         raise DataError(f"data source not found: {source} (use mnist-sample, synthetic, or a folder/file)")
     if path.is_file() and path.suffix == ".npz":
-        with np.load(path) as f:
-            if "images" not in f:
-                raise DataError(f"{path}: a .npz data file needs an 'images' array")
-            return fit(f["images"], channels, size)
+        return read_npz(path, channels, size)
     if path.is_file() and "idx3" in path.name:
-        return fit(read_idx(path), channels, size)
+        return Dataset(fit(read_idx(path), channels, size))
     if path.is_dir():
         for name in IDX_NAMES:
             if (path / name).is_file():
-                return fit(read_idx(path / name), channels, size)
-        return read_folder(path, channels, size)
+                return Dataset(fit(read_idx(path / name), channels, size))
+        if (path / "emoji.json").is_file():
+            return read_emoji_package(path, channels, size)
+        return Dataset(read_folder(path, channels, size))
     raise DataError(f"{path}: not a data source (expected a folder of images, MNIST IDX files or a .npz)")
+
+
+MAX_SYNTHETIC = 100_000
+
+
+def read_npz(path: Path, channels: int, size: int) -> Dataset:
+    """A ``.npz`` with ``images`` (uint8 ``[N, H, W]`` or ``[N, C, H, W]``) and optionally ``labels``,
+    ``classes``, ``groups`` and ``heldout`` (as ``training/emoji/prepare.py`` writes them)."""
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            if "images" not in f:
+                raise DataError(f"{path}: a .npz data file needs an 'images' array")
+            arrays = {k: f[k] for k in ("images", "labels", "classes", "groups", "heldout") if k in f}
+    except (OSError, ValueError) as e:
+        raise DataError(f"{path}: not a readable .npz file ({e})") from None
+    images = fit(arrays["images"], channels, size)
+    n = len(images)
+    for key in ("labels", "groups", "heldout"):
+        if key in arrays and arrays[key].shape != (n,):
+            raise DataError(f"{path}: '{key}' has shape {list(arrays[key].shape)}, expected [{n}] (one per image)")
+    classes = tuple(str(c) for c in arrays.get("classes", np.array([], str)))
+    labels = arrays["labels"].astype(np.int64) if "labels" in arrays else None
+    if labels is not None and len(labels) and (labels.min() < 0 or (classes and labels.max() >= len(classes))):
+        raise DataError(f"{path}: 'labels' must index 'classes' (0 to {len(classes) - 1})")
+    return Dataset(images, labels, classes, arrays["groups"].astype(np.int64) if "groups" in arrays else None,
+                   arrays["heldout"].astype(bool) if "heldout" in arrays else None)
+
+
+def read_emoji_package(folder: Path, channels: int, size: int) -> Dataset:
+    """An emoji-datasource package (``emoji.json`` + ``img/<set>/64/``, as ``npm pack`` unpacks
+    ``emoji-datasource-twitter``, ``-apple``, ``-facebook`` or ``-google``): every image of the set with
+    its ``category`` as the label; an emoji and its skin-tone variants form one group."""
+    sets = sorted(p.parent.name for p in folder.glob("img/*/64") if p.is_dir())
+    if len(sets) != 1:
+        raise DataError(f"{folder}: an emoji-datasource package needs exactly one img/<set>/64 folder, found "
+                        f"{sets or 'none'}")
+    name = sets[0]
+    try:
+        entries = json.loads((folder / "emoji.json").read_text())
+    except (OSError, ValueError) as e:
+        raise DataError(f"{folder / 'emoji.json'}: not readable JSON ({e})") from None
+    files, categories, groups = [], [], []
+    for group, e in enumerate(entries):
+        if not isinstance(e, dict) or "image" not in e or "category" not in e:
+            raise DataError(f"{folder / 'emoji.json'}: entry {group} lacks 'image' or 'category'")
+        variants = [e, *(e.get("skin_variations") or {}).values()]
+        for v in variants:
+            if v.get(f"has_img_{name}") and (folder / "img" / name / "64" / v["image"]).is_file():
+                files.append(folder / "img" / name / "64" / v["image"])
+                categories.append(e["category"])
+                groups.append(group)
+    if not files:
+        raise DataError(f"{folder}: no images of the {name} set found under img/{name}/64")
+    classes = tuple(dict.fromkeys(categories))  # in emoji.json's order
+    images = []
+    for p in files:
+        try:
+            images.append(read_image(p, channels, size))
+        except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError,
+                Image.DecompressionBombWarning) as e:
+            raise DataError(f"{p}: not a readable image ({e})") from None
+    return Dataset(np.stack(images), np.array([classes.index(c) for c in categories], np.int64), classes,
+                   np.array(groups, np.int64))
 
 
 def read_idx(path: Path) -> np.ndarray:
@@ -77,8 +178,9 @@ def read_idx(path: Path) -> np.ndarray:
 def read_folder(folder: Path, channels: int, size: int) -> np.ndarray:
     """Every image under ``folder`` (recursively), resized and centre-cropped to ``size``.
 
-    Transparent images are composited on white. Unreadable files are skipped and
-    counted in one warning; a folder without a readable image is an error.
+    Transparent images are composited on white. Unreadable files -- decompression bombs
+    (more than ``MAX_IMAGE_PIXELS``) among them -- are skipped and counted in one warning; a
+    folder without a readable image is an error.
     """
     files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     if not files:
@@ -86,15 +188,28 @@ def read_folder(folder: Path, channels: int, size: int) -> np.ndarray:
     images, bad = [], []
     for p in files:
         try:
-            with Image.open(p) as im:
-                images.append(square(im, channels, size))
-        except (UnidentifiedImageError, OSError, ValueError):
+            images.append(read_image(p, channels, size))
+        except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning):
             bad.append(p)
     if bad:
         log.warning("skipped %d unreadable image file(s) of %d in %s (first: %s)", len(bad), len(files), folder, bad[0])
     if not images:
         raise DataError(f"{folder}: none of the {len(files)} image files could be read")
     return np.stack(images)
+
+
+MAX_IMAGE_PIXELS = 50_000_000  # a training image larger than this is refused (Pillow's own limit is 89 M)
+
+
+def read_image(path: Path, channels: int, size: int) -> np.ndarray:
+    """One image file -> uint8 ``[channels, size, size]``; a decompression bomb raises before it is decoded."""
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with Image.open(path) as im:
+            if im.width * im.height > MAX_IMAGE_PIXELS:
+                raise Image.DecompressionBombError(f"{path}: {im.width}x{im.height} pixels")
+            return square(im, channels, size)
 
 
 def square(im: Image.Image, channels: int, size: int) -> np.ndarray:
@@ -136,41 +251,3 @@ def synthetic(n: int, channels: int, size: int, seed: int = 0) -> np.ndarray:
     disc = ((yy - cy) ** 2 + (xx - cx) ** 2 < r ** 2).astype(np.float32)
     colour = rng.uniform(0.5, 1.0, (n, channels, 1, 1))
     return (disc[:, None] * colour * 255).astype(np.uint8)
-
-
-class Batches:
-    """Seeded mini-batches in [-1, 1], sampled without replacement epoch by epoch.
-
-    ``state_dict`` / ``load_state_dict`` make the sequence resumable exactly.
-    """
-
-    def __init__(self, images: np.ndarray, batch_size: int, seed: int):
-        import torch
-        if len(images) < batch_size:
-            raise DataError(f"the data has {len(images)} images, fewer than one batch of {batch_size}")
-        self.images = torch.from_numpy(images)
-        self.batch_size = batch_size
-        self.gen = torch.Generator().manual_seed(seed)
-        self.perm = torch.randperm(len(images), generator=self.gen)
-        self.pos = 0
-
-    def next(self, rank: int = 0, world: int = 1):
-        """The next global batch of ``batch_size * world`` images; this rank's slice, float ``[B, C, H, W]``."""
-        import torch
-        need = self.batch_size * world
-        if need > len(self.images):
-            raise DataError(f"the data has {len(self.images)} images, fewer than one global batch of {need}")
-        if self.pos + need > len(self.perm):
-            self.perm = torch.randperm(len(self.images), generator=self.gen)
-            self.pos = 0
-        idx = self.perm[self.pos:self.pos + need][rank * self.batch_size:(rank + 1) * self.batch_size]
-        self.pos += need
-        return self.images[idx].float() / 127.5 - 1.0
-
-    def state_dict(self) -> dict:
-        return {"gen": self.gen.get_state(), "perm": self.perm.clone(), "pos": self.pos}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.gen.set_state(state["gen"])
-        self.perm = state["perm"].clone()
-        self.pos = int(state["pos"])

@@ -2,34 +2,45 @@
 
 Runs on the runtime (numpy + onnxruntime). Every handler re-validates its inputs on
 the server; the browser's slider limits are not trusted. Files the demo writes live in
-its own temporary folder, a bounded number at a time, removed when it exits.
+its own temporary folder, a bounded number at a time, removed when it exits (on Ctrl-C
+and SIGTERM too); Gradio's own cache lives there as well and is kept under a byte bound.
+A rejected input is answered with its message and logged as one line.
 """
 from __future__ import annotations
 
 import atexit
 import collections
+import logging
 import math
 import os
 import shutil
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
 
+from . import bundled
+from .directions import Direction, random_directions
 from .images import grid, save_gif, to_uint8
-from .latent import path as latent_path
+from .latent import MAX_SEED as LATENT_MAX_SEED
 from .runtime import Generator
 
-MAX_SEED = 2**32 - 1
+log = logging.getLogger("dcgan_deploy.demo")
+
+MAX_SEED = 2**32 - 1   # the page's seed boxes (the runtime takes up to 2**64 - 1)
 MAX_SIDE = 12          # grid of at most 12 x 12 images
-MAX_FRAMES = 60        # interpolation frames
-N_DIRECTIONS = 4       # latent-editing sliders
+MAX_FRAMES = 59        # interpolation frames from one seed to the next (60 in all)
+N_SLIDERS = 4          # latent-editing sliders
 MAX_STRENGTH = 5.0
 KEEP_FILES = 64        # demo output files kept on disk at once
+MAX_CACHE_BYTES = 64 * 1024**2  # Gradio's cache of served files, pruned oldest first
 QUEUE_SIZE = 16
 CONCURRENCY = 2
+SESSIONS = 64          # Gradio's per-session state kept in memory (its default is 10,000)
 DISPLAY_PIXELS = 512   # images are scaled up (nearest) to about this size for display
+assert MAX_SEED <= LATENT_MAX_SEED
 
 
 class DemoInputError(ValueError):
@@ -42,9 +53,9 @@ def as_int(value, name: str, lo: int, hi: int) -> int:
         raise DemoInputError(f"{name} must be a whole number between {lo} and {hi}")
     if isinstance(value, str):
         try:
-            value = float(value.strip())
-        except ValueError:
-            raise DemoInputError(f"{name} must be a whole number, got {value!r}") from None
+            value = float(value.strip()[:400])
+        except (ValueError, OverflowError):
+            raise DemoInputError(f"{name} must be a whole number, got {value[:40]!r}") from None
     if not isinstance(value, (int, float, np.integer, np.floating)) or not math.isfinite(value):
         raise DemoInputError(f"{name} must be a whole number, got {value!r}")
     if value != int(value):
@@ -86,12 +97,13 @@ class Demo:
         self._lock = threading.Lock()
         self.tmp = Path(tempfile.mkdtemp(prefix="dcgan-deploy-demo-"))
         self._files: collections.deque[Path] = collections.deque()
+        self._pruned = 0.0
         atexit.register(self.cleanup)
 
     # ---- models ---------------------------------------------------------------------
     def generator(self, name) -> Generator:
-        if name not in self.models:
-            raise DemoInputError(f"unknown model {name!r}; choose one of {', '.join(self.models)}")
+        if not isinstance(name, str) or name not in self.models:
+            raise DemoInputError(f"unknown model {str(name)[:80]!r}; choose one of {', '.join(self.models)}")
         with self._lock:
             if name not in self._generators:
                 self._generators[name] = Generator.load(self.models[name], device=self.device)
@@ -102,59 +114,86 @@ class Demo:
         m = gen.metadata
         parity = gen.parity
         verdict = ("passed" if parity.get("passed") else "not proven") if parity else "no report"
-        if "precision" in m and parity.get("passed"):  # a reduced-precision variant passes a PSNR gate
-            verdict += f" ({m['precision']}, PSNR ≥ {parity['worst']['psnr']:.1f} dB)"
-        return (f"**{m['architecture']}** trained on `{m.get('dataset', '?')}` for {m.get('train_step', '?')} steps · "
-                f"{gen.channels}×{gen.height}×{gen.width} images from a {gen.latent_dim}-d {gen.latent_prior} latent · "
-                f"runs on **{gen.device.upper()}** ({gen.provider}) · export parity: {verdict}")
+        if gen.precision != "float32" and parity.get("passed"):  # a reduced-precision variant passes a PSNR gate
+            verdict += f" ({gen.precision}, PSNR ≥ {parity['worst']['psnr']:.1f} dB)"
+        return (f"**{m['architecture']}** trained on `{_short(m.get('dataset', '?'))}` for {m.get('train_step', '?')} "
+                f"steps · {gen.channels}×{gen.height}×{gen.width} images from a {gen.latent_dim}-d {gen.latent_prior} "
+                f"latent · runs on **{gen.device.upper()}** ({gen.provider}) · export parity: {verdict}")
 
-    def directions(self, name) -> np.ndarray:
-        """``N_DIRECTIONS`` orthonormal latent directions ``[K, D]``, fixed per model (seed 0)."""
+    def directions(self, name) -> list[Direction]:
+        """The model's named directions (SeFa, then labelled); fixed random ones for a model without any."""
         gen = self.generator(name)
-        q, _ = np.linalg.qr(np.random.default_rng(0).standard_normal((gen.latent_dim, N_DIRECTIONS)))
-        return q.T.astype(np.float32)
+        return gen.directions or random_directions(gen.latent_dim, N_SLIDERS)
+
+    def direction_note(self, name) -> str:
+        gen = self.generator(name)
+        if not gen.directions:
+            return (f"This model carries no latent directions, so the sliders move along {N_SLIDERS} fixed random "
+                    "ones (add directions with `dcgan-deploy directions MODEL.onnx --labelled`).")
+        counts = collections.Counter(d.method for d in gen.directions)
+        return ("Directions from the model file: " + ", ".join(
+            f"{n} {'SeFa (the first layer’s top singular vectors)' if m == 'sefa' else 'labelled by the domain classifier'}"
+            for m, n in counts.items()) + ". Pick one per slider.")
+
+    def edit_choices(self, name):
+        """For a model change: the note, then each slider's direction choices and first pick."""
+        import gradio as gr
+        names = [d.name for d in self.directions(name)]
+        picks = [gr.update(choices=names, value=names[i % len(names)]) for i in range(N_SLIDERS)]
+        return (self.model_info(name), self.direction_note(name), *picks)
 
     # ---- handlers -------------------------------------------------------------------
-    def seed_grid(self, name, seed, side):
+    def seed_grid(self, name, seed, side, psi=1.0):
         """-> (grid image, caption) for ``side * side`` images of ``seed``."""
         seed = as_int(seed, "seed", 0, MAX_SEED)
         side = as_int(side, "grid size", 1, MAX_SIDE)
+        psi = as_float(psi, "truncation", 0.05, 1.0)
         gen = self.generator(name)
         n = side * side
-        images = gen.generate(n, seed=seed)
+        images = gen.generate(n, seed=seed, truncation=psi)
         return for_display(grid(images, nrow=side)), (
-            f"{n} images, seed {seed}. Same as: `dcgan-deploy generate -m {name} -n {n} --seed {seed} -o grid.png`")
+            f"{n} images, seed {seed}. Same as: `dcgan-deploy generate -m {name} -n {n} --seed {seed}"
+            + (f" --truncation {psi:g}" if psi != 1.0 else "") + " -o grid.png`")
 
-    def interpolate(self, name, seed_a, seed_b, frames, method):
-        """-> (frames for a gallery, path of an animated GIF)."""
+    def interpolate(self, name, seed_a, seed_b, frames, method, psi=1.0):
+        """-> (frames for a gallery, path of an animated GIF). ``frames``: from one seed to the next, as in
+        ``dcgan-deploy interpolate --frames``; the walk shows ``frames + 1`` images."""
         seed_a = as_int(seed_a, "start seed", 0, MAX_SEED)
         seed_b = as_int(seed_b, "end seed", 0, MAX_SEED)
-        frames = as_int(frames, "frames", 2, MAX_FRAMES)
+        frames = as_int(frames, "frames", 1, MAX_FRAMES)
+        psi = as_float(psi, "truncation", 0.05, 1.0)
         if method not in ("slerp", "lerp"):
-            raise DemoInputError(f"method must be slerp or lerp, got {method!r}")
+            raise DemoInputError(f"method must be slerp or lerp, got {str(method)[:40]!r}")
         gen = self.generator(name)
-        z = latent_path([gen.latents(1, seed_a)[0], gen.latents(1, seed_b)[0]], frames - 1, method)
-        images = to_uint8(gen.run(z))
+        images = gen.interpolate([seed_a, seed_b], frames, method, psi)
         gif = self._new_file(f"interpolation-{seed_a}-{seed_b}.gif")
         save_gif(images, gif, scale=max(1, 256 // gen.height))
         return [for_display(img) for img in images], str(gif)
 
-    def edit(self, name, seed, index, *strengths):
-        """Move image ``index`` of ``seed``'s grid along the fixed directions -> (image, latent .npy, caption)."""
+    def edit(self, name, seed, index, *picks):
+        """Move image ``index`` of ``seed``'s grid along the chosen directions -> (image, latent .npy, caption).
+        ``picks``: (direction name, strength) for each slider."""
         seed = as_int(seed, "seed", 0, MAX_SEED)
         index = as_int(index, "sample", 0, MAX_SIDE * MAX_SIDE - 1)
-        if len(strengths) != N_DIRECTIONS:
-            raise DemoInputError(f"expected {N_DIRECTIONS} strengths, got {len(strengths)}")
-        s = np.array([as_float(v, f"direction {i + 1}", -MAX_STRENGTH, MAX_STRENGTH) for i, v in enumerate(strengths)],
-                     np.float32)
+        if len(picks) != 2 * N_SLIDERS:
+            raise DemoInputError(f"expected {N_SLIDERS} directions and strengths, got {len(picks)} values")
+        available = {d.name: d for d in self.directions(name)}
+        moves = []
+        for i in range(N_SLIDERS):
+            key, strength = picks[2 * i], picks[2 * i + 1]
+            if key not in available:
+                raise DemoInputError(f"slider {i + 1}: unknown direction {str(key)[:60]!r}; this model has "
+                                     f"{', '.join(available)}")
+            moves.append((available[key], as_float(strength, f"slider {i + 1}", -MAX_STRENGTH, MAX_STRENGTH)))
         gen = self.generator(name)
-        z = gen.latents(index + 1, seed)[index] + s @ self.directions(name)  # [D]
-        z = z[None].astype(np.float32)                                      # [1, D]
+        z = gen.latents(index + 1, seed)[index] + sum(s * d.vector for d, s in moves)  # [D]
+        z = z[None].astype(np.float32)                                                # [1, D]
         image = to_uint8(gen.run(z))[0]
         npy = self._new_file(f"latent-seed{seed}-sample{index}.npy")
         np.save(npy, z)
+        moved = ", ".join(f"{d.name} {s:+.2f}" for d, s in moves if s)
         return for_display(image), str(npy), (
-            f"Sample {index} of seed {seed}, moved by {np.round(s, 2).tolist()}. Reproduce it: "
+            f"Sample {index} of seed {seed}" + (f", moved by {moved}" if moved else "") + ". Reproduce it: "
             f"`dcgan-deploy generate -m {name} --latents {npy.name} -o edited.png`")
 
     # ---- files ----------------------------------------------------------------------
@@ -167,6 +206,35 @@ class Demo:
             while len(self._files) > KEEP_FILES:
                 shutil.rmtree(self._files.popleft(), ignore_errors=True)
         return path
+
+    def prune_cache(self, limit: int = MAX_CACHE_BYTES) -> None:
+        """Keep Gradio's cache of served files (inside the demo's folder) under ``limit`` bytes, oldest out first.
+        At most once a second: a scan of a few hundred files."""
+        now = time.monotonic()
+        with self._lock:
+            if now - self._pruned < 1.0:
+                return
+            self._pruned = now
+        cache = self.tmp / "gradio"
+        if not cache.is_dir():
+            return
+        files = []
+        for p in cache.rglob("*"):
+            try:
+                if p.is_file():
+                    st = p.stat()
+                    files.append((st.st_mtime, st.st_size, p))
+            except OSError:
+                continue
+        total = sum(size for _, size, _ in files)
+        for _, size, p in sorted(files):
+            if total <= limit:
+                break
+            try:
+                p.unlink()
+                total -= size
+            except OSError:
+                pass
 
     def cleanup(self) -> None:
         shutil.rmtree(self.tmp, ignore_errors=True)
@@ -181,14 +249,19 @@ class Demo:
             def wrapper(*args):
                 try:
                     return fn(*args)
-                except ValueError as e:  # DemoInputError and the runtime's input checks
-                    raise gr.Error(str(e), duration=8) from None
+                except (ValueError, OverflowError, TypeError) as e:  # DemoInputError and the runtime's checks
+                    message = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+                    log.warning("rejected %s: %s", fn.__name__, message)
+                    raise gr.Error(message, duration=8, print_exception=False) from None
+                finally:
+                    self.prune_cache()
             wrapper.__name__ = fn.__name__
             return wrapper
 
         names = list(self.models)
+        first_directions = [d.name for d in self.directions(names[0])]
         with gr.Blocks(title="dcgan-deploy latent explorer", analytics_enabled=False,
-                       delete_cache=(600, 1800)) as app:
+                       delete_cache=(300, 600)) as app:
             gr.Markdown("# DCGAN latent explorer\nEvery image comes from a random vector (the *latent*) fed to the "
                         "generator. A seed fixes the latents, so the same seed always gives the same images.")
             with gr.Row():
@@ -199,6 +272,7 @@ class Demo:
                     seed = gr.Number(0, label="Seed", minimum=0, maximum=MAX_SEED, elem_id="seed")
                     rand = gr.Button("Random seed", elem_id="random-seed")
                     side = gr.Slider(1, MAX_SIDE, 8, step=1, label="Images per side")
+                    psi = gr.Slider(0.05, 1.0, 1.0, step=0.05, label="Truncation ψ (1 = off; lower = more typical)")
                 go = gr.Button("Generate grid", variant="primary", elem_id="grid-button")
                 grid_out = gr.Image(label="Samples", type="numpy", format="png", interactive=False, elem_id="grid-image")
                 grid_note = gr.Markdown()
@@ -208,19 +282,26 @@ class Demo:
                 with gr.Row():
                     seed_a = gr.Number(0, label="From seed", minimum=0, maximum=MAX_SEED)
                     seed_b = gr.Number(1, label="To seed", minimum=0, maximum=MAX_SEED)
-                    frames = gr.Slider(2, MAX_FRAMES, 10, step=1, label="Frames")
+                    frames = gr.Slider(1, MAX_FRAMES, 9, step=1, label="Frames from one seed to the next")
                     method = gr.Radio(["slerp", "lerp"], value="slerp", label="Method")
+                    i_psi = gr.Slider(0.05, 1.0, 1.0, step=0.05, label="Truncation ψ")
                 interp = gr.Button("Interpolate", variant="primary", elem_id="interp-button")
                 gallery = gr.Gallery(label="Frames", columns=10, height="auto", format="png", elem_id="interp-frames")
                 gif = gr.File(label="Animated GIF (download)", elem_id="interp-gif")
             with gr.Tab("Latent editing"):
-                gr.Markdown(f"Pick a sample from a seed's grid (0 = top left) and push its latent along "
-                            f"{N_DIRECTIONS} fixed random orthogonal directions.")
+                d_note = gr.Markdown(self.direction_note(names[0]), elem_id="direction-note")
+                gr.Markdown("Pick a sample from a seed's grid (0 = top left) and push its latent along the chosen "
+                            "directions.")
                 with gr.Row():
                     e_seed = gr.Number(0, label="Seed", minimum=0, maximum=MAX_SEED)
                     e_index = gr.Slider(0, MAX_SIDE * MAX_SIDE - 1, 0, step=1, label="Sample")
-                sliders = [gr.Slider(-MAX_STRENGTH, MAX_STRENGTH, 0, step=0.1, label=f"Direction {i + 1}")
-                           for i in range(N_DIRECTIONS)]
+                pickers, sliders = [], []
+                for i in range(N_SLIDERS):
+                    with gr.Row():
+                        pickers.append(gr.Dropdown(first_directions, value=first_directions[i % len(first_directions)],
+                                                   label=f"Direction {i + 1}", elem_id=f"direction-{i + 1}"))
+                        sliders.append(gr.Slider(-MAX_STRENGTH, MAX_STRENGTH, 0, step=0.1, label="Strength",
+                                                 elem_id=f"strength-{i + 1}"))
                 apply = gr.Button("Apply", variant="primary", elem_id="edit-button")
                 with gr.Row():
                     e_out = gr.Image(label="Edited sample", type="numpy", format="png", interactive=False,
@@ -231,17 +312,51 @@ class Demo:
             # preprocess=False: handlers get the raw values the client sent (Gradio would otherwise
             # round 2.5 to 2 or fail on NaN without a message) and validate them themselves.
             raw = {"preprocess": False}
-            model.change(safe(self.model_info), model, info, api_name="model_info", **raw)
+            model.change(safe(self.edit_choices), model, [info, d_note, *pickers], api_name="model_info", **raw)
             rand.click(lambda: int(np.random.default_rng().integers(0, MAX_SEED)), None, seed, api_name="random_seed")
-            go.click(safe(self.seed_grid), [model, seed, side], [grid_out, grid_note], api_name="grid", **raw)
-            interp.click(safe(self.interpolate), [model, seed_a, seed_b, frames, method], [gallery, gif],
+            go.click(safe(self.seed_grid), [model, seed, side, psi], [grid_out, grid_note], api_name="grid", **raw)
+            interp.click(safe(self.interpolate), [model, seed_a, seed_b, frames, method, i_psi], [gallery, gif],
                          api_name="interpolate", **raw)
-            edit_inputs = [model, e_seed, e_index, *sliders]
+            edit_inputs = [model, e_seed, e_index, *[c for pair in zip(pickers, sliders) for c in pair]]
             for trigger in [e_seed.submit, e_index.release, *[s.release for s in sliders]]:
                 trigger(safe(self.edit), edit_inputs, [e_out, e_file, e_note], api_name=False, **raw)
             apply.click(safe(self.edit), edit_inputs, [e_out, e_file, e_note], api_name="edit", **raw)
         app.queue(max_size=QUEUE_SIZE, default_concurrency_limit=CONCURRENCY)
         return app
+
+    def launch(self, app, **kwargs):
+        """``app.launch`` with the demo's bounds: no uploads beyond 1 MB, little per-session state."""
+        return app.launch(max_file_size="1mb", state_session_capacity=SESSIONS, show_error=True, footer_links=[],
+                          **kwargs)
+
+
+def _short(text: str, limit: int = 60) -> str:
+    from .modelfile import printable
+    text = printable(text, 400)
+    return text if len(text) <= limit else "…" + text[-limit:]
+
+
+def demo_models(given: tuple[str, ...] | list[str] = ()) -> dict[str, Path]:
+    """The picker's models: those given (by path or bundled name) first, then the bundled ones."""
+    shipped = bundled.bundled_models()
+    chosen = {}
+    for path in map(bundled.resolve, given):
+        chosen[path.stem if shipped.get(path.stem, path) == path else str(path)] = path
+    return {**chosen, **{k: v for k, v in shipped.items() if v not in chosen.values()}}
+
+
+def serve(models=(), host: str = "127.0.0.1", port: int = 7860, share: bool = False, auth: str | None = None,
+          device: str = "auto") -> None:
+    """``dcgan-deploy demo``: check the models now (not in the browser), then serve until stopped."""
+    credentials = parse_auth(auth)
+    picked = demo_models(models)
+    demo = Demo(picked, device=device)
+    try:
+        for name in list(picked)[:max(1, len(models))]:  # the given models (or the default): fail now if unusable
+            demo.generator(name)
+        demo.launch(demo.build(), server_name=host, server_port=port, share=share, auth=credentials)
+    finally:
+        demo.cleanup()
 
 
 def launch_warnings(host: str, share: bool, auth: str | None) -> list[str]:

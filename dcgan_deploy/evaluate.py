@@ -10,17 +10,25 @@ at the same sample count.
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
-from . import bundled
+from . import bundled, modelfile
 from .runtime import CPU, Generator, ModelError
 
 DEFAULT_EXTRACTOR = "mnist-classifier"
+MAX_SAMPLES = 50_000      # generated images of one evaluation
+MIN_HALF = 100            # real images per half, for stable metrics
+CLOSE_QUANTILE = 0.05     # memorisation: the share of generated images nearer to a training image than this
+                          # quantile of the held-out images' distances should be about this quantile, not more
+MEMORISATION_SLACK = 2.0  # ... and it fails above MEMORISATION_SLACK times it
+MAJOR_CLASS = 0.05        # classes with at least this share of real images must keep half of it
 MIN_CLASS_SHARE = 0.05  # a class rarer than this in generated samples is flagged
 MAX_COVERAGE_CLASSES = 20  # per-class shares and the flag for classifiers of up to this many classes
 
@@ -93,18 +101,20 @@ class Extractor:
     info: dict
 
     @classmethod
-    def load(cls, spec: str | Path | None = None) -> "Extractor":
+    def load(cls, spec: str | Path | None = None, image_shape: tuple[int, int, int] | None = None) -> "Extractor":
         """``spec``: an ONNX path, the FID Inception weights file of pytorch-fid / torch-fidelity
         (``.pth``: exported to ONNX once, into a cache, see :mod:`dcgan_deploy.inception`), or the
-        name of a shipped extractor (default: mnist-classifier)."""
-        text = str(spec or DEFAULT_EXTRACTOR)
+        name of a shipped extractor. Without ``spec``, the shipped extractor made for ``image_shape``
+        (channels, height, width): the digit classifier for 1x28x28, the emoji classifier for 3x64x64."""
+        text = str(spec) if spec else shipped_extractor_for(image_shape)
         is_path = text.endswith((".onnx", ".pth", ".pt")) or Path(text).exists()
         path = Path(text) if is_path else bundled.exports_dir() / "features" / f"{text}.onnx"
         if path.suffix in (".pth", ".pt"):
             path = _inception_onnx(path)
-        if not path.is_file():
-            raise ModelError(f"{path}: no such feature extractor. For data other than MNIST pass --features "
-                             "with an ONNX extractor: image [N,C,H,W] in [-1,1] -> features [N,D] (, probs [N,K])")
+        if not path.is_file() or path.stat().st_size == 0:
+            raise ModelError(f"{path}: no such feature extractor{' (an empty file)' if path.is_file() else ''}. "
+                             "For other data pass --features with an ONNX extractor: image [N,C,H,W] in [-1,1] -> "
+                             "features [N,D] (, probs [N,K])")
         try:
             opts = ort.SessionOptions()
             opts.log_severity_level = 3
@@ -112,7 +122,18 @@ class Extractor:
         except Exception as e:
             raise ModelError(f"{path}: not a valid ONNX feature extractor ({str(e).strip().splitlines()[0][:200]})") \
                 from None
+        if not 1 <= len(session.get_outputs()) <= 2 or len(session.get_inputs()) != 1:
+            raise ModelError(f"{path}: a feature extractor takes one input (the images) and returns features and "
+                             "optionally class probabilities")
         return cls(session, path, dict(session.get_modelmeta().custom_metadata_map))
+
+    @property
+    def class_names(self) -> list[str] | None:
+        try:
+            names = json.loads(self.info.get("class_names", "null"))
+        except ValueError:
+            return None
+        return [str(n) for n in names] if isinstance(names, list) else None
 
     def check_images(self, channels: int, height: int, width: int) -> None:
         """Refuse images this extractor cannot take, saying what to pass instead."""
@@ -149,16 +170,46 @@ class Extractor:
 
 
 def _inception_onnx(weights: Path) -> Path:
-    """The cached ONNX export of an Inception weights file (made with torch on first use)."""
+    """The ONNX extractor already made from an Inception weights file (``inception.cached_extractor`` makes it,
+    once, with torch; ``dcgan-deploy evaluate --features FILE.pth`` does that first)."""
     if not weights.is_file():
         raise ModelError(f"{weights}: no such Inception weights file")
-    try:
-        from . import inception
-    except ImportError:
-        raise ModelError(f"{weights}: turning Inception weights into an ONNX extractor needs torch, once "
-                         "(pip install 'dcgan-deploy[train]'); the ONNX file it writes (the report's extractor "
-                         "path) then works without torch: pass it to --features") from None
-    return inception.cached_extractor(weights)
+    path = inception_cache_path(weights)
+    if not path.is_file():
+        raise ModelError(f"{weights}: Inception weights must be turned into an ONNX extractor once, with torch: "
+                         "`dcgan-deploy evaluate --features FILE.pth` does it (pip install 'dcgan-deploy[train]'); "
+                         "afterwards this works without torch")
+    return path
+
+
+def inception_cache_path(weights: Path) -> Path:
+    """Where the ONNX extractor made from an Inception weights file lives: the cache folder
+    (``$DCGAN_DEPLOY_CACHE``, else ``~/.cache/dcgan-deploy``), named by the file's SHA-256."""
+    if os.environ.get("DCGAN_DEPLOY_CACHE"):
+        cache = Path(os.environ["DCGAN_DEPLOY_CACHE"])
+    else:
+        cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "dcgan-deploy"
+    return cache / f"inception-v3-fid-{file_sha256(weights)[:16]}.onnx"
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def shipped_extractor_for(image_shape: tuple[int, int, int] | None) -> str:
+    """The shipped extractor whose ``image_shape`` metadata is the model's (default: the digit classifier)."""
+    if image_shape is None:
+        return DEFAULT_EXTRACTOR
+    want = ",".join(map(str, image_shape))
+    for path in sorted((bundled.exports_dir() / "features").glob("*.onnx")):
+        if modelfile.read(path).metadata.get("image_shape") == want:
+            return path.stem
+    raise ModelError(f"no shipped feature extractor takes {'x'.join(map(str, image_shape))} images; pass --features "
+                     "(an ONNX extractor, or the FID Inception weights file pt_inception-2015-12-05-6726825d.pth)")
 
 
 # ---- the evaluation ---------------------------------------------------------------------------
@@ -167,23 +218,33 @@ def to_float(images_uint8: np.ndarray) -> np.ndarray:
     return images_uint8.transpose(0, 3, 1, 2).astype(np.float32) / 127.5 - 1
 
 
-def real_halves(data: str, channels: int, size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Two disjoint halves of the real data, uint8 ``[N, H, W, C]``; stratified by label when labels exist."""
-    from . import data as datasets
-    images = datasets.load(data, channels, size).transpose(0, 2, 3, 1)
+def split_halves(d, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Two disjoint halves of a ``data.Dataset``'s training images (indices), shuffled. Near-duplicates
+    (one group: an emoji's skin-tone variants) stay on one side, and each class is split in half
+    where labels are known, so that both halves hold every class and no near-copy of a floor image
+    sits in the other half."""
     rng = np.random.default_rng(seed)
-    if data == "mnist-sample":
-        labels = np.load(datasets.mnist_sample_path())["labels"]
-        a, b = [], []
-        for c in np.unique(labels):
-            idx = rng.permutation(np.flatnonzero(labels == c))
-            a.append(idx[: len(idx) // 2])
-            b.append(idx[len(idx) // 2:])
-        # shuffled, so that a prefix (a smaller sample) holds every class
-        a, b = rng.permutation(np.concatenate(a)), rng.permutation(np.concatenate(b))
-    else:
-        idx = rng.permutation(len(images))
-        a, b = idx[: len(idx) // 2], idx[len(idx) // 2:]
+    n = len(d.images)
+    groups = d.groups if d.groups is not None else np.arange(n)
+    labels = d.labels if d.labels is not None else np.zeros(n, np.int64)
+    a, b = [], []
+    for c in np.unique(labels):
+        members = np.flatnonzero(labels == c)
+        units = rng.permutation(np.unique(groups[members]))  # whole groups of this class, shuffled
+        by_unit = [members[groups[members] == u] for u in units]
+        half = len(units) // 2
+        a.append(np.concatenate(by_unit[:half]) if half else np.zeros(0, np.int64))
+        b.append(np.concatenate(by_unit[half:]))
+    # shuffled, so that a prefix (a smaller sample) holds every class
+    return rng.permutation(np.concatenate(a)), rng.permutation(np.concatenate(b))
+
+
+def real_halves(data: str, channels: int, size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Two disjoint halves of the real training images, uint8 ``[N, H, W, C]`` (see ``split_halves``)."""
+    from . import data as datasets
+    d = datasets.load_dataset(data, channels, size).training
+    a, b = split_halves(d, seed)
+    images = d.images.transpose(0, 2, 3, 1)
     return images[a], images[b]
 
 
@@ -203,24 +264,87 @@ def compare_features(x: tuple[np.ndarray, np.ndarray | None], fy: np.ndarray, se
     return out
 
 
-def evaluate(model: str | Path | None = None, data: str = "mnist-sample", n: int = 2500, seed: int = 0,
-             features: str | Path | None = None, device: str = "cpu") -> dict:
-    """Generated (``n`` images, ``seed``) vs the real held-out half, beside the real-vs-real floor."""
+def nearest_distances(x: np.ndarray, reference: np.ndarray, chunk: int = 1024) -> np.ndarray:
+    """Each row of ``x``'s Euclidean distance to its nearest row of ``reference`` (features)."""
+    x, reference = x.astype(np.float64), reference.astype(np.float64)
+    r2 = (reference ** 2).sum(1)
+    out = []
+    for i in range(0, len(x), chunk):
+        part = x[i:i + chunk]
+        d2 = (part ** 2).sum(1)[:, None] - 2 * part @ reference.T + r2[None]
+        out.append(np.sqrt(np.clip(d2.min(1), 0, None)))
+    return np.concatenate(out)
+
+
+def memorisation(generated: np.ndarray, heldout: np.ndarray, training: np.ndarray) -> dict:
+    """Are generated images nearer to the training images than unseen real images are? In feature space:
+    each generated and each held-out image's distance to its nearest training image. A generator that
+    copies its training set puts many generated images nearer than almost any held-out image is.
+
+    Passes when the generated images' median distance is at least the held-out images' and no more than
+    ``MEMORISATION_SLACK`` x ``CLOSE_QUANTILE`` of them are nearer than the held-out distances'
+    ``CLOSE_QUANTILE`` quantile."""
+    dg, dh = nearest_distances(generated, training), nearest_distances(heldout, training)
+    close = float(np.quantile(dh, CLOSE_QUANTILE))
+    out = {"n_generated": len(dg), "n_heldout": len(dh), "n_training": len(training),
+           "median_generated": float(np.median(dg)), "median_heldout": float(np.median(dh)),
+           "median_ratio": float(np.median(dg) / max(np.median(dh), 1e-12)),
+           "close_threshold": close, "close_share": float(np.mean(dg < close)), "close_expected": CLOSE_QUANTILE}
+    out["passed"] = bool(out["median_ratio"] >= 1.0 and out["close_share"] <= MEMORISATION_SLACK * CLOSE_QUANTILE)
+    return out
+
+
+def class_shares(generated_probs: np.ndarray, real_probs: np.ndarray, names: list[str] | None) -> dict:
+    """Each class's share among generated and among real images (the same classifier on both), and
+    whether every class with at least ``MAJOR_CLASS`` of the real images keeps half its share."""
+    k = real_probs.shape[1]
+    g = np.bincount(generated_probs.argmax(1), minlength=k) / len(generated_probs)
+    r = np.bincount(real_probs.argmax(1), minlength=k) / len(real_probs)
+    names = names if names and len(names) == k else [str(i) for i in range(k)]
+    rows = {names[i]: {"generated": round(float(g[i]), 4), "real": round(float(r[i]), 4)} for i in range(k)}
+    major = [i for i in range(k) if r[i] >= MAJOR_CLASS]
+    short = [names[i] for i in major if g[i] < r[i] / 2]
+    return {"classes": rows, "major": [names[i] for i in major], "short": short, "passed": not short}
+
+
+def evaluate(model: str | Path | None = None, data: str | None = None, n: int = 2500, seed: int = 0,
+             features: str | Path | None = None, device: str = "cpu", truncation: float = 1.0) -> dict:
+    """Generated (``n`` images, ``seed``) vs the real held-out half, beside the real-vs-real floor.
+
+    ``data``: default the embedded MNIST sample for 28x28 grayscale models; other models need it.
+    A data set that marks held-out images (never trained on) also gets the memorisation check."""
+    from . import data as datasets
+    from .latent import check_count, check_seed
+    n, seed = check_count(n, "-n"), check_seed(seed)
+    if n > MAX_SAMPLES:
+        raise ValueError(f"-n {n} is more than {MAX_SAMPLES:,} samples; FID and KID settle well below that")
     gen = Generator.load(model, device=device)
-    extractor = Extractor.load(features)
+    if data is None:
+        if gen.image_shape != (28, 28, 1):
+            raise ValueError(f"{gen.path.name} makes {gen.height}x{gen.width}x{gen.channels} images: give --data, the "
+                             "real images it was trained on (for the emoji model: the .npz of training/emoji/prepare.py)")
+        data = "mnist-sample"
+    extractor = Extractor.load(features, (gen.channels, gen.height, gen.width))
     extractor.check_images(gen.channels, gen.height, gen.width)  # before generating anything
-    half_a, half_b = real_halves(data, gen.channels, gen.height, seed=0)
-    m = min(n, len(half_a), len(half_b))
-    if m < 100:
-        raise ValueError(f"need at least 100 images per half for stable metrics, have {m}")
-    fake, a, b = (extractor(to_float(x)) for x in (gen.generate(n, seed=seed), half_a[:m], half_b))
+    dataset = datasets.load_dataset(data, gen.channels, gen.height)
+    train = dataset.training
+    ia, ib = split_halves(train, seed=0)
+    real = train.images.transpose(0, 2, 3, 1)
+    m = min(n, len(ia), len(ib))
+    if m < MIN_HALF:
+        raise ValueError(f"need at least {MIN_HALF} images per half for stable metrics, have {m}")
+    fake, a, b = (extractor(to_float(x)) for x in (gen.generate(n, seed=seed, truncation=truncation),
+                                                   real[ia[:m]], real[ib]))
     generated = compare_features(fake, b[0], seed)  # each set's features once (Inception is slow)
     floor = compare_features(a, b[0], seed)
-    real = compare_features(b, a[0], seed)
+    real_b = compare_features(b, a[0], seed)
     report = {
-        "model": str(gen.path), "architecture": gen.metadata.get("architecture"), "seed": seed,
-        "n_generated": n, "real": {"data": data, "half_size": int(len(half_b)), "floor_sample_size": m},
-        "extractor": {"path": str(extractor.path), **{k: v for k, v in extractor.info.items() if k != "dcgan_deploy.features"}},
+        "model": str(gen.path), "architecture": gen.metadata.get("architecture"), "seed": seed, "truncation": truncation,
+        "n_generated": n, "real": {"data": data, "half_size": int(len(ib)), "floor_sample_size": m,
+                                   "split": "by group (near-duplicates on one side)" if train.groups is not None
+                                   else "by class" if train.labels is not None else "random"},
+        "extractor": {"path": str(extractor.path), **{k: v for k, v in extractor.info.items()
+                                                     if k not in ("dcgan_deploy.features", "class_names")}},
         "generated": generated, "floor": floor,
         # KID is unbiased: its real-vs-real floor is 0 in expectation, so the ratio is taken
         # against the floor's noise level, |mean| + std over the subsets.
@@ -228,35 +352,18 @@ def evaluate(model: str | Path | None = None, data: str = "mnist-sample", n: int
                    "kid_vs_floor": generated["kid"] / max(abs(floor["kid"]) + floor["kid_std"], 1e-12)},
     }
     if "classifier_score" in generated:
-        report["real_classifier_score"] = real["classifier_score"]
-        report["ratios"]["score_vs_real"] = generated["classifier_score"] / real["classifier_score"]
+        report["real_classifier_score"] = real_b["classifier_score"]
+        report["ratios"]["score_vs_real"] = generated["classifier_score"] / real_b["classifier_score"]
+        if len(extractor.class_names or []) <= MAX_COVERAGE_CLASSES:
+            report["shares"] = class_shares(fake[1], b[1], extractor.class_names)
+    if dataset.heldout is not None and dataset.heldout.any():
+        held = extractor(to_float(dataset.images[dataset.heldout].transpose(0, 2, 3, 1)))[0]
+        training = np.concatenate([a[0], b[0]]) if m == len(ia) else extractor(to_float(real))[0]
+        report["memorisation"] = memorisation(fake[0], held, training)
     return report
 
 
-def drift(model: str | Path, ckpt: str | Path, n: int = 1000, seed: int = 0, features: str | Path | None = None,
-          arch: str | None = None) -> dict:
-    """The same metrics between PyTorch samples and ONNX samples for the same seeds (needs torch)."""
-    import torch
-
-    from .export import describe
-    from .images import to_uint8
-    gen = Generator.load(model, device="cpu")
-    torch_model = describe(ckpt, arch).model
-    with torch.no_grad():
-        torch_images = np.concatenate([to_uint8(torch_model(torch.from_numpy(z)).numpy())
-                                       for z in _chunks(gen.latents(n, seed), 256)])
-    onnx_images = gen.generate(n, seed=seed)
-    out = compare_sets(Extractor.load(features), onnx_images, torch_images, seed)
-    out["uint8_pixels_changed"] = float(np.mean(onnx_images != torch_images))
-    return out
-
-
-def _chunks(x: np.ndarray, k: int):
-    for i in range(0, len(x), k):
-        yield x[i:i + k]
-
-
-def summary(report: dict) -> dict:
+def quality_summary(report: dict) -> dict:
     """The compact form stored in a model's metadata (``evaluation``) and shown by ``info``."""
     g, f, r = report["generated"], report["floor"], report["ratios"]
     out = {"n": report["n_generated"], "extractor": Path(report["extractor"]["path"]).stem,
@@ -267,16 +374,41 @@ def summary(report: dict) -> dict:
         if "min_share" in g["coverage"]:
             out["min_class_share"] = round(g["coverage"]["min_share"], 4)
     out["ratios"] = {k: round(v, 3) for k, v in r.items()}
+    if "shares" in report:
+        out["shares"] = {"passed": report["shares"]["passed"], "short": report["shares"]["short"]}
+    if "memorisation" in report:
+        mem = report["memorisation"]
+        out["memorisation"] = {"passed": mem["passed"], "median_ratio": round(mem["median_ratio"], 3),
+                               "close_share": round(mem["close_share"], 4)}
     return out
 
 
-def format_report(report: dict) -> str:
+def quality_line(summary: dict) -> str:
+    """One line for ``info``: a stored ``evaluation`` summary."""
+    e = summary
+    return (f"FID {e['fid']} (real floor {e['fid_floor']}), KID {e['kid']} (floor {e['kid_floor']})"
+            + (f", classifier score {e['score']} (real {e['real_score']})" if "score" in e else "")
+            + (f", smallest class {e['min_class_share']:.1%}" if "min_class_share" in e else "")
+            + (f", memorisation check {'passed' if e['memorisation'].get('passed') else 'FAILED'}"
+               if isinstance(e.get("memorisation"), dict) else "")
+            + f"; n={e['n']}, features: {modelfile.printable(e['extractor'], 100)}")
+
+
+def save_summary(report: dict) -> None:
+    """Store ``quality_summary(report)`` as the model file's ``evaluation`` metadata (atomically; no torch)."""
+    meta = modelfile.read(report["model"]).metadata
+    modelfile.write_metadata(report["model"], {**meta, "evaluation": json.dumps(quality_summary(report))})
+
+
+def format_quality(report: dict) -> str:
     g, f = report["generated"], report["floor"]
     lines = [f"model      {report['model']} ({report['architecture']})",
              f"extractor  {report['extractor']['path']}"
              + (f" (test accuracy {report['extractor']['test_accuracy']})" if "test_accuracy" in report["extractor"] else ""),
-             f"samples    {report['n_generated']} generated (seed {report['seed']}) vs {report['real']['half_size']} real "
-             f"held-out; floor: {report['real']['floor_sample_size']} vs {report['real']['half_size']} real",
+             f"samples    {report['n_generated']} generated (seed {report['seed']}"
+             + (f", truncation {report['truncation']}" if report.get("truncation", 1.0) != 1.0 else "")
+             + f") vs {report['real']['half_size']} real held-out; floor: {report['real']['floor_sample_size']} vs "
+             f"{report['real']['half_size']} real",
              f"{'':<18}{'generated':>12}{'real floor':>12}{'ratio':>8}",
              f"{'FID':<18}{g['fid']:>12.3f}{f['fid']:>12.3f}{report['ratios']['fid_vs_floor']:>8.2f}",
              f"{'KID':<18}{g['kid']:>12.5g}{f['kid']:>12.5g}{report['ratios']['kid_vs_floor']:>8.2f}"
@@ -285,15 +417,27 @@ def format_report(report: dict) -> str:
         lines.append(f"{'classifier score':<18}{g['classifier_score']:>12.3f}{report['real_classifier_score']:>12.3f}"
                      f"{report['ratios']['score_vs_real']:>8.2f}")
         cov = g["coverage"]
-        if "shares" in cov:
+        if "shares" in report:
+            sh = report["shares"]
+            lines.append("class shares     " + ", ".join(f"{name}: {v['generated']:.1%} (real {v['real']:.1%})"
+                                                          for name, v in sh["classes"].items()))
+            if sh["short"]:
+                lines.append(f"WARNING: {', '.join(sh['short'])} below half their real share")
+        elif "shares" in cov:
             lines.append("class shares     " + " ".join(f"{i}:{s:.1%}" for i, s in enumerate(cov["shares"])))
         else:
             lines.append(f"classes          {cov['distinct']} of {cov['classes']} hit; largest shares "
                          + " ".join(f"{c}:{s:.1%}" for c, s in cov["top"]))
-        if cov["flagged"]:
+        if cov["flagged"] and "shares" not in report:
             lines.append(f"WARNING: classes {cov['missing_or_rare']} are under {MIN_CLASS_SHARE:.0%} of samples")
+    if "memorisation" in report:
+        mem = report["memorisation"]
+        lines.append(f"memorisation     {'passed' if mem['passed'] else 'FAILED'}: nearest training image at median "
+                     f"{mem['median_generated']:.3g} for generated vs {mem['median_heldout']:.3g} for "
+                     f"{mem['n_heldout']} held-out real images ({mem['median_ratio']:.2f}x); "
+                     f"{mem['close_share']:.1%} of generated nearer than the held-out {CLOSE_QUANTILE:.0%} quantile")
+    if "drift" in report:
+        d = report["drift"]
+        lines.append(f"drift      PyTorch vs ONNX, {d['n']} images: FID {d['fid']:.4f}, KID {d['kid']:.5f}, "
+                     f"{d['uint8_pixels_changed']:.4%} of uint8 pixels changed")
     return "\n".join(lines)
-
-
-def to_json(report: dict) -> str:
-    return json.dumps(report, indent=2)

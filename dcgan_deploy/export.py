@@ -1,4 +1,4 @@
-"""Export (torch -> ONNX): describe the checkpoint, convert, validate with the parity gate.
+"""Export (torch -> ONNX): open the checkpoint, convert, validate with the parity gate.
 
 The file lands at its destination only after the gate passes; a miss raises
 ``ParityError`` carrying the report, and leaves no new file behind.
@@ -10,24 +10,21 @@ import json
 import logging
 import os
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import onnx
 import torch
 from torch import nn
 
-from . import __version__, parity
-from .checkpoint import STATE_FORMAT, CheckpointError, load_generator_file, load_torch
+from . import __version__, directions, modelfile, parity
+from .checkpoint import Checkpoint, open_checkpoint
 from .files import atomic_path, write_bytes
 from .forms import phase_tail, transposed_forms
-from .nets import Generator, NetConfig
+from .modelfile import write_metadata
+from .nets import GeneratorNet, NetConfig
 
-FORMAT = "1"
 DEFAULT_OPSET = 18
-# Ops that must never appear in a deployable generator graph.
-FORBIDDEN_OPS = {"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Multinomial",
-                 "Bernoulli", "Dropout"}
+MIN_OPSET = 17
 
 
 class ParityError(RuntimeError):
@@ -38,113 +35,9 @@ class ParityError(RuntimeError):
         self.report = report
 
 
-@dataclass
-class Described:
-    """A checkpoint, understood: the eval-mode generator, its config and provenance."""
-
-    model: Generator
-    cfg: NetConfig
-    name: str
-    dataset: str = "unknown"
-    train_step: int = -1
-    source: str = ""
-    notes: list[str] = field(default_factory=list)
-
-
-# ---- describe ------------------------------------------------------------------------
-def describe(ckpt: str | os.PathLike, arch: str | None = None) -> Described:
-    """Load any supported checkpoint into an eval-mode ``Generator``.
-
-    Accepts the trainer's ``train_state.pt`` and ``generator.safetensors``, and a bare
-    generator state dict (e.g. ``netG_epoch_N.pth`` from pytorch/examples' DCGAN)
-    when ``arch`` names its architecture.
-    """
-    path = Path(ckpt)
-    name = path.parent.name if path.name in ("train_state.pt", "generator.safetensors") else path.stem
-    if path.suffix == ".safetensors":
-        if not path.is_file():
-            raise CheckpointError(f"{path}: no such checkpoint file")
-        state, cfg, meta = load_generator_file(path)
-        if cfg is None:
-            cfg = infer_config(state, _need_arch(arch, path))
-        elif arch and arch != cfg.arch:
-            raise CheckpointError(f"{path}: holds a {cfg.arch} generator, not {arch}")
-        model = _build(cfg, state, path)
-        return Described(model, cfg, name, meta.get("dataset", "unknown"), int(meta.get("train_step", -1)), str(path))
-    obj = load_torch(path)
-    if obj.get("format") == STATE_FORMAT and "net_config" in obj:
-        cfg = NetConfig.from_dict(obj["net_config"])
-        if arch and arch != cfg.arch:
-            raise CheckpointError(f"{path}: holds a {cfg.arch} generator, not {arch}")
-        tcfg = obj["train_config"]
-        weights = obj["ema"] if obj.get("ema") else obj["G"]
-        model = _build(cfg, weights, path)
-        notes = []
-        if obj.get("ema"):
-            from .train import recompute_bn_stats  # the same re-estimation the trainer applies
-            recompute_bn_stats(model, seed=tcfg.get("seed", 0))
-            model.eval()
-            notes.append("EMA weights, BatchNorm statistics re-estimated")
-        return Described(model, cfg, name, tcfg.get("data", "unknown"), int(obj["step"]), str(path), notes)
-    state = obj.get("state_dict", obj) if isinstance(obj.get("state_dict"), dict) else obj
-    cfg = infer_config(state, _need_arch(arch, path))
-    return Described(_build(cfg, state, path), cfg, name, source=str(path))
-
-
-def _need_arch(arch: str | None, path: Path) -> str:
-    if not arch:
-        raise CheckpointError(f"{path}: a bare state dict does not say its architecture; pass --arch "
-                              "(e.g. --arch dcgan64 for pytorch/examples' netG_epoch_N.pth)")
-    return arch
-
-
-def infer_config(state: dict, arch: str) -> NetConfig:
-    """A ``NetConfig`` for a bare state dict: sizes read off the weight shapes where the arch allows."""
-    cfg = NetConfig.for_arch(arch)
-    if arch == "dcgan64" and "main.0.weight" in state and "main.12.weight" in state:
-        nz, ngf8 = state["main.0.weight"].shape[:2]         # ConvT(nz -> ngf*8): weight [nz, ngf*8, 4, 4]
-        nc = state["main.12.weight"].shape[1]               # ConvT(ngf -> nc):   weight [ngf, nc, 4, 4]
-        cfg = NetConfig.for_arch(arch, latent_dim=int(nz), g_width=int(ngf8) // 8, channels=int(nc))
-    return cfg
-
-
-def _build(cfg: NetConfig, state: dict, path: Path) -> Generator:
-    """A Generator with ``state`` loaded strictly; the first mismatch is named."""
-    model = Generator(cfg)
-    want = model.state_dict()
-    for key, tensor in want.items():
-        if key not in state:
-            raise CheckpointError(f"{path}: does not match {cfg.arch}: key {key} (shape {list(tensor.shape)}) "
-                                  "is missing from the checkpoint")
-        if tuple(state[key].shape) != tuple(tensor.shape):
-            raise CheckpointError(f"{path}: does not match {cfg.arch}: key {key} has shape {list(state[key].shape)} "
-                                  f"in the checkpoint, {list(tensor.shape)} in the architecture")
-    extra = [k for k in state if k not in want]
-    if extra:
-        raise CheckpointError(f"{path}: does not match {cfg.arch}: unexpected key {extra[0]}")
-    model.load_state_dict(state)
-    model.eval()
-    check_batchnorm(model, path)
-    return model
-
-
-def check_batchnorm(model: nn.Module, path: Path | str = "model") -> None:
-    """Every BatchNorm must carry finite running statistics (eval mode uses them)."""
-    for name, m in model.named_modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            if m.running_mean is None or m.running_var is None:
-                raise CheckpointError(f"{path}: BatchNorm {name} has no running statistics")
-            if not (torch.isfinite(m.running_mean).all() and torch.isfinite(m.running_var).all()
-                    and (m.running_var >= 0).all()):
-                raise CheckpointError(f"{path}: BatchNorm {name} has non-finite or negative running statistics")
-    for name, p in model.named_parameters():
-        if not torch.isfinite(p).all():
-            raise CheckpointError(f"{path}: weight {name} has non-finite values")
-
-
 # ---- convert -------------------------------------------------------------------------
 @torch.no_grad()
-def fold_batchnorm(model: Generator) -> Generator:
+def fold_batchnorm(model: GeneratorNet) -> GeneratorNet:
     """A copy of ``model`` with eval-mode BatchNorm folded into an adjacent linear layer.
 
     Folds BN into the Conv/ConvTranspose/Linear right before it, or, for a 1-d BN,
@@ -176,14 +69,17 @@ def fold_batchnorm(model: Generator) -> Generator:
     return model
 
 
-def deploy_form(model: Generator, int8: bool = False) -> nn.Module:
+def deploy_form(model: GeneratorNet, int8: bool = False, forms: bool = True) -> nn.Module:
     """What the export traces: ``model`` with BatchNorm folded, in an exactly equivalent form that
     onnxruntime runs faster (``forms``): where the generator ends in upsample, conv, ReLU, conv, tanh
-    (mnist-dcgan, mnist-dcgan-wide), that tail per output parity on the small map (``PhaseTail``,
+    (mnist-dcgan, mnist-dcgan-wide), that tail per output phase on the small map (``PhaseTail``,
     4/9 of the tail's multiply-adds; ``int8``: the form the int8 variant is quantized from, with
     fewer separately rounded tensors); transposed convolutions (dcgan64, mnist-convt) as
-    convolutions per output parity (``transposed_forms``)."""
+    convolutions per output phase (``transposed_forms``). ``forms=False``: the plain folded graph
+    (for other runtimes, and for debugging)."""
     folded = fold_batchnorm(model)
+    if not forms:
+        return folded
     return phase_tail(folded, taps=not int8) or transposed_forms(folded) or folded
 
 
@@ -199,79 +95,85 @@ def to_onnx(model: nn.Module, cfg: NetConfig, dest: str | os.PathLike, opset: in
     program.save(str(dest))
 
 
-def write_metadata(path: str | os.PathLike, meta: dict[str, str]) -> None:
-    """Replace the file's ``metadata_props`` with ``meta`` (string keys and values), atomically."""
-    model = onnx.load(str(path))
-    del model.metadata_props[:]
-    onnx.helper.set_model_props(model, meta)
-    with atomic_path(path) as tmp:
-        onnx.save(model, str(tmp))
-
-
 def check_graph(path: str | os.PathLike) -> None:
-    """Refuse graphs with randomness or training-only ops."""
-    model = onnx.load(str(path))
-    onnx.checker.check_model(model)
-    ops = {n.op_type for n in model.graph.node}
-    bad = ops & FORBIDDEN_OPS
-    if bad:
-        raise ParityError(f"the graph holds training-only or random ops: {', '.join(sorted(bad))}", {})
-    for node in model.graph.node:
-        if node.op_type == "BatchNormalization" and any(a.name == "training_mode" and a.i for a in node.attribute):
-            raise ParityError("the graph holds a training-mode BatchNormalization", {})
+    """The ONNX checker, then the runtime's own refusal of random and training-only ops."""
+    onnx.checker.check_model(onnx.load(str(path)))
+    try:
+        modelfile.check_ops(modelfile.read(path))
+    except modelfile.ModelError as e:
+        raise ParityError(str(e), {}) from None
 
 
-def base_metadata(d: Described, opset: int) -> dict[str, str]:
-    c = d.cfg
+def base_metadata(c: Checkpoint, opset: int) -> dict[str, str]:
+    cfg = c.cfg
     return {
-        "dcgan_deploy.format": FORMAT,
+        modelfile.FORMAT_KEY: modelfile.FORMAT,
         "dcgan_deploy.version": __version__,
-        "architecture": c.arch,
-        "latent_dim": str(c.latent_dim),
-        "latent_prior": c.latent_prior,
-        "channels": str(c.channels),
-        "height": str(c.image_size),
-        "width": str(c.image_size),
+        "architecture": cfg.arch,
+        "latent_dim": str(cfg.latent_dim),
+        "latent_prior": cfg.latent_prior,
+        "channels": str(cfg.channels),
+        "height": str(cfg.image_size),
+        "width": str(cfg.image_size),
         "value_range": "[-1, 1]",
-        "dataset": d.dataset,
-        "train_step": str(d.train_step),
+        "dataset": c.dataset,
+        "train_step": str(c.train_step),
         "torch_version": torch.__version__,
         "opset": str(opset),
-        "net_config": json.dumps(c.to_dict()),
+        "net_config": json.dumps(cfg.to_dict()),
     }
+
+
+def check_opset(opset) -> int:
+    """An opset from ``MIN_OPSET`` to the newest the installed onnx knows."""
+    highest = onnx.defs.onnx_opset_version()
+    if isinstance(opset, bool) or not isinstance(opset, int) or not MIN_OPSET <= opset <= highest:
+        raise ValueError(f"--opset must be from {MIN_OPSET} to {highest} (the newest onnx {onnx.__version__} knows), "
+                         f"got {opset!r}")
+    return opset
 
 
 # ---- the whole export ------------------------------------------------------------------
 def export(ckpt: str | os.PathLike, out: str | os.PathLike | None = None, arch: str | None = None,
            opset: int = DEFAULT_OPSET, fp16: bool = False, int8: bool = False, triton: str | os.PathLike | None = None,
-           thresholds: parity.Thresholds | None = None, name: str | None = None) -> dict:
+           thresholds: parity.Thresholds | None = None, name: str | None = None, forms: bool = True,
+           labelled: bool = False) -> dict:
     """Checkpoint -> ``out`` (default ``exports/<name>.onnx``), proven by the parity gate.
 
     Returns ``{"model": path, "report": path, "parity": report, ...}``. On a parity
     miss raises ``ParityError`` (with the report) and nothing new is left at ``out``.
+    ``forms=False`` writes the plain graph instead of the CPU-tuned forms. The file carries its SeFa latent
+    directions (and with ``labelled`` the classifier-labelled ones, see ``directions``); so do its variants.
     """
-    d = describe(ckpt, arch)
-    name = name or (Path(out).stem if out else d.name)
+    opset = check_opset(opset)
+    if out is not None and Path(out).suffix.lower() != ".onnx":
+        raise ValueError(f"-o {out}: an exported model is an ONNX file; give a path ending in .onnx")
+    c = open_checkpoint(ckpt, arch)
+    name = name or (Path(out).stem if out else c.name)
     out = Path(out) if out else Path("exports") / f"{name}.onnx"
     out.parent.mkdir(parents=True, exist_ok=True)
     report_path = out.with_suffix(".parity.json")
-    meta = base_metadata(d, opset)
-    result = {"model": str(out), "report": str(report_path), "name": name, "source": d.source, "notes": d.notes}
+    result = {"model": str(out), "report": str(report_path), "name": name, "source": c.source, "notes": c.notes,
+              "forms": forms}
     with atomic_path(out) as tmp:
-        to_onnx(deploy_form(d.model), d.cfg, tmp, opset)
+        to_onnx(deploy_form(c.model, forms=forms), c.cfg, tmp, opset)
         check_graph(tmp)
+        meta = base_metadata(c, modelfile.read(tmp).opsets.get("", opset))  # the opset the exporter really wrote
         write_metadata(tmp, meta)
-        report = parity.run_gate(d.model, tmp, thresholds)
+        report = parity.run_gate(c.model, tmp, thresholds)
         result["parity"] = report
         if not report["passed"]:
             write_report(report_path, result)
             raise ParityError(f"parity gate failed; {out} was not written", report)
-        write_metadata(tmp, {**meta, "parity": json.dumps(parity.summary(report))})
+        found = directions.compute(tmp, labelled_too=labelled)
+        meta["directions"] = directions.to_metadata(found, "dcgan-deploy export" + (" --labelled" if labelled else ""))
+        write_metadata(tmp, {**meta, "parity": json.dumps(parity.gate_summary(report))})
+    result["directions"] = [d.name for d in found]
     write_report(report_path, result)
     if fp16:
-        result["fp16"] = export_fp16(d, out, meta, thresholds or parity.Thresholds())
+        result["fp16"] = export_fp16(c, out, meta, thresholds or parity.Thresholds())
     if int8:
-        result["int8"] = export_int8(d, out, meta, thresholds or parity.Thresholds(), opset)
+        result["int8"] = export_int8(c, out, meta, thresholds or parity.Thresholds(), opset)
     if triton:
         from .triton import write_model_repository
         result["triton"] = str(write_model_repository(out, Path(triton), name))
@@ -284,9 +186,15 @@ def write_report(path: Path, result: dict) -> None:
     write_bytes(path, (json.dumps({"result": summary, "parity": result["parity"]}, indent=2) + "\n").encode())
 
 
-def export_fp16(d: Described, fp32_path: Path, meta: dict[str, str], thresholds: parity.Thresholds) -> dict:
-    """A float16 variant (float32 inputs and outputs) beside the fp32 file, with its own gate."""
+def export_fp16(c: Checkpoint, fp32_path: Path, meta: dict[str, str], thresholds: parity.Thresholds) -> dict:
+    """A float16 variant (float32 inputs and outputs) beside the fp32 file, with its own gate.
+
+    On CUDA the gate runs there and must pass. Without CUDA it runs on the CPU where it can: a pass is
+    recorded as unverified (fp16 is meant for CUDA), a miss fails the export, and a CPU build that
+    cannot run the file at all (no float16 kernels for an op) is recorded as unverified with why."""
     from onnxconverter_common import float16
+
+    from .runtime import ModelError
 
     out = fp32_path.with_name(fp32_path.stem + "-fp16.onnx")
     model = float16.convert_float_to_float16(onnx.load(str(fp32_path)), keep_io_types=True)
@@ -294,18 +202,20 @@ def export_fp16(d: Described, fp32_path: Path, meta: dict[str, str], thresholds:
     with atomic_path(out) as tmp:
         onnx.save(model, str(tmp))
         write_metadata(tmp, {**meta, "precision": "float16"})
-        try:
-            report = parity.run_gate(d.model, tmp, thresholds, providers=[parity.CUDA if has_cuda else parity.CPU],
-                                     min_psnr=thresholds.fp16_min_psnr)
-        except Exception as e:  # onnxruntime's CPU build may lack float16 kernels for some ops
-            report = {"passed": None, "failures": [f"could not run the fp16 model on CPU: {str(e)[:200]}"]}
+        if has_cuda:
+            report = precision_gate(c.model, tmp, thresholds, "float16", providers=[parity.CUDA])
+        else:
+            try:
+                report = precision_gate(c.model, tmp, thresholds, "float16", providers=[parity.CPU])
+            except ModelError as e:  # onnxruntime's CPU build lacks float16 kernels for some ops
+                report = {"passed": None, "failures": [f"could not run the fp16 model on CPU: {e}"]}
         if report["passed"] is False:
             raise ParityError(f"fp16 parity gate failed; {out} was not written", report)
         report["verified"] = has_cuda
         if not has_cuda:
             report["reason"] = "no CUDA provider here to check the fp16 model on" + (
                 " (it passed the fp16 gate on CPU)" if report["passed"] else "")
-        write_metadata(tmp, {**meta, "precision": "float16", "parity": json.dumps(parity.summary(report))})
+        write_metadata(tmp, {**meta, "precision": "float16", "parity": json.dumps(parity.gate_summary(report))})
     result = {"model": str(out), "report": str(out.with_suffix(".parity.json")), "precision": "float16",
               "parity": report}
     write_report(out.with_suffix(".parity.json"), result)
@@ -362,7 +272,7 @@ def quantize_int8(fp32_path: str | os.PathLike, dest: str | os.PathLike, cfg: Ne
         root.setLevel(level)
 
 
-def export_int8(d: Described, fp32_path: Path, meta: dict[str, str], thresholds: parity.Thresholds,
+def export_int8(c: Checkpoint, fp32_path: Path, meta: dict[str, str], thresholds: parity.Thresholds,
                 opset: int = DEFAULT_OPSET) -> dict:
     """An int8 variant for the CPU beside the fp32 file, gated on PSNR against PyTorch fp32."""
     import tempfile
@@ -370,38 +280,58 @@ def export_int8(d: Described, fp32_path: Path, meta: dict[str, str], thresholds:
     out = fp32_path.with_name(fp32_path.stem + "-int8.onnx")
     with atomic_path(out) as tmp, tempfile.TemporaryDirectory() as work:
         source = Path(work) / "int8-form.onnx"  # float32, in the form that quantizes best
-        to_onnx(deploy_form(d.model, int8=True), d.cfg, source, opset)
-        quantize_int8(source, tmp, d.cfg)
+        to_onnx(deploy_form(c.model, int8=True), c.cfg, source, opset)
+        quantize_int8(source, tmp, c.cfg)
         write_metadata(tmp, {**meta, "precision": "int8"})
-        report = precision_gate(d.model, tmp, thresholds, "int8")
+        report = precision_gate(c.model, tmp, thresholds, "int8")
         if not report["passed"]:
             raise ParityError(f"int8 parity gate failed; {out} was not written", report)
-        write_metadata(tmp, {**meta, "precision": "int8", "parity": json.dumps(parity.summary(report))})
+        write_metadata(tmp, {**meta, "precision": "int8", "parity": json.dumps(parity.gate_summary(report))})
     result = {"model": str(out), "report": str(out.with_suffix(".parity.json")), "precision": "int8",
               "parity": report}
     write_report(out.with_suffix(".parity.json"), result)
     return result
 
 
-def precision_gate(model: nn.Module, path, thresholds: parity.Thresholds, precision: str) -> dict:
+PRECISIONS = ("float32", "float16", "int8")
+
+
+def precision_gate(model: nn.Module, path, thresholds: parity.Thresholds, precision: str,
+                   providers: list[str] | None = None) -> dict:
     """The gate a file of ``precision`` is held to: float32 max abs error on every provider;
     float16 and int8 (on the CPU, where it is meant to run) a minimum PSNR."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if precision == "int8":
-        return parity.run_gate(model, path, thresholds, providers=[parity.CPU], min_psnr=thresholds.int8_min_psnr)
-    if precision == "float16":
-        return parity.run_gate(model, path, thresholds, min_psnr=thresholds.fp16_min_psnr)
-    return parity.run_gate(model, path, thresholds)
+        report = parity.run_gate(model, path, thresholds, providers=providers or [parity.CPU],
+                                 min_psnr=thresholds.int8_min_psnr)
+    elif precision == "float16":
+        report = parity.run_gate(model, path, thresholds, providers=providers, min_psnr=thresholds.fp16_min_psnr)
+    else:
+        report = parity.run_gate(model, path, thresholds, providers=providers)
+    report["precision"] = precision
+    return report
 
 
 def verify(model_path: str | os.PathLike, ckpt: str | os.PathLike, arch: str | None = None,
-           thresholds: parity.Thresholds | None = None) -> dict:
+           thresholds: parity.Thresholds | None = None, precision: str | None = None) -> dict:
     """Re-run the parity gate on an existing ONNX file against its checkpoint.
 
-    A reduced-precision variant (metadata ``precision``: float16, int8) gets the PSNR gate it
-    was exported under, on the CPU for int8.
+    The gate follows what the file is -- its graph: quantize/dequantize ops make it int8 (PSNR gate, on
+    the CPU), float16 weights float16 (PSNR gate), else float32 (max abs error) -- or the caller's
+    ``precision``; never the file's own metadata, which the file under test could set to pick a
+    laxer gate. A metadata claim that disagrees with the graph is reported.
     """
     from .runtime import Generator as Runtime
 
-    d = describe(ckpt, arch)
-    precision = Runtime.load(model_path, device="cpu").metadata.get("precision", "float32")
-    return precision_gate(d.model, model_path, thresholds or parity.Thresholds(), precision)
+    runtime = Runtime.load(model_path, device="cpu")  # the runtime's checks first: a file it refuses fails here
+    c = open_checkpoint(ckpt, arch)
+    chosen = precision or runtime.precision
+    report = precision_gate(c.model, model_path, thresholds or parity.Thresholds(), chosen)
+    claimed = runtime.metadata.get("precision", "float32")
+    if claimed != runtime.precision:
+        report["metadata_precision"] = modelfile.printable(claimed, 100)
+        report.setdefault("notes", []).append(
+            f"the file's metadata says precision={report['metadata_precision']}, its graph is {runtime.precision}; "
+            f"the {chosen} gate was applied")
+    return report

@@ -1,6 +1,20 @@
-"""Exactly equivalent generator forms that onnxruntime runs faster (each proven by the parity gate
-against the original model at every export; `benchmarks/upsample_forms.py`, `benchmarks/convt_forms.py`
-and `benchmarks/export_form_ab.py` measure them)."""
+"""Exactly equivalent generator forms that onnxruntime runs faster.
+
+The idea. A layer that doubles a map's size -- nearest upsampling then a 3x3 convolution, or a
+transposed convolution with kernel 4, stride 2, padding 1 -- computes each output pixel from a
+small window of the *small* map, and which window and which kernel taps depends only on the
+output pixel's *phase*: its row and column index mod 2 (four phases). So each phase is an
+ordinary small convolution (2x2) on the small map, and the four results, interleaved, are the
+big map. The arithmetic is the same multiply-adds as the original (for upsample + 3x3, only 4/9
+of them: the copies upsampling makes are never multiplied), the big map of the middle layers
+never has to exist, and every piece runs as a plain convolution in onnxruntime's fast blocked
+layout (its transposed convolution and its DepthToSpace do not). Each form is exact up to
+float32 summation order, and the parity gate checks the written graph against the original
+PyTorch model at every export. (`benchmarks/upsample_forms.py`, `benchmarks/convt_forms.py`
+and `benchmarks/export_form_ab.py` measure them; `export --no-forms` writes the plain graph.)
+
+Here "phase" always means this sub-pixel position; "parity" means only the export gate.
+"""
 from __future__ import annotations
 
 import copy
@@ -9,12 +23,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .nets import Generator
+from .nets import GeneratorNet
 
 
 def _phase_maps():
-    """P[r, k, d]: output parity r, 3x3 tap k reads the small map at offset d - 1; Q[r, k, r2, d]: on a
-    parity-split map, that tap reads parity r2 at small-map offset d - 1."""
+    """P[r, k, d]: output phase r, 3x3 tap k reads the small map at offset d - 1; Q[r, k, r2, d]: on a
+    phase-split map, that tap reads phase r2 at small-map offset d - 1."""
     p, q = torch.zeros(2, 3, 3), torch.zeros(2, 3, 2, 3)
     for r in range(2):
         for k in range(3):
@@ -24,9 +38,9 @@ def _phase_maps():
     return p, q
 
 
-class _PerParity(nn.Module):
-    """Four 2x2 convolutions on one map, one per output parity (r, s) of a map twice its size, each with
-    its own one-sided zero padding (parity r reads offsets r - 1 and r), then ``act``."""
+class _PerPhase(nn.Module):
+    """Four 2x2 convolutions on one map, one per output phase (r, s) of a map twice its size, each with
+    its own one-sided zero padding (phase r reads offsets r - 1 and r), then ``act``."""
 
     def __init__(self, kernels: list, bias: torch.Tensor | None, act: nn.Module | None):
         super().__init__()
@@ -41,17 +55,17 @@ class _PerParity(nn.Module):
         self.act = act if act is not None else nn.Identity()
         self.cout = kernels[0].shape[0]
 
-    def parities(self, x) -> list:
-        """The four output parities (index 2 r + s), each at the input's size."""
+    def phases(self, x) -> list:
+        """The four output phases (index 2 r + s), each at the input's size."""
         return [self.act(conv(F.pad(x, pad))) for conv, pad in zip(self.convs, self.pads)]
 
 
-class ParityConv(_PerParity):
-    """``Upsample(x2, nearest) -> conv (3x3) -> act`` computed on the small map, one map per output parity.
+class PhaseConv(_PerPhase):
+    """``Upsample(x2, nearest) -> conv (3x3) -> act`` computed on the small map, one map per output phase.
 
-    Each output parity of the pair sees only a 2x2 window of the small map, so each parity is one 2x2
+    Each output phase of the pair sees only a 2x2 window of the small map, so each phase is one 2x2
     convolution on the small map: 4/9 of the multiply-adds of the 3x3 convolution on the large map,
-    and the large map never exists. ``forward`` concatenates the parities parity-major (channel
+    and the large map never exists. ``forward`` concatenates the phases phase-major (channel
     ``(2 r + s) * C + c``).
     """
 
@@ -59,29 +73,29 @@ class ParityConv(_PerParity):
         p, _ = _phase_maps()
         w = conv.weight.detach()                                          # [C, Cin, 3, 3]
         k = torch.einsum("rya,sxb,ciyx->rsciab", p.to(w.dtype), p.to(w.dtype), w)  # [2, 2, C, Cin, 3, 3]
-        # parity r reads small-map offsets r - 1 and r: the window [r, r + 2) of the 3 offsets
+        # phase r reads small-map offsets r - 1 and r: the window [r, r + 2) of the 3 offsets
         kernels = [k[r, s, :, :, r:r + 2, s:s + 2] for r in range(2) for s in range(2)]
         super().__init__(kernels, None if conv.bias is None else conv.bias.detach(), act)
 
     def forward(self, x):
-        return torch.cat(self.parities(x), 1)
+        return torch.cat(self.phases(x), 1)
 
 
 class PhaseTail(nn.Module):
     """The generator's last ``Upsample(x2) -> conv_a (3x3) -> act -> conv_b (3x3) -> out_act``, computed
-    on the small map per output parity, and shuffled to full size at the end.
+    on the small map per output phase, and shuffled to full size at the end.
 
-    ``conv_a`` becomes a ``ParityConv``: four 2x2 convolutions on the small map, one per output parity
+    ``conv_a`` becomes a ``PhaseConv``: four 2x2 convolutions on the small map, one per output phase
     (4/9 of the multiply-adds, no upsampled copy of the activations). ``conv_b`` goes to Co channels,
     few, which onnxruntime's blocked layout pads to 16; it takes one of two forms:
 
-    - ``taps=True`` (float32): taken apart by taps. On the parity maps the taps of each of its 4*Co
-      (output channel, output parity) pairs lie in a 2x2 window of small-map offsets, and each tap
-      reads exactly one input parity. So one 1x1 convolution per input parity computes the 16*Co tap
-      maps (summed over the parities: no concatenation), and a grouped 3x3 convolution with one-hot
+    - ``taps=True`` (float32): taken apart by taps. On the phase maps the taps of each of its 4*Co
+      (output channel, output phase) pairs lie in a 2x2 window of small-map offsets, and each tap
+      reads exactly one input phase. So one 1x1 convolution per input phase computes the 16*Co tap
+      maps (summed over the phases: no concatenation), and a grouped 3x3 convolution with one-hot
       weights shifts each tap map to its offset and adds a pair's four taps.
     - ``taps=False`` (for int8, where each tap map would be rounded to 8 bits on its own): one 3x3
-      convolution from the concatenated 4*C parity channels to the 4*Co output parities.
+      convolution from the concatenated 4*C phase channels to the 4*Co output phases.
 
     A DepthToSpace of the small Co-channel result finishes: the large map never exists before the
     last, tiny shuffle.
@@ -92,14 +106,14 @@ class PhaseTail(nn.Module):
         _, q = _phase_maps()
         wb = conv_b.weight.detach()                                       # [Co, C, 3, 3]
         co, c = wb.shape[:2]
-        # kb[o, r, s, u, v, c, a, b]: output channel o at parity (r, s) reads input parity (u, v),
+        # kb[o, r, s, u, v, c, a, b]: output channel o at phase (r, s) reads input phase (u, v),
         # channel c, at small-map offset (a - 1, b - 1)
         kb = torch.einsum("ryua,sxvb,ocyx->orsuvcab", q.to(wb.dtype), q.to(wb.dtype), wb)
         bias = None if conv_b.bias is None else conv_b.bias.detach().repeat_interleave(4)
-        self.head = ParityConv(conv_a, act)
+        self.head = PhaseConv(conv_a, act)
         self.taps = self.shift = self.conv_b = None
         if taps:
-            tap_w = torch.zeros(4, 16 * co, c, dtype=wb.dtype)           # [input parity, tap, C]
+            tap_w = torch.zeros(4, 16 * co, c, dtype=wb.dtype)           # [input phase, tap, C]
             shift = torch.zeros(4 * co, 4, 3, 3, dtype=wb.dtype)          # 4 taps per (o, r, s)
             t = 0
             for o in range(co):
@@ -127,11 +141,11 @@ class PhaseTail(nn.Module):
         self.out_act, self.shuffle = out_act, nn.PixelShuffle(2)
 
     def forward(self, x):
-        parities = self.head.parities(x)
+        phases = self.head.phases(x)
         if self.taps is None:
-            y = self.conv_b(torch.cat(parities, 1))
+            y = self.conv_b(torch.cat(phases, 1))
         else:
-            parts = [tap(h) for tap, h in zip(self.taps, parities)]
+            parts = [tap(h) for tap, h in zip(self.taps, phases)]
             y = self.shift(sum(parts[1:], parts[0]))
         return self.shuffle(self.out_act(y))
 
@@ -141,7 +155,7 @@ def _same_conv3x3(m: nn.Module) -> bool:
             and m.dilation == (1, 1) and m.groups == 1 and m.padding_mode == "zeros")
 
 
-def phase_tail(model: Generator, taps: bool = True) -> Generator | None:
+def phase_tail(model: GeneratorNet, taps: bool = True) -> GeneratorNet | None:
     """A copy of ``model`` (BatchNorm already folded) whose last Upsample(x2, nearest), Conv 3x3, ReLU,
     Conv 3x3, Tanh run as one ``PhaseTail`` (``taps``: its float32 form, else its int8 form);
     ``None`` when the generator does not end that way."""
@@ -158,9 +172,9 @@ def phase_tail(model: Generator, taps: bool = True) -> Generator | None:
     return model
 
 
-class ParityConvT(_PerParity):
+class PhaseConvT(_PerPhase):
     """``ConvTranspose2d(kernel 4, stride 2, padding 1) [-> ReLU]`` as four 2x2 convolutions on the input
-    map, one per output parity, interleaved to full size (``interleave``).
+    map, one per output phase, interleaved to full size (``interleave``).
 
     Output row ``2 m + r`` of the transposed convolution takes kernel rows 3 and 1 at input rows
     ``m - 1`` and ``m`` (r = 0), or 2 and 0 at ``m`` and ``m + 1`` (r = 1): a 2x2 convolution with
@@ -168,7 +182,7 @@ class ParityConvT(_PerParity):
     outside the blocked (NCHWc) layout; these convolutions run in it, the ReLU fused into them.
     """
 
-    KERNEL_ROWS = ((3, 1), (2, 0))  # per output parity: the kernel rows at input offsets (r - 1, r)
+    KERNEL_ROWS = ((3, 1), (2, 0))  # per output phase: the kernel rows at input offsets (r - 1, r)
 
     def __init__(self, convt: nn.ConvTranspose2d, act: nn.Module | None = None):
         w = convt.weight.detach()                                         # [Cin, Cout, 4, 4]
@@ -177,28 +191,28 @@ class ParityConvT(_PerParity):
         super().__init__(kernels, None if convt.bias is None else convt.bias.detach(), act)
 
     def forward(self, x):
-        return interleave(self.parities(x))
+        return interleave(self.phases(x))
 
 
-def interleave(parities: list[torch.Tensor]) -> torch.Tensor:
-    """Four parity maps ``[N, C, H, W]`` (row parity major) -> the ``[N, C, 2H, 2W]`` map they tile,
+def interleave(phases: list[torch.Tensor]) -> torch.Tensor:
+    """Four phase maps ``[N, C, H, W]`` (row phase major) -> the ``[N, C, 2H, 2W]`` map they tile,
     exactly what stacking them and a PixelShuffle give, by ops onnxruntime runs fast.
 
     onnxruntime runs DepthToSpace as a generic element-wise transpose (8 ms for dcgan64's 16x16
     map at batch 64 on 2 threads). Here the columns interleave by products with 0/1 placement
     matrices, ``P_r0 @ E_0 + P_r1 @ E_1`` (each output is one input times 1 plus exact zeros: no
     rounding), and the rows by a concatenation of whole rows (3 ms for the same map)."""
-    n, c, h, w = parities[0].shape
-    cols = torch.arange(2 * w, device=parities[0].device)
-    place = [(cols == 2 * torch.arange(w, device=cols.device)[:, None] + s).to(parities[0].dtype) for s in range(2)]
-    rows = [parities[2 * r] @ place[0] + parities[2 * r + 1] @ place[1] for r in range(2)]  # [N, C, H, 2W]
+    n, c, h, w = phases[0].shape
+    cols = torch.arange(2 * w, device=phases[0].device)
+    place = [(cols == 2 * torch.arange(w, device=cols.device)[:, None] + s).to(phases[0].dtype) for s in range(2)]
+    rows = [phases[2 * r] @ place[0] + phases[2 * r + 1] @ place[1] for r in range(2)]  # [N, C, H, 2W]
     return torch.stack(rows, 3).reshape(n, c, 2 * h, 2 * w)
 
 
 def _convt_phase_taps(phase: int) -> dict[int, tuple[int, int]]:
-    """One dimension of a k4/s2/p1 transposed convolution applied to a map held as its two parities:
+    """One dimension of a k4/s2/p1 transposed convolution applied to a map held as its two phases:
     output row ``4 j + phase`` (phase = 2 a + r; row ``2 m + r`` with m = 2 j + a) takes two kernel
-    rows, each from one input parity. Returns {input parity: (offset in j, kernel row)}."""
+    rows, each from one input phase. Returns {input phase: (offset in j, kernel row)}."""
     a, r = divmod(phase, 2)
     taps = {}
     for delta, k in (((0, 1), (-1, 3)) if r == 0 else ((1, 0), (0, 2))):  # input row m + delta, kernel row k
@@ -207,21 +221,21 @@ def _convt_phase_taps(phase: int) -> dict[int, tuple[int, int]]:
     return taps
 
 
-class ParityConvTTail(nn.Module):
-    """The transposed-convolution generators' end, ``ParityConvT -> [BatchNorm2d] -> ConvTranspose2d
+class PhaseConvTTail(nn.Module):
+    """The transposed-convolution generators' end, ``PhaseConvT -> [BatchNorm2d] -> ConvTranspose2d
     (k4, s2, p1; to Co channels, few) -> out_act``, without ever shuffling the middle map to full size.
 
-    The last transposed convolution reads the ParityConvT's four parity maps directly: its output, at
-    4x the parity maps' size, has 16 phases per channel, each the sum of four taps, and the four taps
-    of a phase read the four input parities once each. So per input parity one 1x1 convolution (with
+    The last transposed convolution reads the PhaseConvT's four phase maps directly: its output, at
+    4x the phase maps' size, has 16 phases per channel, each the sum of four taps, and the four taps
+    of a phase read the four input phases once each. So per input phase one 1x1 convolution (with
     the BatchNorm folded in: it has no padding) computes one tap map per (channel, phase), a
-    depthwise 3x3 convolution with one-hot weights shifts each to its offset, the four parities'
+    depthwise 3x3 convolution with one-hot weights shifts each to its offset, the four phases'
     results add up to the 16*Co phase maps, and one DepthToSpace (block 4) makes the image. The
     (up to) 16x larger middle map and its shuffle are never made; all of it runs in onnxruntime's
     blocked layout.
     """
 
-    def __init__(self, head: ParityConvT, bn: nn.BatchNorm2d | None, convt: nn.ConvTranspose2d, out_act: nn.Module):
+    def __init__(self, head: PhaseConvT, bn: nn.BatchNorm2d | None, convt: nn.ConvTranspose2d, out_act: nn.Module):
         super().__init__()
         w = convt.weight.detach()                                         # [C, Co, 4, 4]
         c, co = w.shape[:2]
@@ -233,7 +247,7 @@ class ParityConvTTail(nn.Module):
         self.taps, self.shifts = nn.ModuleList(), nn.ModuleList()
         phases = [_convt_phase_taps(f) for f in range(4)]
         for uy in range(2):
-            for ux in range(2):                                           # input parity 2 uy + ux
+            for ux in range(2):                                           # input phase 2 uy + ux
                 tap_w = torch.zeros(co * 16, c, dtype=w.dtype)
                 one_hot = torch.zeros(co * 16, 1, 3, 3, dtype=w.dtype)
                 for o in range(co):
@@ -253,7 +267,7 @@ class ParityConvTTail(nn.Module):
         self.bias = None if convt.bias is None else nn.Parameter(convt.bias.detach().repeat_interleave(16)[None, :, None, None].clone())
 
     def forward(self, x):
-        parts = [move(tap(p)) for tap, move, p in zip(self.taps, self.shifts, self.head.parities(x))]
+        parts = [move(tap(p)) for tap, move, p in zip(self.taps, self.shifts, self.head.phases(x))]
         y = sum(parts[1:], parts[0])
         if self.bias is not None:
             y = y + self.bias
@@ -284,12 +298,12 @@ def _is_convt(m: nn.Module, kernel: int, stride: int, padding: int) -> bool:
             and m.groups == 1)
 
 
-def transposed_forms(model: Generator, min_channels: int = 16, tail: bool = True) -> Generator | None:
+def transposed_forms(model: GeneratorNet, min_channels: int = 16, tail: bool = True) -> GeneratorNet | None:
     """A copy of ``model`` (BatchNorm already folded) with its transposed convolutions rewritten: a
     generator ending in ``ConvT (k4, s2, p1) -> ReLU -> [BatchNorm2d] -> ConvT (k4, s2, p1) -> Tanh``
-    ends in a ``ParityConvTTail``; the 64x64 DCGAN's first layer on the 1x1 latent becomes a
+    ends in a ``PhaseConvTTail``; the 64x64 DCGAN's first layer on the 1x1 latent becomes a
     ``FirstLayerGemm``; every other stride-2 one with at least ``min_channels`` outputs (the blocked
-    layout pads fewer to 16) a ``ParityConvT``, absorbing a ReLU after it. ``tail=False`` leaves the
+    layout pads fewer to 16) a ``PhaseConvT``, absorbing a ReLU after it. ``tail=False`` leaves the
     last two as they are (for comparison). ``None`` when there is nothing to rewrite."""
     model = copy.deepcopy(model)
     layers, end_form = list(model.main), []
@@ -297,7 +311,7 @@ def transposed_forms(model: Generator, min_channels: int = 16, tail: bool = True
         end = layers[-k:]
         if len(layers) >= k and _is_convt(end[0], 4, 2, 1) and isinstance(end[1], nn.ReLU) and _is_convt(end[-2], 4, 2, 1) \
                 and isinstance(end[-1], nn.Tanh) and (k == 4 or isinstance(end[2], nn.BatchNorm2d)):
-            end_form = [ParityConvTTail(ParityConvT(end[0], nn.ReLU()), end[2] if k == 5 else None, end[-2], end[-1])]
+            end_form = [PhaseConvTTail(PhaseConvT(end[0], nn.ReLU()), end[2] if k == 5 else None, end[-2], end[-1])]
             layers = layers[:-k]
             break
     out, i, changed = [], 0, bool(end_form)
@@ -308,7 +322,7 @@ def transposed_forms(model: Generator, min_channels: int = 16, tail: bool = True
             changed = True
         elif _is_convt(m, 4, 2, 1) and m.out_channels >= min_channels:
             relu = i + 1 < len(layers) and isinstance(layers[i + 1], nn.ReLU)
-            out.append(ParityConvT(m, nn.ReLU() if relu else None))
+            out.append(PhaseConvT(m, nn.ReLU() if relu else None))
             changed = True
             i += relu
         else:

@@ -24,7 +24,6 @@ conversion only; evaluating with the converted file needs onnxruntime alone.
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import warnings
@@ -34,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .evaluate import file_sha256, inception_cache_path
 from .files import atomic_path
 from .runtime import ModelError
 
@@ -229,13 +229,6 @@ def load_weights(path: str | os.PathLike) -> FIDInception:
     return net
 
 
-def cache_dir() -> Path:
-    if os.environ.get("DCGAN_DEPLOY_CACHE"):
-        return Path(os.environ["DCGAN_DEPLOY_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "dcgan-deploy"
-
-
 def export_extractor(weights: str | os.PathLike, dest: str | os.PathLike) -> Path:
     """Export the network of ``weights`` to ``dest`` (ONNX, extractor contract, metadata), atomically."""
     import onnx
@@ -254,7 +247,7 @@ def export_extractor(weights: str | os.PathLike, dest: str | os.PathLike) -> Pat
         program.save(str(tmp))
         proto = onnx.load(str(tmp))
         onnx.helper.set_model_props(proto, {
-            "name": "inception-v3-fid", "source": weights.name, "source_sha256": _sha256(weights),
+            "name": "inception-v3-fid", "source": weights.name, "source_sha256": file_sha256(weights),
             "feature_dim": str(FEATURE_DIM), "classes": str(NUM_CLASSES), "input_range": "[-1, 1]",
             "image_shape": f"3,{INPUT_SIZE},{INPUT_SIZE} (any size, resized inside, bilinear as pytorch-fid)",
             "probs": "softmax of pool3 x fc.weight, no bias (the Inception Score's)",
@@ -264,14 +257,6 @@ def export_extractor(weights: str | os.PathLike, dest: str | os.PathLike) -> Pat
 
 
 def cached_extractor(weights: str | os.PathLike) -> Path:
-    """The ONNX export of ``weights`` in the cache, made on first use."""
-    dest = cache_dir() / f"inception-v3-fid-{_sha256(Path(weights))[:16]}.onnx"
+    """The ONNX export of ``weights`` in the cache (``evaluate.inception_cache_path``), made on first use."""
+    dest = inception_cache_path(Path(weights))
     return dest if dest.is_file() else export_extractor(weights, dest)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()

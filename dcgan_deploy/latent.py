@@ -1,16 +1,28 @@
-"""Seeded latents and interpolation (numpy only).
+"""Seeded latents, truncation and interpolation (numpy only).
 
 A seed means the same latent everywhere: latents are drawn on the CPU with
 ``numpy.random.default_rng(seed)``, float32, row by row, so the first k rows of
 ``latents(n, seed)`` equal ``latents(k, seed)`` whatever backend runs the model.
+Seeds are whole numbers from 0 to 2**64 - 1 (what the JavaScript runtime reproduces).
+
+Truncation ``psi`` (0 < psi <= 1; 1 = off) scales every drawn latent by psi, in float32:
+``z = float32(psi) * z`` -- towards the prior's mean 0, trading diversity for fidelity (the
+"truncation trick"). One multiplication per value, so it keeps the prefix property and is
+bit-exact in any language with IEEE float32 arithmetic.
 """
 from __future__ import annotations
 
+import math
+import os
 from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-PRIORS = ("normal", "uniform")
+from .modelfile import PRIORS
+
+MAX_SEED = 2**64 - 1
+MAX_LATENT_ROWS = 10**6          # rows of a --latents file
+MAX_LATENT_FILE = 4 * 1024**3    # bytes of a --latents file
 
 
 def check_count(n, what: str = "n") -> int:
@@ -23,17 +35,36 @@ def check_count(n, what: str = "n") -> int:
 
 
 def check_seed(seed) -> int:
-    """A non-negative integer seed."""
+    """A whole-number seed from 0 to 2**64 - 1."""
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
-    if seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed}")
+        raise ValueError(f"seed must be a whole number from 0 to 2**64 - 1, got {seed!r}")
+    if not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"seed must be from 0 to 2**64 - 1 (= {MAX_SEED}), got {seed}")
     return int(seed)
+
+
+def check_truncation(psi) -> float:
+    """A truncation psi with 0 < psi <= 1 (1 = off)."""
+    if isinstance(psi, bool) or not isinstance(psi, (int, float, np.floating, np.integer)) \
+            or not math.isfinite(psi) or not 0 < psi <= 1:
+        raise ValueError(f"truncation must be a number with 0 < psi <= 1 (1 = off), got {psi!r}")
+    return float(psi)
+
+
+def truncate(z: np.ndarray, psi: float = 1.0) -> np.ndarray:
+    """The truncation contract: ``float32(psi) * z`` (``z`` itself when psi = 1)."""
+    psi = check_truncation(psi)
+    return z if psi == 1.0 else (z * np.float32(psi)).astype(np.float32)
 
 
 def random_seed() -> int:
     """A fresh seed from the OS, reported to the user so the result can be reproduced."""
     return int(np.random.SeedSequence().entropy % (2**32))
+
+
+def seed_or_random(seed) -> int:
+    """``seed`` checked, or a fresh one when it is ``None``."""
+    return random_seed() if seed is None else check_seed(seed)
 
 
 class LatentStream:
@@ -58,18 +89,47 @@ class LatentStream:
         return self.rng.uniform(-1.0, 1.0, shape).astype(np.float32)
 
 
-def latents(n: int, seed: int, latent_dim: int, prior: str = "normal") -> np.ndarray:
+def latents(n: int, seed: int, latent_dim: int, prior: str = "normal", truncation: float = 1.0) -> np.ndarray:
     """``n`` latents for ``seed``: float32 ``[n, latent_dim]``."""
-    return LatentStream(seed, latent_dim, prior).take(check_count(n))
+    return truncate(LatentStream(seed, latent_dim, prior).take(check_count(n)), truncation)
 
 
-def iter_latents(n: int, seed: int, latent_dim: int, prior: str = "normal",
-                 chunk: int = 256) -> Iterator[np.ndarray]:
+def iter_latents(n: int, seed: int, latent_dim: int, prior: str = "normal", chunk: int = 256,
+                 truncation: float = 1.0) -> Iterator[np.ndarray]:
     """The rows of ``latents(n, seed, ...)`` in chunks of at most ``chunk`` rows."""
     n, chunk = check_count(n), check_count(chunk, "batch_size")
+    truncation = check_truncation(truncation)
     stream = LatentStream(seed, latent_dim, prior)
     for start in range(0, n, chunk):
-        yield stream.take(min(chunk, n - start))
+        yield truncate(stream.take(min(chunk, n - start)), truncation)
+
+
+def read_latents(path: str | os.PathLike, latent_dim: int | None = None) -> np.ndarray:
+    """A ``.npy`` of float32 latents ``[n, latent_dim]`` (or one ``[latent_dim]``), checked before it is read
+    whole: a plain ``.npy`` (not ``.npz``, no pickles), at least one row, at most ``MAX_LATENT_ROWS``."""
+    path = os.fspath(path)
+    try:
+        size = os.path.getsize(path)
+        if size > MAX_LATENT_FILE:
+            raise ValueError(f"{size / 1e9:.1f} GB is more than a latents file can be")
+        z = np.load(path, mmap_mode="r", allow_pickle=False)  # the header only, until sliced
+    except (OSError, ValueError, EOFError) as e:
+        raise ValueError(f"--latents {path}: not a readable .npy file ({str(e).splitlines()[0][:200]})") from None
+    if not isinstance(z, np.ndarray):
+        raise ValueError(f"--latents {path}: an .npz archive; give one .npy array of latents")
+    if z.ndim == 1:
+        z = z[None]
+    if z.ndim != 2 or z.shape[0] < 1 or (latent_dim is not None and z.shape[1] != latent_dim):
+        want = f"[n, {latent_dim}]" if latent_dim else "[n, latent_dim]"
+        raise ValueError(f"--latents {path}: has shape {list(z.shape)}, expected {want} with n >= 1")
+    if z.shape[0] > MAX_LATENT_ROWS:
+        raise ValueError(f"--latents {path}: {z.shape[0]} rows; at most {MAX_LATENT_ROWS} per file")
+    if z.dtype != np.float32:
+        raise ValueError(f"--latents {path}: latents must be float32, are {z.dtype}")
+    z = np.array(z, np.float32)
+    if not np.isfinite(z).all():
+        raise ValueError(f"--latents {path}: holds NaN or infinite values")
+    return z
 
 
 def lerp(a: np.ndarray, b: np.ndarray, t) -> np.ndarray:

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .modelfile import MAX_LATENT_DIM, PRIORS
+
 KERAS_BN = {"momentum": 0.2, "eps": 1e-3}
 
 # arch -> (latent_dim, latent_prior, channels, image_size, g_width, d_width)
@@ -27,6 +29,8 @@ DEFAULTS = {
     "mnist-convt": (96, "uniform", 1, 28, 64, 32),
 }
 ARCHITECTURES = tuple(DEFAULTS)
+MAX_WIDTH = 1024       # g_width / d_width, a sanity bound; the real one is MAX_PARAMETERS
+MAX_PARAMETERS = 100_000_000  # per network (400 MB of float32); the default dcgan64 generator has 3.6 M
 
 
 @dataclass(frozen=True)
@@ -41,6 +45,22 @@ class NetConfig:
     g_width: int  # base width of the generator (ngf for dcgan64)
     d_width: int  # base width of the discriminator (ndf for dcgan64)
 
+    def __post_init__(self):
+        """Refuse sizes a checkpoint or recipe may claim but no one means (checked before any weight exists)."""
+        if self.arch not in DEFAULTS:
+            raise ValueError(f"unknown architecture {self.arch!r}; choose from {', '.join(ARCHITECTURES)}")
+        for name, lo, hi in (("latent_dim", 1, MAX_LATENT_DIM), ("g_width", 2, MAX_WIDTH), ("d_width", 1, MAX_WIDTH)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+                raise ValueError(f"{name} must be a whole number from {lo} to {hi}, got {value!r}")
+        if isinstance(self.channels, bool) or self.channels not in (1, 3):
+            raise ValueError(f"channels must be 1 (grayscale) or 3 (RGB), got {self.channels!r}")
+        if self.latent_prior not in PRIORS:
+            raise ValueError(f"latent_prior must be one of {', '.join(PRIORS)}, got {self.latent_prior!r}")
+        if self.image_size != DEFAULTS[self.arch][3]:
+            raise ValueError(f"{self.arch} makes {DEFAULTS[self.arch][3]}x{DEFAULTS[self.arch][3]} images; "
+                             f"image_size={self.image_size!r} is not supported")
+
     @classmethod
     def for_arch(cls, arch: str, **overrides) -> "NetConfig":
         if arch not in DEFAULTS:
@@ -50,28 +70,31 @@ class NetConfig:
         unknown = set(overrides) - set(fields)
         if unknown:
             raise ValueError(f"unknown architecture settings: {', '.join(sorted(unknown))}")
-        size = fields["image_size"]
         fields.update({k: v for k, v in overrides.items() if v is not None})
-        if fields["image_size"] != size:
-            raise ValueError(f"{arch} makes {size}x{size} images; image_size={fields['image_size']} is not supported")
         return cls(arch=arch, **fields)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "NetConfig":
+    def from_dict(cls, d) -> "NetConfig":
+        """A config from a checkpoint's dict: every field present, of the right type and in range."""
+        if not isinstance(d, dict):
+            raise ValueError(f"the architecture config must be a dict, got {type(d).__name__}")
+        missing = [f.name for f in dataclasses.fields(cls) if f.name not in d]
+        if missing:
+            raise ValueError(f"the architecture config lacks {', '.join(missing)}")
         return cls(**{f.name: d[f.name] for f in dataclasses.fields(cls)})
 
 
-class Generator(nn.Module):
+class GeneratorNet(nn.Module):
     """z ``[n, latent_dim]`` -> image ``[n, C, H, W]`` in [-1, 1]."""
 
     def __init__(self, cfg: NetConfig):
         super().__init__()
         self.cfg = cfg
         self.main = _GENERATORS[cfg.arch](cfg)
-        if cfg.arch == "dcgan64":
+        if cfg.arch == "dcgan64" and not next(self.parameters()).is_meta:  # meta: counted, never run
             self.apply(dcgan_init)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
@@ -80,15 +103,31 @@ class Generator(nn.Module):
         return self.main(z)
 
 
-class Discriminator(nn.Module):
-    """image ``[n, C, H, W]`` -> logit ``[n]``."""
+class DiscriminatorNet(nn.Module):
+    """image ``[n, C, H, W]`` -> logit ``[n]``.
 
-    def __init__(self, cfg: NetConfig):
+    ``spectral_norm``: every convolution and linear layer spectrally normalised (Miyato et al.:
+    each weight divided by its largest singular value, estimated by one power iteration per
+    training forward), and the BatchNorms removed: D is then 1-Lipschitz per layer, and each
+    image's logit depends on that image alone.
+    """
+
+    def __init__(self, cfg: NetConfig, spectral_norm: bool = False):
         super().__init__()
         self.cfg = cfg
         self.main = _DISCRIMINATORS[cfg.arch](cfg)
-        if cfg.arch == "dcgan64":
+        if cfg.arch == "dcgan64" and not next(self.parameters()).is_meta:  # meta: counted, never run
             self.apply(dcgan_init)
+        if spectral_norm:
+            layers = [nn.Identity() if isinstance(m, nn.modules.batchnorm._BatchNorm) else m for m in self.main]
+            for m in layers:
+                if isinstance(m, (nn.Conv2d, nn.Linear)):
+                    nn.utils.parametrizations.spectral_norm(m)
+            self.main = nn.Sequential(*layers)
+
+    @property
+    def has_batchnorm(self) -> bool:
+        return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.modules())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.main(x).reshape(-1)
@@ -233,3 +272,81 @@ def sample_prior(n: int, cfg: NetConfig, generator: torch.Generator | None = Non
     z = torch.randn(n, cfg.latent_dim, generator=generator, device=device) if cfg.latent_prior == "normal" \
         else torch.rand(n, cfg.latent_dim, generator=generator, device=device) * 2 - 1
     return z
+
+
+def check_size(cfg: NetConfig) -> None:
+    """Refuse a config whose generator or discriminator would exceed ``MAX_PARAMETERS``: counted on
+    torch's meta device, so nothing is allocated for a hostile config."""
+    with torch.device("meta"):
+        for kind, net in (("generator", GeneratorNet), ("discriminator", DiscriminatorNet)):
+            count = sum(p.numel() for p in net(cfg).parameters())
+            if count > MAX_PARAMETERS:
+                raise ValueError(f"this {cfg.arch} {kind} would have {count / 1e6:.0f} M parameters (limit "
+                                 f"{MAX_PARAMETERS / 1e6:.0f} M); use a smaller g_width / d_width / latent_dim")
+
+
+@torch.no_grad()
+def recompute_bn_stats(gen: GeneratorNet, batches: int = 16, batch_size: int = 256, seed: int = 0) -> None:
+    """Re-estimate BatchNorm running statistics for ``gen``'s current weights.
+
+    Needed after EMA: averaged weights do not match the running statistics of the
+    raw weights. Uses a cumulative average over ``batches`` prior batches.
+    """
+    bns = [m for m in gen.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return
+    saved = [(m.momentum, m.training) for m in bns]
+    device = next(gen.parameters()).device
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average
+        m.train()
+    for _ in range(batches):
+        gen(sample_prior(batch_size, gen.cfg, g).to(device))
+    for m, (momentum, training) in zip(bns, saved):
+        m.momentum = momentum
+        m.train(training)
+
+
+class TorchRunners:
+    """PyTorch's side of a speed comparison (``bench``): a generator run eagerly or compiled, on a device."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+
+    def check_device(self, device: str) -> None:
+        if device == "cuda" and not torch.cuda.is_available():
+            raise ValueError("the model runs on CUDA but this PyTorch has no CUDA: it cannot be compared on the "
+                             "same device (leave out --ckpt, or install a CUDA build of torch)")
+
+    def eager(self, z, threads: int, device: str = "cpu", model: nn.Module | None = None):
+        """PyTorch on the same latents, on ``device`` (the onnxruntime session's), warmed up (for a
+        compiled model the first call compiles): a callable for one batch, which waits for the GPU, and
+        the seconds of that first call."""
+        import time
+        torch.set_num_threads(threads)
+        model = self.model if model is None else model
+        x = torch.from_numpy(z)
+        sync = None
+        if device == "cuda":
+            model, x, sync = model.to("cuda"), x.to("cuda"), torch.cuda.synchronize
+
+        def run():
+            with torch.inference_mode():
+                model(x)
+            if sync:
+                sync()
+        start = time.perf_counter()
+        run()
+        return run, time.perf_counter() - start
+
+    def compiled(self, z, threads: int, device: str = "cpu") -> tuple:
+        """``torch.compile`` (inductor, shapes fixed) of the model, warmed up on ``z``: (callable, compile
+        seconds, None), or (None, None, why) where it does not work here (no C++ compiler, say)."""
+        from .bench import why
+        try:
+            run, seconds = self.eager(z, threads, device, torch.compile(self.model.to(device), dynamic=False))
+        except Exception as e:  # noqa: BLE001 -- any failure to compile is reported in the row, not raised
+            return None, None, why(e)
+        return run, seconds, None

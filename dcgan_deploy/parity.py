@@ -8,13 +8,16 @@ checks batch invariance: each image is the same generated alone or inside a batc
 from __future__ import annotations
 
 import dataclasses
-import math
+from pathlib import Path
 from dataclasses import dataclass
 
 import numpy as np
 import onnxruntime as ort
 import torch
 
+from .checkpoint import open_checkpoint
+from .evaluate import Extractor, compare_sets
+from .images import compare_images
 from .images import to_uint8
 from .latent import latents
 from .runtime import CPU, CUDA, Generator
@@ -38,19 +41,6 @@ class Thresholds:
 
     def changed(self, provider: str) -> float | None:
         return self.cuda_changed if provider == CUDA else None
-
-
-def compare(reference: np.ndarray, candidate: np.ndarray) -> dict:
-    """Image-space errors between two float image batches in [-1, 1]."""
-    diff = np.abs(reference.astype(np.float64) - candidate.astype(np.float64))
-    mse = max(float(np.mean(diff ** 2)), 1e-20)  # identical images report ~206 dB, not Infinity (not JSON)
-    return {
-        "max_abs": float(diff.max()),
-        "mean_abs": float(diff.mean()),
-        "psnr": 10 * math.log10(4.0 / mse),  # peak-to-peak of [-1, 1] is 2
-        "changed": float(np.mean(to_uint8(reference) != to_uint8(candidate))),
-        "finite": bool(np.isfinite(candidate).all()),
-    }
 
 
 def providers_to_check() -> list[str]:
@@ -78,7 +68,7 @@ def run_gate(model: torch.nn.Module, onnx_path, thresholds: Thresholds | None = 
         for seed in seeds:
             for batch in batch_sizes:
                 z = latents(batch, seed, gen.latent_dim, gen.latent_prior)
-                m = compare(torch_images(model, z), gen.run(z))
+                m = compare_images(torch_images(model, z), gen.run(z))
                 m.update(provider=provider, seed=seed, batch=batch)
                 m["failed"] = _misses(m, provider, thresholds, min_psnr)
                 failures += [f"{provider} seed {seed} batch {batch}: {why}" for why in m["failed"]]
@@ -87,7 +77,7 @@ def run_gate(model: torch.nn.Module, onnx_path, thresholds: Thresholds | None = 
         z = latents(max(batch_sizes), seeds[0], gen.latent_dim, gen.latent_prior)
         batched = gen.run(z)
         alone = np.concatenate([gen.run(z[i:i + 1]) for i in range(len(z))])
-        inv = compare(batched, alone)
+        inv = compare_images(batched, alone)
         limit = thresholds.max_abs(provider)
         inv.update(provider=provider, limit=limit, passed=inv["max_abs"] <= limit and inv["finite"])
         if not inv["passed"]:
@@ -130,12 +120,12 @@ def _misses(m: dict, provider: str, t: Thresholds, min_psnr: float | None) -> li
     return out
 
 
-def summary(report: dict) -> dict:
+def gate_summary(report: dict) -> dict:
     """The part of a report that goes into the model's metadata (no per-check rows)."""
     return {k: v for k, v in report.items() if k not in ("checks", "batch_invariance")}
 
 
-def format_report(report: dict) -> str:
+def format_gate(report: dict) -> str:
     """A human-readable report: one line per provider/seed/batch, then the verdict."""
     lines = [f"{'provider':<22} {'seed':>4} {'batch':>5} {'max_abs':>10} {'mean_abs':>10} {'psnr_dB':>8} {'changed':>8}"]
     for c in report["checks"]:
@@ -144,9 +134,31 @@ def format_report(report: dict) -> str:
     for inv in report["batch_invariance"]:
         lines.append(f"{inv['provider']:<22} batch invariance max_abs {inv['max_abs']:.3g} "
                      f"(limit {inv['limit']:g}) {'ok' if inv['passed'] else 'MISS'}")
+    lines += [f"note: {n}" for n in report.get("notes", [])]
     if report["passed"]:
         lines.append("parity: PASSED")
     else:
         lines.append("parity: FAILED")
         lines += [f"  - {f}" for f in report["failures"]]
     return "\n".join(lines)
+
+
+def pytorch_reference(ckpt, arch: str | None = None):
+    """A callable z -> PyTorch's float images for the checkpoint (the browser gate's second reference)."""
+    model = open_checkpoint(ckpt, arch).model
+    return lambda z: torch_images(model, z)
+
+
+# ---- deployment drift in image-quality terms -------------------------------------------------
+def drift(model: str | Path, ckpt: str | Path, n: int = 1000, seed: int = 0, features: str | Path | None = None,
+          arch: str | None = None) -> dict:
+    """The same metrics between PyTorch samples and ONNX samples for the same seeds (needs torch)."""
+    gen = Generator.load(model, device="cpu")
+    torch_model = open_checkpoint(ckpt, arch).model
+    with torch.no_grad():
+        torch_images = np.concatenate([to_uint8(torch_model(torch.from_numpy(z)).numpy())
+                                       for z in np.array_split(gen.latents(n, seed), max(1, n // 256))])
+    onnx_images = gen.generate(n, seed=seed)
+    out = compare_sets(Extractor.load(features, (gen.channels, gen.height, gen.width)), onnx_images, torch_images, seed)
+    out["uint8_pixels_changed"] = float(np.mean(onnx_images != torch_images))
+    return out

@@ -4,7 +4,6 @@ numpy + onnxruntime only; importing this module never imports torch, onnx or cli
 """
 from __future__ import annotations
 
-import json
 import os
 import warnings
 from collections.abc import Iterator
@@ -13,21 +12,22 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from . import bundled
+from . import bundled, modelfile
 from .images import to_uint8
-from .latent import PRIORS, LatentStream, check_count, check_seed, random_seed
+from .latent import LatentStream, check_count, check_seed, check_truncation, path, random_seed, truncate
+from .directions import Direction, from_metadata
+from .modelfile import ModelError, check_directions, check_metadata, json_entry
 
-# The versions of the metadata schema this runtime understands (``dcgan_deploy.format``).
-SUPPORTED_FORMATS = ("1",)
-FORMAT_KEY = "dcgan_deploy.format"
-REQUIRED_KEYS = ("architecture", "latent_dim", "latent_prior", "channels", "height", "width")
+__all__ = ["Generator", "ModelError", "UnverifiedModelWarning", "check_threads", "first_line"]
+
 DEVICES = ("auto", "cpu", "cuda")
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
-
-
-class ModelError(Exception):
-    """A model file that cannot be used; the message names the file and the problem."""
+# Bounds on what one call may ask for: past them a request is refused with what to use instead.
+MAX_BATCH_BYTES = 2 * 1024**3   # float32 images of one onnxruntime call
+MAX_ARRAY_BYTES = 8 * 1024**3   # uint8 images ``generate`` returns in one array
+MAX_THREADS_PER_CORE = 4
+MAX_FRAMES = 1000               # frames of one interpolation
 
 
 class UnverifiedModelWarning(UserWarning):
@@ -41,15 +41,20 @@ class Generator:
     every call draws its latents from its own seeded stream.
     """
 
-    def __init__(self, session: ort.InferenceSession, path: Path, metadata: dict[str, str]):
+    def __init__(self, session: ort.InferenceSession, path: Path, metadata: dict[str, str], precision: str = "float32"):
         self.session = session
         self.path = path
         self.metadata = metadata
+        self.precision = precision  # what the graph computes in (read from the graph, not the metadata)
         self.latent_dim = int(metadata["latent_dim"])
         self.latent_prior = metadata["latent_prior"]
         self.channels = int(metadata["channels"])
         self.height = int(metadata["height"])
         self.width = int(metadata["width"])
+        self.parity: dict = json_entry(metadata, "parity", path) or {}
+        self.evaluation: dict | None = json_entry(metadata, "evaluation", path)
+        entry = check_directions(metadata, path)
+        self.directions: list[Direction] = from_metadata(entry) if entry else []  # named latent directions
 
     # ---- construction -------------------------------------------------------------
     @classmethod
@@ -60,20 +65,26 @@ class Generator:
         ``device``: ``auto`` (CUDA when it is really active, else CPU), ``cpu`` or
         ``cuda`` (CUDA or a ``ModelError`` saying why). ``threads``: onnxruntime's
         intra-op thread count (default: onnxruntime's choice).
+
+        The file is checked before it runs: its metadata (``modelfile.check_metadata``), its graph
+        (no random or training-only op), and its input and output against the metadata.
         """
         if device not in DEVICES:
             raise ValueError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
         if threads is not None:
-            threads = check_count(threads, "threads")
+            threads = check_threads(threads)
         path = bundled.resolve(model)
         if not path.is_file():
             raise ModelError(f"{path}: no such model file")
+        graph = modelfile.read(path)
+        metadata = check_metadata(graph.metadata, path)
+        modelfile.check_ops(graph)
         session = _open_session(path, device, threads)
-        metadata = check_metadata(dict(session.get_modelmeta().custom_metadata_map), path)
         _check_graph(session, path, metadata)
-        gen = cls(session, path, metadata)
+        gen = cls(session, path, metadata, graph.precision)
         if gen.parity.get("verified") is False:
-            warnings.warn(f"{path}: parity of this model is unverified ({gen.parity.get('reason', 'no reason given')})",
+            warnings.warn(f"{path}: parity of this model is unverified "
+                          f"({modelfile.printable(gen.parity.get('reason', 'no reason given'), 300)})",
                           UnverifiedModelWarning, stacklevel=2)
         return gen
 
@@ -92,37 +103,73 @@ class Generator:
         """``(height, width, channels)`` of the uint8 images ``generate`` returns."""
         return self.height, self.width, self.channels
 
-    @property
-    def parity(self) -> dict:
-        """The export-time parity summary stored in the model (``{}`` if absent)."""
-        try:
-            return json.loads(self.metadata.get("parity", "{}"))
-        except json.JSONDecodeError:
-            return {}
-
     # ---- generation -----------------------------------------------------------------
-    def latents(self, n: int, seed: int) -> np.ndarray:
-        """``n`` latents for ``seed`` from the model's prior: float32 ``[n, latent_dim]``."""
-        return LatentStream(seed, self.latent_dim, self.latent_prior).take(check_count(n))
+    def latents(self, n: int, seed: int, truncation: float = 1.0) -> np.ndarray:
+        """``n`` latents for ``seed`` from the model's prior: float32 ``[n, latent_dim]`` (``truncation``: see
+        ``latent.truncate``)."""
+        return truncate(LatentStream(check_seed(seed), self.latent_dim, self.latent_prior).take(check_count(n)),
+                        truncation)
 
     def run(self, z: np.ndarray) -> np.ndarray:
-        """Float32 latents ``[n, latent_dim]`` -> float32 images ``[n, C, H, W]`` in [-1, 1]."""
-        self._check_latents(z)
-        return self.session.run(["image"], {"z": z})[0]
+        """Float32 latents ``[n, latent_dim]`` -> float32 images ``[n, C, H, W]`` in [-1, 1].
 
-    def iter_generate(self, n: int, seed: int | None = None, batch_size: int = 64) -> Iterator[np.ndarray]:
+        A model whose output holds NaN or infinite values (broken weights) raises ``ModelError``
+        instead of passing garbage on."""
+        self._check_latents(z)
+        self.check_batch_size(len(z))
+        out = self.session.run(["image"], {"z": z})[0]
+        if not np.isfinite(out).all():
+            raise ModelError(f"{self.path}: the model produced NaN or infinite values (its weights are broken); "
+                             "no images were written")
+        return out
+
+    def images(self, z: np.ndarray, batch_size: int = 64) -> Iterator[np.ndarray]:
+        """Given latents ``[n, latent_dim]`` -> uint8 chunks ``[<=batch_size, H, W, C]``, one onnxruntime call each."""
+        self._check_latents(z)
+        batch_size = self.check_batch_size(batch_size)
+        return (to_uint8(self.run(z[start:start + batch_size])) for start in range(0, len(z), batch_size))
+
+    def iter_generate(self, n: int, seed: int | None = None, batch_size: int = 64,
+                      truncation: float = 1.0) -> Iterator[np.ndarray]:
         """Yield uint8 chunks ``[<=batch_size, H, W, C]`` whose concatenation is ``generate(n, seed)``.
 
         Memory is bounded by one chunk, whatever ``n`` is.
         """
-        n, batch_size = check_count(n), check_count(batch_size, "batch_size")
+        n, batch_size = check_count(n), self.check_batch_size(batch_size)
+        truncation = check_truncation(truncation)
         stream = LatentStream(random_seed() if seed is None else check_seed(seed), self.latent_dim, self.latent_prior)
-        for start in range(0, n, batch_size):
-            yield to_uint8(self.run(stream.take(min(batch_size, n - start))))
+        return (to_uint8(self.run(truncate(stream.take(min(batch_size, n - start)), truncation)))
+                for start in range(0, n, batch_size))  # arguments checked now, images made as they are asked for
 
-    def generate(self, n: int, seed: int | None = None, batch_size: int = 64) -> np.ndarray:
+    def generate(self, n: int, seed: int | None = None, batch_size: int = 64, truncation: float = 1.0) -> np.ndarray:
         """``n`` images for ``seed`` (random when ``None``): uint8 ``[n, H, W, C]``."""
-        return np.concatenate(list(self.iter_generate(n, seed, batch_size)))
+        n = check_count(n)
+        size = n * self.height * self.width * self.channels
+        if size > MAX_ARRAY_BYTES:
+            raise ValueError(f"n={n} images would take {size / 1e9:.1f} GB in one array (limit "
+                             f"{MAX_ARRAY_BYTES / 1e9:.1f} GB); stream them with iter_generate, or write a .npy file")
+        return np.concatenate(list(self.iter_generate(n, seed, batch_size, truncation)))
+
+    def interpolate(self, seeds: list[int], frames: int, method: str = "slerp", truncation: float = 1.0) -> np.ndarray:
+        """A walk through the seeds' latents (each seed's first latent, as ``generate(1, seed)`` draws it):
+        ``frames`` frames from each seed to the next, then the last seed; uint8 ``[(len(seeds) - 1) * frames + 1,
+        H, W, C]``. The path for the CLI's ``interpolate`` and the demo alike."""
+        if len(seeds) < 2:
+            raise ValueError("an interpolation needs at least two seeds")
+        total = (len(seeds) - 1) * check_count(frames, "frames") + 1
+        if total > MAX_FRAMES:
+            raise ValueError(f"{total} frames requested; the limit is {MAX_FRAMES} (fewer seeds or frames)")
+        z = path([self.latents(1, s, truncation)[0] for s in seeds], frames, method)
+        return np.concatenate(list(self.images(z)))
+
+    def check_batch_size(self, batch_size, what: str = "batch_size") -> int:
+        """A batch size whose float32 images fit ``MAX_BATCH_BYTES``, or a ValueError saying the largest that does."""
+        batch_size = check_count(batch_size, what)
+        per_image = 4 * self.channels * self.height * self.width
+        if batch_size * per_image > MAX_BATCH_BYTES:
+            raise ValueError(f"{what} {batch_size} would need {batch_size * per_image / 1e9:.1f} GB per onnxruntime "
+                             f"call; use at most {MAX_BATCH_BYTES // per_image} for {self.height}x{self.width} images")
+        return batch_size
 
     def _check_latents(self, z) -> None:
         if not isinstance(z, np.ndarray):
@@ -134,16 +181,18 @@ class Generator:
         if not np.isfinite(z).all():
             raise ValueError("latents contain NaN or infinite values")
 
-    def describe(self) -> dict:
+    def info(self) -> dict:
         """Everything ``dcgan-deploy info`` shows, as plain data."""
         facts = {
             "path": str(self.path),
-            "metadata": {k: v for k, v in self.metadata.items() if k not in ("parity", "evaluation")},
+            "metadata": {k: v for k, v in self.metadata.items() if k not in ("parity", "evaluation", "directions")},
+            "precision": self.precision,
             "parity": self.parity,
+            "directions": [{k: v for k, v in d.to_json().items() if k != "vector"} for d in self.directions],
             "providers": {"available": ort.get_available_providers(), "active": self.session.get_providers()},
         }
-        if "evaluation" in self.metadata:
-            facts["evaluation"] = json.loads(self.metadata["evaluation"])
+        if self.evaluation is not None:
+            facts["evaluation"] = self.evaluation
         return facts
 
     def __repr__(self) -> str:
@@ -151,24 +200,15 @@ class Generator:
                 f"image={self.channels}x{self.height}x{self.width}, provider={self.provider})")
 
 
-# ---- reading and checking a model file ---------------------------------------------
-def check_metadata(meta: dict[str, str], path: Path | str) -> dict[str, str]:
-    """Raise ``ModelError`` unless ``meta`` follows the model-file contract."""
-    if FORMAT_KEY not in meta:
-        raise ModelError(f"{path}: not a dcgan-deploy generator (no {FORMAT_KEY!r} metadata)")
-    fmt = meta[FORMAT_KEY]
-    if fmt not in SUPPORTED_FORMATS:
-        raise ModelError(f"{path}: unknown model format {fmt!r}; this dcgan-deploy reads format "
-                         f"{', '.join(SUPPORTED_FORMATS)} (upgrade dcgan-deploy?)")
-    missing = [k for k in REQUIRED_KEYS if k not in meta]
-    if missing:
-        raise ModelError(f"{path}: metadata lacks {', '.join(missing)}")
-    for key in ("latent_dim", "channels", "height", "width"):
-        if not meta[key].isdigit() or int(meta[key]) < 1:
-            raise ModelError(f"{path}: metadata {key}={meta[key]!r} is not a positive integer")
-    if meta["latent_prior"] not in PRIORS:
-        raise ModelError(f"{path}: unknown latent_prior {meta['latent_prior']!r}")
-    return meta
+# ---- opening and checking a session ------------------------------------------------
+def check_threads(threads) -> int:
+    """An intra-op thread count from 1 to ``MAX_THREADS_PER_CORE`` per core of this machine."""
+    threads = check_count(threads, "threads")
+    limit = MAX_THREADS_PER_CORE * (os.cpu_count() or 1)
+    if threads > limit:
+        raise ValueError(f"threads={threads} is more than {limit} ({MAX_THREADS_PER_CORE} per core of this machine's "
+                         f"{os.cpu_count()}); use at most {limit}, or leave it unset for onnxruntime's choice")
+    return threads
 
 
 def _open_session(path: Path, device: str, threads: int | None,
@@ -191,7 +231,7 @@ def _open_session(path: Path, device: str, threads: int | None,
         # onnxruntime raises its own exception types with long multi-line messages.
         what = (f"onnxruntime could not open it with CUDA options {cuda_options}" if cuda_options
                 else "not a valid ONNX model")
-        raise ModelError(f"{path}: {what} ({_first_line(e)})") from None
+        raise ModelError(f"{path}: {what} ({first_line(e)})") from None
     # onnxruntime silently drops a provider that fails to initialise; check what is active.
     if device == "cuda" and session.get_providers()[0] != CUDA:
         raise ModelError("device 'cuda' requested, but the CUDA provider did not initialise "
@@ -217,6 +257,7 @@ def _check_graph(session: ort.InferenceSession, path: Path, meta: dict[str, str]
             raise ModelError(f"{path}: '{arg.name}' has a fixed batch size {arg.shape[0]}; it must be dynamic")
 
 
-def _first_line(e: Exception) -> str:
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's message (libraries raise multi-line ones), at most 300 characters."""
     text = str(e).strip().splitlines()
     return text[0][:300] if text else type(e).__name__

@@ -1,13 +1,25 @@
-"""The training loop (torch): non-saturating GAN loss, Adam, crash-safe and exactly resumable.
+"""The training loop (torch): a GAN loss, Adam, crash-safe and exactly resumable.
 
 A run directory holds ``train_state.pt`` (resume), ``generator.safetensors`` (export),
 ``config.json``, ``log.jsonl`` (losses) and ``samples/step_NNNNNN.png`` (a grid from a
 fixed latent batch, the same latents as ``dcgan-deploy generate -n 64 --seed 0``).
 
-Data-parallel: launched by ``torchrun`` (RANK/WORLD_SIZE set), every rank draws the
-same global batch and takes its own slice; gradients are averaged with all-reduce and
-BatchNorm buffers broadcast from rank 0, so all ranks hold identical weights. Only
-rank 0 writes files.
+Deterministic by default: oneDNN's convolutions in their deterministic mode (by default
+their backward passes may sum partial results in whatever order threads finish, so two
+identical runs can differ in the last bits, and more after thousands of steps), PyTorch's
+deterministic algorithms, and a thread count fixed for the run and kept on resume. Two runs
+of one recipe on one machine, and a run resumed from any checkpoint, give the same weights
+bit for bit.
+
+Data-parallel: launched by ``torchrun`` (RANK/WORLD_SIZE set), every rank draws the same
+global batch and takes its own slice. The generator and the discriminator are each wrapped
+in PyTorch's ``DistributedDataParallel`` (bucketed gradient all-reduce, overlapped with the
+backward pass). GANs need two things DDP leaves to the caller: D's gradients must not be
+reduced in G's update (G's loss goes through the plain D module, whose weights take no
+gradient there), and BatchNorm buffers follow rank 0 (``broadcast_buffers``: DDP copies
+rank 0's buffers at the start of each forward; SyncBatchNorm would instead normalise over
+the global batch and change what a one-process run computes). So all ranks hold identical
+weights; only rank 0 writes files.
 """
 from __future__ import annotations
 
@@ -16,6 +28,7 @@ import copy
 import dataclasses
 import hashlib
 import json
+import logging
 import math
 import os
 import time
@@ -23,16 +36,35 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from . import data as datasets
+from .augment import augment, parse_policy
 from .checkpoint import STATE_FORMAT, CheckpointError, load_torch, save_generator, save_train_state
+from .runtime import first_line
 from .files import write_bytes
 from .images import grid, save_png, to_uint8
 from .latent import latents
-from .nets import Discriminator, Generator, NetConfig, sample_prior
+from .nets import DiscriminatorNet, GeneratorNet, NetConfig, check_size, recompute_bn_stats, sample_prior
+
+
+LOSSES = ("bce", "hinge")
+_TYPE_WORDS = {"str": "a string", "int": "a whole number", "float": "a number", "bool": "true or false",
+               "dict": "a table"}
+
+
+def _of_type(value, annotation: str) -> bool:
+    """Does a recipe value fit its field's annotation (``int`` excludes booleans; ``float`` takes ints)?"""
+    if annotation == "bool":
+        return isinstance(value, bool)
+    if annotation == "int":
+        return isinstance(value, int) and not isinstance(value, bool)
+    if annotation == "float":
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, {"str": str, "dict": dict}[annotation])
 
 
 class DivergenceError(RuntimeError):
@@ -66,6 +98,15 @@ class TrainConfig:
     # without AMX bf16 runs emulated and slower, so "auto" keeps fp32. "on" / "off" force them.
     amp: str = "auto"
     channels_last: str = "auto"
+    # The discriminator's side, for small data sets (the generator and its export do not change):
+    loss: str = "bce"            # "bce": the non-saturating loss; "hinge": D hinge, G -D(G(z))
+    lr_d: float = 0.0            # D's learning rate (two time-scale updates); 0 = lr
+    augment: str = ""            # DiffAugment policies for D's inputs, real and fake: "color,translation,cutout"
+    spectral_norm: bool = False  # spectral normalisation on D's weights (its BatchNorms removed)
+    r1: float = 0.0              # R1 penalty gamma on real images (0 = off) ...
+    r1_every: int = 16           # ... applied every this many steps, scaled by it (lazy regularisation)
+    deterministic: bool = True   # bitwise reproducible (see the module docstring); off: a little faster
+    threads: int = 0             # intra-op threads; 0 = all cores, fixed at the run's start and kept on resume
     net: dict = field(default_factory=dict)  # NetConfig overrides (g_width, d_width, channels, latent_dim, ...)
 
     @classmethod
@@ -76,35 +117,62 @@ class TrainConfig:
             raw = tomllib.loads(path.read_text())
         except FileNotFoundError:
             raise ValueError(f"recipe not found: {path}") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise ValueError(f"{path}: cannot read the recipe ({e})") from None
         except tomllib.TOMLDecodeError as e:
             raise ValueError(f"{path}: not valid TOML ({e})") from None
         return cls.from_dict(raw, source=str(path), **overrides)
 
     @classmethod
-    def from_dict(cls, raw: dict, source: str = "config", **overrides) -> "TrainConfig":
+    def from_dict(cls, raw, source: str = "config", **overrides) -> "TrainConfig":
+        """A recipe from a dict: every key known, of its type and in its range (``ValueError`` naming the key)."""
+        if not isinstance(raw, dict):
+            raise ValueError(f"{source}: a recipe must be a table of settings, got {type(raw).__name__}")
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(raw) - names
         if unknown:
             raise ValueError(f"{source}: unknown setting(s) {', '.join(sorted(unknown))}")
         if "arch" not in raw:
             raise ValueError(f"{source}: the recipe must name an 'arch'")
-        cfg = cls(**{**raw, **{k: v for k, v in overrides.items() if v is not None}})
-        cfg.check()
+        values = {**raw, **{k: v for k, v in overrides.items() if v is not None}}
+        for f in dataclasses.fields(cls):
+            if f.name in values and not _of_type(values[f.name], f.type):
+                raise ValueError(f"{source}: {f.name} must be {_TYPE_WORDS[f.type]}, got {values[f.name]!r}")
+        cfg = cls(**values)
+        try:
+            cfg.check()
+        except ValueError as e:
+            raise ValueError(f"{source}: {e}") from None
         return cfg
 
     def check(self) -> None:
-        for name in ("steps", "batch_size", "sample_every", "checkpoint_every", "log_every"):
+        """Ranges (types are checked by ``from_dict``)."""
+        for name, hi in (("steps", 10**9), ("batch_size", 65536), ("sample_every", 10**9),
+                         ("checkpoint_every", 10**9), ("log_every", 10**9), ("r1_every", 10**6)):
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= hi:
+                raise ValueError(f"{name} must be a positive integer (at most {hi}), got {value!r}")
+        for name in ("seed", "lr_decay_start", "lr_decay_end", "threads"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 2**63:
+                raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+        if self.threads > 4 * (os.cpu_count() or 1):
+            raise ValueError(f"threads must be at most {4 * (os.cpu_count() or 1)} (4 per core here), got {self.threads}")
         if not 0 <= self.ema < 1:
             raise ValueError(f"ema must be in [0, 1), got {self.ema}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be positive, got {self.lr}")
-        for name in ("lr_decay_start", "lr_decay_end"):
+        for name in ("lr", "lr_d"):
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+            if not (math.isfinite(value) and (value > 0 or name == "lr_d" and value == 0)):
+                raise ValueError(f"{name} must be a positive finite number{' (or 0 = lr)' if name == 'lr_d' else ''}, "
+                                 f"got {value}")
+        for name in ("beta1", "beta2"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        if not (math.isfinite(self.r1) and self.r1 >= 0):
+            raise ValueError(f"r1 must be a non-negative finite number, got {self.r1}")
+        if self.loss not in LOSSES:
+            raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
+        parse_policy(self.augment)
         if (self.lr_decay_start or self.lr_decay_end) and not self.lr_decay_end > self.lr_decay_start:
             raise ValueError(f"lr_decay_end ({self.lr_decay_end}) must be after lr_decay_start ({self.lr_decay_start})")
         if self.device not in ("auto", "cpu", "cuda"):
@@ -112,16 +180,29 @@ class TrainConfig:
         for name in ("amp", "channels_last"):
             if getattr(self, name) not in ("auto", "on", "off"):
                 raise ValueError(f"{name} must be auto, on or off, got {getattr(self, name)!r}")
-        self.net_config()  # validates arch and net overrides
+        if not self.data:
+            raise ValueError("data must name a data source")
+        for key, value in self.net.items():
+            if isinstance(value, (bool, float, list, dict)):
+                raise ValueError(f"[net] {key} must be {'a string' if key == 'latent_prior' else 'a whole number'}, "
+                                 f"got {value!r}")
+        check_size(self.net_config())  # validates arch and net overrides, and the nets' size
 
     def net_config(self) -> NetConfig:
         return NetConfig.for_arch(self.arch, **self.net)
 
     def lr_at(self, step: int) -> float:
-        """The learning rate of the update that step ``step`` (0-based) takes."""
+        """The generator's learning rate for the update that step ``step`` (0-based) takes."""
+        return self.lr * self.lr_scale(step)
+
+    def lr_d_at(self, step: int) -> float:
+        """The discriminator's learning rate at step ``step`` (``lr_d``, or ``lr``; the same schedule)."""
+        return (self.lr_d or self.lr) * self.lr_scale(step)
+
+    def lr_scale(self, step: int) -> float:
         if not self.lr_decay_end or step < self.lr_decay_start:
-            return self.lr
-        return self.lr * max(0.0, (self.lr_decay_end - step) / (self.lr_decay_end - self.lr_decay_start))
+            return 1.0
+        return max(0.0, (self.lr_decay_end - step) / (self.lr_decay_end - self.lr_decay_start))
 
 
 @dataclass
@@ -144,20 +225,19 @@ class Dist:
             dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
         return cls(dist.get_rank(), dist.get_world_size())
 
-    def average_grads(self, module: nn.Module) -> None:
+    def wrap(self, module: nn.Module) -> nn.Module:
+        """``module`` for its training forward passes: in DistributedDataParallel under torchrun (gradients
+        averaged over the ranks during the backward pass, BatchNorm buffers taken from rank 0 at each
+        forward), as it is in one process."""
         if self.world == 1:
-            return
-        import torch.distributed as dist
-        grads = [p.grad for p in module.parameters() if p.grad is not None]
-        flat = torch.cat([g.reshape(-1) for g in grads])
-        dist.all_reduce(flat)
-        flat /= self.world
-        offset = 0
-        for g in grads:
-            g.copy_(flat[offset:offset + g.numel()].view_as(g))
-            offset += g.numel()
+            return module
+        from torch.nn.parallel import DistributedDataParallel
+        device = next(module.parameters()).device
+        return DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None,
+                                       broadcast_buffers=True)
 
     def sync_buffers(self, module: nn.Module) -> None:
+        """Rank 0's buffers on every rank (DDP does this at each forward; once more after the last step)."""
         if self.world == 1:
             return
         import torch.distributed as dist
@@ -184,6 +264,56 @@ class Dist:
         out: list = [None] * self.world
         dist.all_gather_object(out, digest)
         return out
+
+
+def set_determinism(cfg: "TrainConfig", device: torch.device) -> int:
+    """Fix the thread count (``cfg.threads``, or all cores) and, with ``cfg.deterministic``, the
+    deterministic kernels; returns the thread count (kept in the run's config for resume)."""
+    threads = cfg.threads or torch.get_num_threads()
+    torch.set_num_threads(threads)
+    torch.backends.mkldnn.deterministic = cfg.deterministic
+    if device.type == "cuda":
+        torch.backends.cudnn.deterministic = cfg.deterministic
+        torch.backends.cudnn.benchmark = not cfg.deterministic
+    # On CUDA some backward kernels (adaptive pooling, upsampling) have no deterministic version: warn there.
+    torch.use_deterministic_algorithms(cfg.deterministic, warn_only=device.type == "cuda")
+    return threads
+
+
+class Batches:
+    """Seeded mini-batches in [-1, 1], sampled without replacement epoch by epoch.
+
+    ``state_dict`` / ``load_state_dict`` make the sequence resumable exactly.
+    """
+
+    def __init__(self, images: np.ndarray, batch_size: int, seed: int):
+        if len(images) < batch_size:
+            raise datasets.DataError(f"the data has {len(images)} images, fewer than one batch of {batch_size}")
+        self.images = torch.from_numpy(images)
+        self.batch_size = batch_size
+        self.gen = torch.Generator().manual_seed(seed)
+        self.perm = torch.randperm(len(images), generator=self.gen)
+        self.pos = 0
+
+    def next(self, rank: int = 0, world: int = 1):
+        """The next global batch of ``batch_size * world`` images; this rank's slice, float ``[B, C, H, W]``."""
+        need = self.batch_size * world
+        if need > len(self.images):
+            raise datasets.DataError(f"the data has {len(self.images)} images, fewer than one global batch of {need}")
+        if self.pos + need > len(self.perm):
+            self.perm = torch.randperm(len(self.images), generator=self.gen)
+            self.pos = 0
+        idx = self.perm[self.pos:self.pos + need][rank * self.batch_size:(rank + 1) * self.batch_size]
+        self.pos += need
+        return self.images[idx].float() / 127.5 - 1.0
+
+    def state_dict(self) -> dict:
+        return {"gen": self.gen.get_state(), "perm": self.perm.clone(), "pos": self.pos}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.gen.set_state(state["gen"])
+        self.perm = state["perm"].clone()
+        self.pos = int(state["pos"])
 
 
 def pick_device(name: str) -> torch.device:
@@ -224,30 +354,6 @@ def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
     torch._foreach_copy_(list(ema.buffers()), list(model.buffers()))
 
 
-@torch.no_grad()
-def recompute_bn_stats(gen: Generator, batches: int = 16, batch_size: int = 256, seed: int = 0) -> None:
-    """Re-estimate BatchNorm running statistics for ``gen``'s current weights.
-
-    Needed after EMA: averaged weights do not match the running statistics of the
-    raw weights. Uses a cumulative average over ``batches`` prior batches.
-    """
-    bns = [m for m in gen.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    if not bns:
-        return
-    saved = [(m.momentum, m.training) for m in bns]
-    device = next(gen.parameters()).device
-    g = torch.Generator(device="cpu").manual_seed(seed)
-    for m in bns:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative moving average
-        m.train()
-    for _ in range(batches):
-        gen(sample_prior(batch_size, gen.cfg, g).to(device))
-    for m, (momentum, training) in zip(bns, saved):
-        m.momentum = momentum
-        m.train(training)
-
-
 class Trainer:
     """One training run in ``run_dir``; ``Trainer.resume(run_dir)`` continues it exactly."""
 
@@ -256,29 +362,35 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.net = cfg.net_config()
         self.device = pick_device(cfg.device)
+        if self.device.type == "cuda" and cfg.deterministic:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS; before CUDA work
+        cfg.threads = set_determinism(cfg, self.device)
         self.dist = Dist.setup(self.device)
         self.progress = progress and self.dist.main
         torch.manual_seed(cfg.seed)
-        self.G = Generator(self.net).to(self.device)
-        self.D = Discriminator(self.net).to(self.device)
+        self.G = GeneratorNet(self.net).to(self.device)
+        self.D = DiscriminatorNet(self.net, spectral_norm=cfg.spectral_norm).to(self.device)
         fast_bf16 = self.device.type == "cuda" or cpu_has_amx()
         self.amp = cfg.amp == "on" or (cfg.amp == "auto" and fast_bf16)
         self.memory_format = torch.channels_last if cfg.channels_last == "on" or (
             cfg.channels_last == "auto" and fast_bf16) else torch.contiguous_format
         self.G.to(memory_format=self.memory_format)
         self.D.to(memory_format=self.memory_format)
+        self.G_train, self.D_train = self.dist.wrap(self.G), self.dist.wrap(self.D)  # DDP under torchrun
         self.ema = copy.deepcopy(self.G).eval() if cfg.ema else None
         betas = (cfg.beta1, cfg.beta2)
         self.optG = torch.optim.Adam(self.G.parameters(), cfg.lr, betas=betas)
-        self.optD = torch.optim.Adam(self.D.parameters(), cfg.lr, betas=betas)
+        self.optD = torch.optim.Adam(self.D.parameters(), cfg.lr_d or cfg.lr, betas=betas)
         images = datasets.load(cfg.data, self.net.channels, self.net.image_size, seed=cfg.seed)
         self.dataset_size = len(images)
-        self.batches = datasets.Batches(images, cfg.batch_size, cfg.seed)
+        self.batches = Batches(images, cfg.batch_size, cfg.seed)
         self.zgen = torch.Generator().manual_seed(cfg.seed + 1)
+        self.policy = parse_policy(cfg.augment)
+        self.aug_gen = torch.Generator().manual_seed(cfg.seed + 2)  # DiffAugment's parameters
         # The fixed sample batch: the latents of `dcgan-deploy generate -n 64 --seed 0`.
         self.fixed_z = torch.from_numpy(latents(64, 0, self.net.latent_dim, self.net.latent_prior))
         self.step = 0
-        self._exported: tuple[int, Generator | None] = (-1, None)
+        self._exported: tuple[int, GeneratorNet | None] = (-1, None)
 
     # ---- checkpoints ----------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -291,7 +403,7 @@ class Trainer:
             "optG": self.optG.state_dict(), "optD": self.optD.state_dict(),
             "ema": self.ema.state_dict() if self.ema is not None else {},
             "batches": self.batches.state_dict(),
-            "rng": {"torch": torch.get_rng_state(), "z": self.zgen.get_state(),
+            "rng": {"torch": torch.get_rng_state(), "z": self.zgen.get_state(), "augment": self.aug_gen.get_state(),
                     "cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else torch.empty(0)},
         }
 
@@ -308,6 +420,8 @@ class Trainer:
         self.batches.load_state_dict(s["batches"])
         torch.set_rng_state(s["rng"]["torch"])
         self.zgen.set_state(s["rng"]["z"])
+        if "augment" in s["rng"]:
+            self.aug_gen.set_state(s["rng"]["augment"])
         if self.device.type == "cuda" and s["rng"]["cuda"].numel():
             torch.cuda.set_rng_state(s["rng"]["cuda"], self.device)
         self.step = int(s["step"])
@@ -323,9 +437,15 @@ class Trainer:
         changed = {k for k, v in overrides.items() if v is not None and k not in allowed}
         if changed:
             raise ValueError(f"cannot change {', '.join(sorted(changed))} when resuming (only {', '.join(sorted(allowed))})")
-        cfg = TrainConfig.from_dict(state["train_config"], **overrides)
+        cfg = TrainConfig.from_dict(state["train_config"], source=str(run_dir / "train_state.pt"), **overrides)
+        step = state.get("step")
+        if isinstance(step, int) and step >= cfg.steps:
+            raise ValueError(f"{run_dir} is at step {step} already; give --steps above {step} to train further")
         trainer = cls(cfg, run_dir, progress)
-        trainer.load_state_dict(state)
+        try:
+            trainer.load_state_dict(state)
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:
+            raise CheckpointError(f"{run_dir / 'train_state.pt'}: does not fit its own recipe ({first_line(e)})") from None
         return trainer
 
     def save(self) -> None:
@@ -337,7 +457,7 @@ class Trainer:
         save_generator(gen.state_dict(), self.net, self.run_dir / "generator.safetensors",
                        {"train_step": str(self.step), "dataset": self.cfg.data, "ema": str(self.cfg.ema)})
 
-    def export_generator(self) -> Generator:
+    def export_generator(self) -> GeneratorNet:
         """The generator to deploy: the EMA weights (BatchNorm re-estimated) when EMA is on."""
         if self.ema is None:
             return self.G
@@ -348,11 +468,26 @@ class Trainer:
         return self._exported[1]
 
     def _truncate_log(self) -> None:
-        """On resume, drop log lines past the checkpoint (written by a run that was then killed)."""
+        """On resume, drop log lines past the checkpoint (written by a run that was then killed). A torn last
+        line (a write cut short by a crash or a full disk) is dropped too; any other unreadable line is an
+        error naming the file and the line."""
         log = self.run_dir / "log.jsonl"
         if not log.exists():
             return
-        rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+        lines = [(i, line) for i, line in enumerate(log.read_text(errors="replace").splitlines(), 1) if line.strip()]
+        rows = []
+        for k, (number, line) in enumerate(lines):
+            try:
+                row = json.loads(line)
+            except ValueError:
+                if k == len(lines) - 1:  # torn by the crash that ended the last run
+                    logging.getLogger(__name__).warning("%s: dropped a torn last line (%d)", log, number)
+                    continue
+                raise CheckpointError(f"{log}: line {number} is not valid JSON; fix or remove it, then resume") from None
+            if not isinstance(row, dict) or not isinstance(row.get("step", 0), int) \
+                    or not isinstance(row.get("resumed_from", 0), int):
+                raise CheckpointError(f"{log}: line {number} is not a log record; fix or remove it, then resume")
+            rows.append(row)
         # rows past the checkpoint, and resume markers at or past it, belong to the discarded stretch
         keep = [r for r in rows if "done" not in r
                 and (r["step"] <= self.step if "step" in r else r.get("resumed_from", 0) < self.step)]
@@ -378,35 +513,35 @@ class Trainer:
         z = sample_prior(cfg.batch_size * self.dist.world, self.net, self.zgen)
         z = z[self.dist.rank * cfg.batch_size:(self.dist.rank + 1) * cfg.batch_size].to(dev)
         ones = torch.ones(cfg.batch_size, device=dev)
-        zeros = torch.zeros(cfg.batch_size, device=dev)
 
         autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=self.amp)
-        lr = cfg.lr_at(self.step)
-        for opt in (self.optD, self.optG):
+        lr, lr_d = cfg.lr_at(self.step), cfg.lr_d_at(self.step)
+        for opt, rate in ((self.optD, lr_d), (self.optG, lr)):
             for group in opt.param_groups:
-                group["lr"] = lr
+                group["lr"] = rate
 
-        # (1) Update D: maximise log D(x) + log(1 - D(G(z)))
+        # (1) Update D: tell real from fake (both augmented alike when `augment` is set)
         with autocast:
-            fake = self.G(z)
-            d_real = self.D(real)
-            d_fake = self.D(fake.detach())
-            d_loss = F.binary_cross_entropy_with_logits(d_real, ones) + F.binary_cross_entropy_with_logits(d_fake, zeros)
+            fake = self.G_train(z)
+            d_real, d_fake = self.discriminate(real, fake.detach())
+            d_loss = self.d_loss(d_real, d_fake)
         self.optD.zero_grad(set_to_none=True)
         d_loss.backward()
-        self.dist.average_grads(self.D)
+        if cfg.r1 and self.step % cfg.r1_every == 0:
+            self.r1_penalty(real).backward()
         self.optD.step()
 
-        # (2) Update G: maximise log D(G(z)) (the non-saturating loss)
+        # (2) Update G: make D call its images real. Through the plain D: its weights take no gradient
+        # here, and under DDP nothing of D's is reduced.
         self.optG.zero_grad(set_to_none=True)
+        self.D.requires_grad_(False)
         with autocast:
-            g_loss = F.binary_cross_entropy_with_logits(self.D(fake), ones)
+            g_out = self.D(self.augmented(fake))
+            g_loss = -g_out.mean() if cfg.loss == "hinge" else F.binary_cross_entropy_with_logits(g_out, ones)
         g_loss.backward()
-        self.dist.average_grads(self.G)
+        self.D.requires_grad_(True)
         self.optG.step()
 
-        self.dist.sync_buffers(self.G)
-        self.dist.sync_buffers(self.D)
         if self.ema is not None:
             update_ema(self.ema, self.G, self.cfg.ema)
         # One host sync per step: the losses, D's mean outputs and the finiteness of every weight, read together.
@@ -414,15 +549,58 @@ class Trainer:
                              torch.sigmoid(d_fake).mean().float(), all_finite(self.G, self.D).float()]).tolist()
         return {**dict(zip(("d_loss", "g_loss", "d_real", "d_fake"), stats[:4])), "finite": stats[4] == 1.0, "lr": lr}
 
-    def run(self) -> dict:
-        """Train up to ``cfg.steps`` (the run's total), checkpointing as configured; returns the last record."""
-        cfg = self.cfg
-        if self.dist.main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            for stale in self.run_dir.glob(".*.part"):  # left by a save that was killed
+    def augmented(self, x: torch.Tensor) -> torch.Tensor:
+        """D's view of a batch: DiffAugment'ed when the recipe says so (see ``augment``)."""
+        return augment(x, self.policy, self.aug_gen) if self.policy else x
+
+    def discriminate(self, real: torch.Tensor, fake: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """D's logits for the real and the fake batch. A D without BatchNorm sees both in one forward (each
+        logit depends on its own image only); with BatchNorm, each batch normalises by its own statistics,
+        as in the Radford et al. recipe, so they go through separately."""
+        if self.D.has_batchnorm:
+            return self.D_train(self.augmented(real)), self.D_train(self.augmented(fake))
+        logits = self.D_train(self.augmented(torch.cat([real, fake])))
+        return logits[:len(real)], logits[len(real):]
+
+    def d_loss(self, d_real: torch.Tensor, d_fake: torch.Tensor) -> torch.Tensor:
+        if self.cfg.loss == "hinge":
+            return F.relu(1 - d_real).mean() + F.relu(1 + d_fake).mean()
+        return (F.binary_cross_entropy_with_logits(d_real, torch.ones_like(d_real))
+                + F.binary_cross_entropy_with_logits(d_fake, torch.zeros_like(d_fake)))
+
+    def r1_penalty(self, real: torch.Tensor) -> torch.Tensor:
+        """R1 (Mescheder et al.): gamma / 2 * E ||grad_x D(x)||^2 on (augmented) real images, in fp32, scaled
+        by ``r1_every`` because it is applied only every ``r1_every`` steps."""
+        x = self.augmented(real).detach().requires_grad_(True)
+        grad, = torch.autograd.grad(self.D_train(x).sum(), x, create_graph=True)
+        return self.cfg.r1 / 2 * self.cfg.r1_every * grad.pow(2).flatten(1).sum(1).mean()
+
+    def train(self) -> dict:
+        """Train up to ``cfg.steps`` (the run's total), checkpointing as configured; returns the last record.
+
+        Owns the run's lifecycle: prepares the run folder (stale temp files of a killed save swept, the
+        log cut back to the checkpoint), trains, checks that every rank holds the same weights, and
+        tears the process group down however the run ends."""
+        ok = False
+        try:
+            if self.dist.main:
+                self._prepare_folder()
+            record = self._loop()
+            ok = True
+            return record
+        finally:
+            self.dist.close(ok)
+
+    def _prepare_folder(self) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        for stale in [*self.run_dir.glob(".*.part"), *self.run_dir.glob(".tmp*")]:  # left by a save that was killed
+            if stale.is_file():
                 stale.unlink()
-            (self.run_dir / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
-            self._truncate_log()
+        write_bytes(self.run_dir / "config.json", (json.dumps(dataclasses.asdict(self.cfg), indent=2) + "\n").encode())
+        self._truncate_log()
+
+    def _loop(self) -> dict:
+        cfg = self.cfg
         from tqdm import tqdm
         bar = tqdm(total=cfg.steps, initial=self.step, desc=cfg.arch, unit="step", disable=not self.progress,
                    dynamic_ncols=True)
@@ -450,6 +628,7 @@ class Trainer:
                     self.sample_grid()
                 if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
                     self.save()
+        self.dist.sync_buffers(self.G)
         record["ranks"] = self.dist.gather_digests(weights_digest(self.G))
         if len(set(record["ranks"])) != 1:
             raise RuntimeError(f"ranks disagree on the generator weights: {record['ranks']}")
@@ -458,3 +637,20 @@ class Trainer:
                 logf.write(json.dumps({"done": True, **record}) + "\n")
         return record
 
+
+def open_run(recipe: str | os.PathLike | None = None, resume_dir: str | os.PathLike | None = None,
+             run_dir: str | os.PathLike | None = None, progress: bool = True, **overrides) -> Trainer:
+    """A fresh run of ``recipe`` in ``run_dir`` (default ``runs/<recipe name>``), or the run in ``resume_dir``
+    continued. ``overrides``: data, steps, batch_size, device, seed (a resumed run takes steps and device only)."""
+    if resume_dir:
+        if recipe or run_dir or any(overrides.get(k) is not None for k in ("data", "batch_size", "seed")):
+            raise ValueError("with --resume only --steps and --device may be given (the recipe is in the checkpoint)")
+        return Trainer.resume(resume_dir, progress=progress, steps=overrides.get("steps"),
+                              device=overrides.get("device"))
+    if not recipe:
+        raise ValueError("give a RECIPE file, or --resume RUN_DIR")
+    cfg = TrainConfig.from_file(recipe, **overrides)
+    run_dir = Path(run_dir or Path("runs") / Path(recipe).stem)
+    if (run_dir / "train_state.pt").exists():
+        raise ValueError(f"{run_dir} already holds a run; continue it with --resume {run_dir}, or pick --out")
+    return Trainer(cfg, run_dir, progress=progress)

@@ -11,8 +11,9 @@ from dcgan_deploy.demo import Demo
 
 names = [m for m in os.environ.get("DCGAN_DEPLOY_MODELS", "").split(",") if m]
 models = {os.path.splitext(os.path.basename(m))[0]: bundled.resolve(m) for m in names} or bundled.bundled_models()
-app = Demo(models).build()
+demo = Demo(models)
+app = demo.build()
 
 if __name__ == "__main__":
     # Spaces sets GRADIO_SERVER_NAME=0.0.0.0 itself; locally this stays on loopback.
-    app.launch(server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"), footer_links=[])
+    demo.launch(app, server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))

@@ -17,6 +17,14 @@ from onnx import TensorProto, helper, numpy_helper
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def load_script(relative: str, name: str):
     """The module of the script at ``relative`` (from the repository root), imported as ``name``."""
     spec = importlib.util.spec_from_file_location(name, ROOT / relative)

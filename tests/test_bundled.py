@@ -9,7 +9,7 @@ from PIL import Image
 
 from dcgan_deploy import Generator
 from dcgan_deploy.bundled import DEFAULT_MODEL, bundled_models
-from dcgan_deploy.parity import compare
+from dcgan_deploy.images import compare_images as compare
 
 ROOT = Path(__file__).resolve().parent.parent
 RECORD = ROOT / "training" / "mnist"

@@ -1,4 +1,5 @@
 import gzip
+import json
 import logging
 
 import numpy as np
@@ -7,6 +8,7 @@ import torch
 from PIL import Image
 
 from dcgan_deploy import data
+from dcgan_deploy.train import Batches
 
 
 def write_idx(path, images):
@@ -69,6 +71,44 @@ def test_folder_errors(tmp_path):
         data.load(str(tmp_path / "missing"), 1, 28)
 
 
+def test_a_decompression_bomb_is_counted_as_unreadable(tmp_path, caplog):
+    Image.new("L", (8, 8), 128).save(tmp_path / "ok.png")
+    Image.new("1", (9000, 9000)).save(tmp_path / "bomb.png")  # 81 M pixels in a few kB
+    with caplog.at_level(logging.WARNING):
+        images = data.load(str(tmp_path), 1, 8)
+    assert len(images) == 1 and "skipped 1 unreadable image file(s) of 2" in caplog.text
+
+
+def test_labelled_sources_split_by_group(tmp_path):
+    d = data.load_dataset("mnist-sample", 1, 28)
+    assert d.labels is not None and len(d.classes) == 10 and d.groups is None and d.heldout is None
+    images = np.zeros((6, 1, 8, 8), np.uint8)
+    np.savez(tmp_path / "l.npz", images=images, labels=np.array([0, 0, 1, 1, 1, 0]), classes=np.array(["a", "b"]),
+             groups=np.array([0, 0, 1, 1, 2, 3]), heldout=np.array([0, 0, 0, 0, 1, 0], bool))
+    d = data.load_dataset(str(tmp_path / "l.npz"), 1, 8)
+    assert d.classes == ("a", "b") and len(d.training.images) == 5 and len(data.load(str(tmp_path / "l.npz"), 1, 8)) == 5
+    np.savez(tmp_path / "bad.npz", images=images, labels=np.array([0, 1]))
+    with pytest.raises(data.DataError, match="'labels' has shape \\[2\\], expected \\[6\\]"):
+        data.load_dataset(str(tmp_path / "bad.npz"), 1, 8)
+
+
+def test_an_emoji_package_is_read_with_categories_and_variant_groups(tmp_path):
+    pkg = tmp_path / "package"
+    (pkg / "img" / "twitter" / "64").mkdir(parents=True)
+    entries = [{"image": "a.png", "category": "Smileys", "has_img_twitter": True},
+               {"image": "b.png", "category": "People", "has_img_twitter": True,
+                "skin_variations": {"1F3FB": {"image": "b-1.png", "has_img_twitter": True},
+                                    "1F3FC": {"image": "b-2.png", "has_img_twitter": False}}},
+               {"image": "c.png", "category": "Smileys", "has_img_twitter": False}]
+    (pkg / "emoji.json").write_text(json.dumps(entries))
+    for name in ("a.png", "b.png", "b-1.png"):
+        Image.new("RGBA", (64, 64), (255, 0, 0, 128)).save(pkg / "img" / "twitter" / "64" / name)
+    d = data.load_dataset(str(pkg), 3, 64)
+    assert d.images.shape == (3, 3, 64, 64) and d.classes == ("Smileys", "People")
+    assert d.labels.tolist() == [0, 1, 1] and d.groups.tolist() == [0, 1, 1]
+    assert d.images[0, :, 0, 0].tolist() == [255, 127, 127]  # composited on white
+
+
 def test_synthetic_is_seeded():
     a, b = data.load("synthetic:20", 3, 64, seed=1), data.load("synthetic:20", 3, 64, seed=1)
     assert a.shape == (20, 3, 64, 64) and np.array_equal(a, b) and a.max() > 100
@@ -77,22 +117,22 @@ def test_synthetic_is_seeded():
 
 def test_batches_resume_exactly_and_scale():
     images = data.load("synthetic:50", 1, 28)
-    b1 = data.Batches(images, 8, seed=3)
+    b1 = Batches(images, 8, seed=3)
     first = [b1.next() for _ in range(4)]
     state = b1.state_dict()
     rest = [b1.next() for _ in range(10)]  # crosses an epoch boundary
-    b2 = data.Batches(images, 8, seed=99)
+    b2 = Batches(images, 8, seed=99)
     b2.load_state_dict(state)
     for x, y in zip(rest, [b2.next() for _ in range(10)]):
         assert torch.equal(x, y)
     assert first[0].min() >= -1 and first[0].max() <= 1 and first[0].dtype == torch.float32
     with pytest.raises(data.DataError, match="fewer than one batch"):
-        data.Batches(images[:4], 8, seed=0)
+        Batches(images[:4], 8, seed=0)
 
 
 def test_ranks_take_disjoint_slices_of_one_global_batch():
     images = data.load("synthetic:64", 1, 28)
-    whole = data.Batches(images, 16, seed=0).next(0, 1)
-    r0 = data.Batches(images, 8, seed=0).next(0, 2)
-    r1 = data.Batches(images, 8, seed=0).next(1, 2)
+    whole = Batches(images, 16, seed=0).next(0, 1)
+    r0 = Batches(images, 8, seed=0).next(0, 2)
+    r1 = Batches(images, 8, seed=0).next(1, 2)
     assert torch.equal(torch.cat([r0, r1]), whole)

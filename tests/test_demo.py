@@ -4,7 +4,6 @@ import concurrent.futures
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -16,7 +15,7 @@ import pytest
 gr = pytest.importorskip("gradio")
 httpx = pytest.importorskip("httpx")
 
-from conftest import make_model  # noqa: E402
+from conftest import free_port, make_model  # noqa: E402
 from dcgan_deploy import Generator  # noqa: E402
 from dcgan_deploy import demo as demo_mod  # noqa: E402
 from dcgan_deploy.demo import Demo, DemoInputError, as_float, as_int, launch_warnings, parse_auth  # noqa: E402
@@ -29,12 +28,6 @@ ROOT = Path(__file__).resolve().parent.parent
 def models(tmp_path_factory):
     folder = tmp_path_factory.mktemp("models")
     return {"tiny": make_model(folder / "tiny.onnx"), "rgb": make_model(folder / "rgb.onnx", 5, 3, 4, 5, "uniform")}
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -76,6 +69,12 @@ def test_as_int_and_as_float_accept():
             as_float(bad, "s", -5, 5)
 
 
+def no_moves(demo, name):
+    """Every slider at 0, on the model's first directions."""
+    names = [d.name for d in demo.directions(name)]
+    return [x for i in range(demo_mod.N_SLIDERS) for x in (names[i % len(names)], 0)]
+
+
 def test_seed_grid_matches_generate(models):
     demo = Demo(models)
     image, caption = demo.seed_grid("tiny", 7, 3)
@@ -87,7 +86,7 @@ def test_seed_grid_matches_generate(models):
 
 def test_interpolation_frames_and_gif(models):
     demo = Demo(models)
-    frames, gif = demo.interpolate("rgb", 1, 2, 6, "lerp")
+    frames, gif = demo.interpolate("rgb", 1, 2, 5, "lerp")  # 5 frames from seed 1 to seed 2, then seed 2
     assert len(frames) == 6 and Path(gif).exists() and Path(gif).parent.parent == demo.tmp
     from PIL import Image
     assert Image.open(gif).n_frames == 6
@@ -99,9 +98,10 @@ def test_interpolation_frames_and_gif(models):
 
 def test_edit_latent_round_trips_through_the_cli(models, tmp_path):
     demo = Demo(models)
-    still, _, _ = demo.edit("tiny", 5, 3, 0, 0, 0, 0)
+    still, _, _ = demo.edit("tiny", 5, 3, *no_moves(demo, "tiny"))
     np.testing.assert_array_equal(still, demo_mod.for_display(Generator.load(models["tiny"]).generate(4, seed=5)[3]))
-    image, npy, caption = demo.edit("tiny", 5, 3, 1.5, -2, 0, 0.5)
+    names = [d.name for d in demo.directions("tiny")]
+    image, npy, caption = demo.edit("tiny", 5, 3, names[0], 1.5, names[1], -2, names[2], 0, names[3], 0.5)
     assert not np.array_equal(image, still)
     z = np.load(npy)
     assert z.shape == (1, 8) and z.dtype == np.float32 and "--latents" in caption
@@ -119,7 +119,7 @@ def test_demo_files_stay_bounded(models, monkeypatch):
     monkeypatch.setattr(demo_mod, "KEEP_FILES", 3)
     demo = Demo(models)
     for seed in range(6):
-        demo.edit("tiny", seed, 0, 0, 0, 0, 0)
+        demo.edit("tiny", seed, 0, *no_moves(demo, "tiny"))
     assert len(list(demo.tmp.rglob("*.npy"))) == 3
     demo.cleanup()
 
@@ -138,33 +138,42 @@ def test_launch_safety_helpers():
 # ---- over real HTTP ------------------------------------------------------------------------
 def test_good_requests_over_http(server):
     url, _ = server
-    kind, data = call(url, "grid", ["tiny", 3, 2])
+    kind, data = call(url, "grid", ["tiny", 3, 2, 1.0])
     assert kind == "complete" and data[0]["url"].startswith(url)
     assert "--seed 3" in data[1]
-    kind, data = call(url, "interpolate", ["rgb", 0, 9, 5, "slerp"])
+    kind, data = call(url, "grid", ["tiny", 3, 2, 0.5])
+    assert kind == "complete" and "--truncation 0.5" in data[1]
+    kind, data = call(url, "interpolate", ["rgb", 0, 9, 4, "slerp", 1.0])
     assert kind == "complete" and len(data[0]) == 5 and data[1]["url"].endswith(".gif")
-    kind, data = call(url, "edit", ["tiny", 1, 2, 0.5, 0, 0, -1])
+    kind, data = call(url, "edit", ["tiny", 1, 2, "random-1", 0.5, "random-2", 0, "random-3", 0, "random-4", -1])
     assert kind == "complete" and data[1]["url"].endswith(".npy")
 
 
+EDIT = ["random-1", 0, "random-2", 0, "random-3", 0, "random-4", 0]
+
+
 @pytest.mark.parametrize("api, data, message", [
-    ("grid", ["tiny", float("nan"), 2], "seed must be a whole number"),
-    ("grid", ["tiny", 2.5, 2], "seed must be a whole number, got 2.5"),
-    ("grid", ["tiny", -4, 2], "seed must be between"),
-    ("grid", ["tiny", "1e400", 2], "seed must be a whole number"),
-    ("grid", ["tiny", 1, 0], "grid size must be between 1 and 12"),
-    ("grid", ["tiny", 1, 500], "grid size must be between 1 and 12"),
-    ("grid", ["../../etc/passwd", 1, 2], "unknown model"),
-    ("interpolate", ["tiny", 1, 2, 10**6, "slerp"], "frames must be between 2 and 60"),
-    ("interpolate", ["tiny", 1, 2, 5, "cubic"], "method must be slerp or lerp"),
-    ("edit", ["tiny", 1, 2, float("inf"), 0, 0, 0], "direction 1 must be a number"),
-    ("edit", ["tiny", 1, 200, 0, 0, 0, 0], "sample must be between"),
+    ("grid", ["tiny", float("nan"), 2, 1.0], "seed must be a whole number"),
+    ("grid", ["tiny", 2.5, 2, 1.0], "seed must be a whole number, got 2.5"),
+    ("grid", ["tiny", -4, 2, 1.0], "seed must be between"),
+    ("grid", ["tiny", "1e400", 2, 1.0], "seed must be a whole number"),
+    ("grid", ["tiny", 1, 0, 1.0], "grid size must be between 1 and 12"),
+    ("grid", ["tiny", 1, 500, 1.0], "grid size must be between 1 and 12"),
+    ("grid", ["tiny", 1, 2, 0.0], "truncation must be a number between 0.05 and 1.0"),
+    ("grid", ["tiny", 1, 2, "1"], "truncation must be a number"),
+    ("grid", ["../../etc/passwd", 1, 2, 1.0], "unknown model"),
+    ("grid", [["a list"], 1, 2, 1.0], "unknown model"),
+    ("interpolate", ["tiny", 1, 2, 10**6, "slerp", 1.0], "frames must be between 1 and 59"),
+    ("interpolate", ["tiny", 1, 2, 5, "cubic", 1.0], "method must be slerp or lerp"),
+    ("edit", ["tiny", 1, 2, "random-1", float("inf"), *EDIT[2:]], "slider 1 must be a number"),
+    ("edit", ["tiny", 1, 2, "sefa-9", 1.0, *EDIT[2:]], "slider 1: unknown direction 'sefa-9'"),
+    ("edit", ["tiny", 1, 200, *EDIT], "sample must be between"),
 ])
 def test_bad_inputs_get_readable_errors_over_http(server, api, data, message):
     url, _ = server
     kind, payload = call(url, api, data)
     assert kind == "error" and message in payload["error"], payload
-    assert call(url, "grid", ["tiny", 1, 1])[0] == "complete"  # and the server goes on answering
+    assert call(url, "grid", ["tiny", 1, 1, 1.0])[0] == "complete"  # and the server goes on answering
 
 
 def test_no_file_system_access_beyond_the_demos_files(server):
@@ -172,9 +181,54 @@ def test_no_file_system_access_beyond_the_demos_files(server):
     for path in ("/etc/passwd", str(ROOT / "pyproject.toml")):
         r = httpx.get(f"{url}gradio_api/file={path}", timeout=10)
         assert r.status_code in (403, 404), (path, r.status_code)
-    kind, data = call(url, "grid", ["tiny", 3, 2])
+    kind, data = call(url, "grid", ["tiny", 3, 2, 1.0])
     served = data[0]["path"]
     assert Path(served).resolve().is_relative_to(demo.tmp.resolve())  # Gradio's cache lives in the demo's folder
+
+
+def test_rejected_inputs_log_one_line_each(server, caplog):
+    url, _ = server
+    with caplog.at_level("WARNING", logger="dcgan_deploy.demo"):
+        assert call(url, "grid", ["tiny", -4, 2, 1.0])[0] == "error"
+    lines = [r.getMessage() for r in caplog.records if r.name == "dcgan_deploy.demo"]
+    assert lines == ["rejected seed_grid: seed must be between 0 and 4294967295, got -4"]
+
+
+def test_gradios_cache_is_pruned_to_its_bound(models):
+    demo = Demo(models)
+    cache = demo.tmp / "gradio" / "abc"
+    cache.mkdir(parents=True)
+    for i in range(10):
+        (cache / f"{i}.png").write_bytes(b"x" * 1000)
+        os.utime(cache / f"{i}.png", (i, i))
+    demo.prune_cache(limit=3500)
+    assert sorted(p.name for p in cache.iterdir()) == ["7.png", "8.png", "9.png"]  # the oldest went first
+    demo.cleanup()
+
+
+def test_the_demo_launches_with_its_bounds(models, monkeypatch):
+    seen = {}
+    monkeypatch.setattr(gr.Blocks, "launch", lambda self, **kw: seen.update(kw))
+    demo = Demo(models)
+    demo.launch(demo.build(), server_name="127.0.0.1")
+    assert seen["max_file_size"] == "1mb" and seen["state_session_capacity"] == demo_mod.SESSIONS
+    demo.cleanup()
+
+
+def test_editing_uses_the_models_named_directions(tmp_path):
+    from dcgan_deploy.bundled import bundled_models
+    from dcgan_deploy.directions import compute, store
+    path = tmp_path / "mnist.onnx"
+    shutil.copy(bundled_models()["mnist"], path)
+    store(path, compute(path, count=3), "test")
+    demo = Demo({"mnist": path, "plain": bundled_models()["mnist"]})
+    assert [d.name for d in demo.directions("mnist")] == ["sefa-1", "sefa-2", "sefa-3"]
+    assert "SeFa" in demo.direction_note("mnist")
+    assert [d.name for d in demo.directions("plain")][:1] == ["random-1"] and "no latent directions" in demo.direction_note("plain")
+    moved, _, caption = demo.edit("mnist", 3, 0, "sefa-1", 3.0, "sefa-2", 0, "sefa-3", 0, "sefa-1", 0)
+    still, _, _ = demo.edit("mnist", 3, 0, *no_moves(demo, "mnist"))
+    assert not np.array_equal(moved, still) and "sefa-1 +3.00" in caption
+    demo.cleanup()
 
 
 class SlowDemo(Demo):
@@ -192,13 +246,13 @@ def test_a_burst_is_shed_by_the_bounded_queue(models):
     try:
         burst = 60  # bounded: 60 requests, each with a 60 s timeout
         with concurrent.futures.ThreadPoolExecutor(burst) as pool:
-            results = list(pool.map(lambda i: call(url, "grid", ["tiny", i, 2]), range(burst)))
+            results = list(pool.map(lambda i: call(url, "grid", ["tiny", i, 2, 1.0]), range(burst)))
         done = sum(kind == "complete" for kind, _ in results)
         shed = [p for kind, p in results if kind != "complete"]
         assert done >= demo_mod.QUEUE_SIZE and shed, (done, len(shed))
         # shed with a clear "busy" answer (503, "queue is full"), not a crash or a hang
         assert all(p["status"] == 503 and "queue is full" in p["body"].lower() for p in shed), shed[:3]
-        assert call(url, "grid", ["tiny", 1, 1])[0] == "complete"  # still answering afterwards
+        assert call(url, "grid", ["tiny", 1, 1, 1.0])[0] == "complete"  # still answering afterwards
     finally:
         app.close()
         demo.cleanup()
@@ -224,7 +278,7 @@ def test_cli_demo_serves_the_bundled_model_and_warns_when_exposed(tmp_path):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         wait_for(f"http://127.0.0.1:{port}/", proc)
-        kind, data = call(f"http://127.0.0.1:{port}/", "grid", ["mnist", 0, 2])
+        kind, data = call(f"http://127.0.0.1:{port}/", "grid", ["mnist", 0, 2, 1.0])
         assert kind == "complete"
     finally:
         proc.terminate()

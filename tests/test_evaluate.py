@@ -60,9 +60,9 @@ def test_coverage_of_a_many_class_extractor_counts_classes_instead_of_flagging_e
               "generated": {"fid": 1.0, "kid": 1e-4, "kid_std": 1e-5, "classifier_score": 2.0, "coverage": cov},
               "floor": {"fid": 0.5, "kid": 1e-6, "kid_std": 1e-5}, "real_classifier_score": 3.0,
               "ratios": {"fid_vs_floor": 2.0, "kid_vs_floor": 9.0, "score_vs_real": 0.67}}
-    text = ev.format_report(report)
+    text = ev.format_quality(report)
     assert "41 of 1008 hit; largest shares 612:60.0%" in text and "WARNING" not in text
-    assert "min_class_share" not in ev.summary(report) and ev.summary(report)["score"] == 2.0
+    assert "min_class_share" not in ev.quality_summary(report) and ev.quality_summary(report)["score"] == 2.0
 
 
 def test_the_shipped_extractor_sees_blur_and_class_collapse():
@@ -136,10 +136,11 @@ def test_drift_between_pytorch_and_onnx_is_at_the_noise_floor(tmp_path):
 
     from dcgan_deploy.checkpoint import save_generator
     from dcgan_deploy.export import export
-    from dcgan_deploy.nets import Generator, NetConfig
+    from dcgan_deploy.nets import GeneratorNet as Generator, NetConfig
     torch.manual_seed(0)
     g = Generator(NetConfig.for_arch("mnist-mlp", g_width=16)).eval()
     save_generator(g.state_dict(), g.cfg, tmp_path / "g.safetensors")
     export(tmp_path / "g.safetensors", tmp_path / "g.onnx")
-    d = ev.drift(tmp_path / "g.onnx", tmp_path / "g.safetensors", n=400)
+    from dcgan_deploy.parity import drift
+    d = drift(tmp_path / "g.onnx", tmp_path / "g.safetensors", n=400)
     assert d["uint8_pixels_changed"] < 1e-3 and abs(d["fid"]) < 1e-2

@@ -14,34 +14,26 @@ from dcgan_deploy import Generator as Runtime
 from dcgan_deploy import UnverifiedModelWarning
 from dcgan_deploy.checkpoint import CheckpointError, save_generator
 from dcgan_deploy.cli import EXIT_PARITY, main
-from dcgan_deploy.export import ParityError, describe, export, fold_batchnorm, to_onnx, verify, write_metadata
+from dcgan_deploy.checkpoint import open_checkpoint
+from dcgan_deploy.export import ParityError, export, fold_batchnorm, to_onnx, verify
+from dcgan_deploy.modelfile import write_metadata
 from dcgan_deploy.export import base_metadata
-from dcgan_deploy.forms import (FirstLayerGemm, ParityConvT, ParityConvTTail, PhaseTail, interleave, phase_tail,
+from dcgan_deploy.forms import (FirstLayerGemm, PhaseConvT, PhaseConvTTail, PhaseTail, interleave, phase_tail,
                                 transposed_forms)
 from dcgan_deploy.images import to_uint8
-from dcgan_deploy.nets import ARCHITECTURES, Generator, NetConfig, sample_prior
-from dcgan_deploy.parity import Thresholds, compare, run_gate
-from dcgan_deploy.train import recompute_bn_stats
+from dcgan_deploy.nets import ARCHITECTURES, GeneratorNet, NetConfig, sample_prior
+from dcgan_deploy.images import compare_images as compare
+from dcgan_deploy.parity import Thresholds, run_gate
+from dcgan_deploy.nets import recompute_bn_stats
 
 TINY = {"g_width": 8, "d_width": 8}
 CONTRACT_KEYS = {"dcgan_deploy.format", "architecture", "latent_dim", "latent_prior", "channels", "height", "width",
                  "value_range", "dataset", "train_step", "torch_version", "opset", "parity"}
-# BatchNorm nodes left after folding: only BNs that follow a ReLU and precede a reshape or transposed conv.
-# (mnist-convt's BatchNorm2d before its last transposed convolution is folded into ParityConvTTail's taps.)
-BN_LEFT = {"mnist-dcgan": 0, "mnist-dcgan-wide": 0, "dcgan64": 0, "mnist-mlp": 0, "mnist-convt": 1}
-# (Resize, DepthToSpace, ConvTranspose nodes) of the export at TINY width: the conv-upsample nets' last
-# upsample is in PhaseTail form; dcgan64's first layer is a Gemm, its two stride-2 transposed
-# convolutions with >= 16 outputs (32 and 16 at width 8) are ParityConvT (interleaved without a
-# DepthToSpace) and its last two a ParityConvTTail (one DepthToSpace), as are mnist-convt's two.
-EXPORT_FORM = {"mnist-dcgan": (1, 1, 0), "mnist-dcgan-wide": (1, 1, 0), "dcgan64": (0, 1, 0), "mnist-mlp": (0, 0, 0),
-               "mnist-convt": (0, 1, 0)}
-
-
 def random_generator(arch, seed=0, **net):
     """A stand-in for a trained generator: random weights, realistic BatchNorm statistics,
     and images spread over [-1, 1] (pre-tanh std ~1) rather than a flat grey."""
     torch.manual_seed(seed)
-    g = Generator(NetConfig.for_arch(arch, **{**TINY, **net}))
+    g = GeneratorNet(NetConfig.for_arch(arch, **{**TINY, **net}))
     with torch.no_grad():
         for m in g.modules():
             if isinstance(m, nn.modules.batchnorm._BatchNorm):
@@ -82,8 +74,6 @@ def test_export_verify_round_trip(tmp_path, arch):
     assert CONTRACT_KEYS <= set(meta)
     assert meta["architecture"] == arch and meta["train_step"] == "7" and meta["dataset"] == "synthetic"
     assert json.loads(meta["parity"])["passed"] is True
-    assert ops(path)["BatchNormalization"] == BN_LEFT[arch]
-    assert (ops(path)["Resize"], ops(path)["DepthToSpace"], ops(path)["ConvTranspose"]) == EXPORT_FORM[arch]
     assert not set(ops(path)) & {"Dropout", "RandomNormal", "RandomUniform"}
     assert json.loads((tmp_path / "out" / f"{arch}.parity.json").read_text())["parity"]["passed"]
     # the runtime reproduces PyTorch on the contract's latents
@@ -93,7 +83,22 @@ def test_export_verify_round_trip(tmp_path, arch):
         want = g(torch.from_numpy(z)).numpy()
     np.testing.assert_allclose(rt.run(z), want, atol=1e-4)
     assert np.mean(to_uint8(want) != rt.generate(9, seed=4)) < 1e-3
-    assert verify(path, tmp_path / "generator.safetensors")["passed"]
+    # the written form computes what the plain graph (export --no-forms) computes
+    to_onnx(fold_batchnorm(g), g.cfg, tmp_path / "plain.onnx")
+    write_metadata(tmp_path / "plain.onnx", {k: v for k, v in meta.items() if k != "parity"})
+    plain = Runtime.load(tmp_path / "plain.onnx")
+    np.testing.assert_allclose(rt.run(z), plain.run(z), atol=1e-5)
+
+
+def test_no_forms_writes_the_plain_graph(tmp_path):
+    g = random_generator("dcgan64")
+    plain = export(saved(tmp_path, g), tmp_path / "plain.onnx", forms=False)
+    formed = export(saved(tmp_path, g), tmp_path / "formed.onnx")
+    assert plain["parity"]["passed"] and plain["forms"] is False and formed["forms"] is True
+    assert ops(tmp_path / "plain.onnx")["ConvTranspose"] == 5 and ops(tmp_path / "formed.onnx")["ConvTranspose"] == 0
+    z = Runtime.load(tmp_path / "plain.onnx").latents(5, 1)
+    np.testing.assert_allclose(Runtime.load(tmp_path / "plain.onnx").run(z), Runtime.load(tmp_path / "formed.onnx").run(z),
+                               atol=1e-5)
 
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)
@@ -118,12 +123,12 @@ def test_phase_tail_form_equals_the_generator(arch):
 def test_the_trainers_train_state_exports(tmp_path):
     from dcgan_deploy.train import TrainConfig, Trainer
     cfg = TrainConfig(arch="mnist-mlp", data="synthetic:32", steps=2, batch_size=8, ema=0.5, net=TINY)
-    Trainer(cfg, tmp_path / "run", progress=False).run()
+    Trainer(cfg, tmp_path / "run", progress=False).train()
     result = export(tmp_path / "run" / "train_state.pt", tmp_path / "m.onnx")
     assert result["parity"]["passed"] and "EMA" in result["notes"][0]
     # train_state.pt (EMA, BN re-estimated) and generator.safetensors describe the same generator
-    a = describe(tmp_path / "run" / "train_state.pt").model.state_dict()
-    b = describe(tmp_path / "run" / "generator.safetensors").model.state_dict()
+    a = open_checkpoint(tmp_path / "run" / "train_state.pt").model.state_dict()
+    b = open_checkpoint(tmp_path / "run" / "generator.safetensors").model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
@@ -201,7 +206,7 @@ def test_unsafe_pickle_is_refused_and_never_runs(tmp_path):
     assert r.exit_code == 1 and "refused to load" in r.output and "Traceback" not in r.output
     assert not marker.exists()
     with pytest.raises(CheckpointError, match="refused"):
-        describe(ckpt, "dcgan64")
+        open_checkpoint(ckpt, "dcgan64")
     assert not marker.exists()
 
 
@@ -255,7 +260,7 @@ def test_train_mode_batchnorm_fails_batch_invariance(tmp_path):
     broken.main = nn.Sequential(*[BatchStatisticsNorm(m) if isinstance(m, nn.BatchNorm2d) else m for m in g.main])
     path = tmp_path / "trainmode.onnx"
     to_onnx(broken, g.cfg, path)
-    write_metadata(path, base_metadata(describe(saved(tmp_path, g)), 18))
+    write_metadata(path, base_metadata(open_checkpoint(saved(tmp_path, g)), 18))
     report = run_gate(broken, path)  # even against its own torch twin, batch statistics break invariance
     assert not report["passed"]
     assert any("batch invariance" in f for f in report["failures"])
@@ -271,12 +276,22 @@ def test_triton_repository_entry_parses_against_tritons_schema(tmp_path):
                                   "--triton", str(tmp_path / "repo")])
     assert r.exit_code == 0, r.output
     entry = tmp_path / "repo" / "digits"
-    assert (entry / "1" / "model.onnx").read_bytes() == (tmp_path / "digits.onnx").read_bytes()
     cfg = text_format.Parse((entry / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
     assert cfg.name == "digits" and cfg.backend == "onnxruntime" and cfg.max_batch_size >= 64
     assert [(i.name, list(i.dims), i.data_type) for i in cfg.input] == [("z", [96], model_config_pb2.TYPE_FP32)]
-    assert [(o.name, list(o.dims)) for o in cfg.output] == [("image", [1, 28, 28])]
+    assert [(o.name, list(o.dims), o.data_type) for o in cfg.output] == [("image", [28, 28, 1],
+                                                                          model_config_pb2.TYPE_UINT8)]
     assert cfg.HasField("dynamic_batching") and list(cfg.dynamic_batching.preferred_batch_size)
+    # the entry's graph answers with the bytes `generate` writes, as `dcgan-deploy serve` does
+    import onnxruntime as ort
+    session = ort.InferenceSession(str(entry / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
+    gen = Runtime.load(tmp_path / "digits.onnx")
+    z = gen.latents(9, 5)
+    assert np.array_equal(session.run(["image"], {"z": z})[0], gen.generate(9, 5))
+    from dcgan_deploy.serve import ModelInfo
+    served = ModelInfo("digits", tmp_path / "digits.onnx").metadata()
+    assert served["inputs"][0] == {"name": "z", "datatype": "FP32", "shape": [-1, 96]}
+    assert served["outputs"] == [{"name": "image", "datatype": "UINT8", "shape": [-1, *cfg.output[0].dims]}]
 
 
 def test_fp16_variant_is_marked_unverified_without_cuda(tmp_path):
@@ -332,7 +347,7 @@ def test_checkpoint_with_broken_batchnorm_statistics_is_refused(tmp_path):
     g = random_generator("mnist-dcgan")
     g.main[4].running_var[0] = float("nan")
     with pytest.raises(CheckpointError, match="running statistics"):
-        describe(saved(tmp_path, g))
+        open_checkpoint(saved(tmp_path, g))
 
 
 def test_export_and_verify_errors(tmp_path):
@@ -367,17 +382,17 @@ def test_parity_convt_equals_the_transposed_convolution(relu):
     torch.manual_seed(0)
     convt = torch.nn.ConvTranspose2d(6, 5, 4, 2, 1)
     plain = torch.nn.Sequential(convt, torch.nn.ReLU()) if relu else convt
-    form = ParityConvT(convt, torch.nn.ReLU() if relu else None)
+    form = PhaseConvT(convt, torch.nn.ReLU() if relu else None)
     x = torch.randn(3, 6, 5, 7)
     with torch.no_grad():
         torch.testing.assert_close(form(x), plain(x), atol=1e-5, rtol=0)
 
 
-def test_interleave_is_exactly_the_pixel_shuffle_of_the_stacked_parities():
+def test_interleave_is_exactly_the_pixel_shuffle_of_the_stacked_phases():
     torch.manual_seed(0)
-    parities = [torch.randn(3, 5, 4, 7) * 10 ** float(e) for e in range(-3, 1)]  # mixed magnitudes, signs
-    shuffled = F.pixel_shuffle(torch.stack(parities, 2).reshape(3, 20, 4, 7), 2)
-    assert torch.equal(interleave(parities), shuffled)  # bit for bit: placement by 0/1 products adds exact zeros
+    phases = [torch.randn(3, 5, 4, 7) * 10 ** float(e) for e in range(-3, 1)]  # mixed magnitudes, signs
+    shuffled = F.pixel_shuffle(torch.stack(phases, 2).reshape(3, 20, 4, 7), 2)
+    assert torch.equal(interleave(phases), shuffled)  # bit for bit: placement by 0/1 products adds exact zeros
 
 
 def test_first_layer_gemm_equals_the_transposed_convolution():
@@ -397,7 +412,7 @@ def test_parity_convt_tail_equals_the_two_transposed_convolutions(bn, channels):
     norm.running_mean.uniform_(-1, 1), norm.running_var.uniform_(0.5, 2)
     norm.weight.data.uniform_(0.5, 1.5), norm.bias.data.uniform_(-1, 1)
     plain = torch.nn.Sequential(a, torch.nn.ReLU(), *([norm] if bn else []), b, torch.nn.Tanh()).eval()
-    form = ParityConvTTail(ParityConvT(a, torch.nn.ReLU()), norm if bn else None, b, torch.nn.Tanh()).eval()
+    form = PhaseConvTTail(PhaseConvT(a, torch.nn.ReLU()), norm if bn else None, b, torch.nn.Tanh()).eval()
     x = torch.randn(2, 6, 5, 7)
     with torch.no_grad():
         want, got = plain(x), form(x)
@@ -414,11 +429,11 @@ def test_transposed_forms_equal_the_generator(arch):
     if arch not in ("dcgan64", "mnist-convt"):
         assert form is None
         return
-    assert isinstance(form.main[-1], ParityConvTTail)
+    assert isinstance(form.main[-1], PhaseConvTTail)
     assert not any(isinstance(m, torch.nn.ConvTranspose2d) for m in form.main)
     assert isinstance(form.main[0], FirstLayerGemm) == (arch == "dcgan64")
     narrow = transposed_forms(folded, min_channels=10 ** 6)  # only the tail and the first layer
-    assert isinstance(narrow.main[-1], ParityConvTTail)
+    assert isinstance(narrow.main[-1], PhaseConvTTail)
     assert sum(isinstance(m, torch.nn.ConvTranspose2d) for m in narrow.main) == (2 if arch == "dcgan64" else 0)
     z = sample_prior(16, g.cfg, torch.Generator().manual_seed(1))
     with torch.no_grad():

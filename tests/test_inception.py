@@ -37,7 +37,7 @@ def exported(weights, tmp_path_factory):
     mp = pytest.MonkeyPatch()
     mp.setenv("DCGAN_DEPLOY_CACHE", str(cache))
     try:
-        yield ev.Extractor.load(weights), cache
+        yield ev.Extractor.load(inception.cached_extractor(weights)), cache
     finally:
         mp.undo()
 
@@ -88,10 +88,13 @@ def test_a_wrong_weights_file_is_refused_with_the_reason(tmp_path, monkeypatch):
     other["head.weight"] = torch.zeros(3)
     torch.save(other, tmp_path / "other.pth")
     with pytest.raises(ModelError, match="not the FID Inception weights.*missing 1 .*fc.weight.*unexpected 1"):
-        ev.Extractor.load(tmp_path / "other.pth")
+        inception.cached_extractor(tmp_path / "other.pth")
     (tmp_path / "junk.pth").write_bytes(b"not a weights file")
     with pytest.raises(ModelError, match="not a readable PyTorch weights file"):
-        ev.Extractor.load(tmp_path / "junk.pth")
+        inception.cached_extractor(tmp_path / "junk.pth")
     with pytest.raises(ModelError, match="no such Inception weights file"):
         ev.Extractor.load(tmp_path / "absent.pth")
+    # the runtime side alone says how to turn a weights file into an extractor
+    with pytest.raises(ModelError, match="once, with torch: `dcgan-deploy evaluate --features FILE.pth`"):
+        ev.Extractor.load(tmp_path / "junk.pth")
     assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())  # nothing half-written

@@ -2,14 +2,14 @@ import pytest
 import torch
 from torch import nn
 
-from dcgan_deploy.nets import ARCHITECTURES, Discriminator, Generator, NetConfig
+from dcgan_deploy.nets import ARCHITECTURES, DiscriminatorNet, GeneratorNet, NetConfig
 
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)
 def test_shapes_and_value_range(arch):
     cfg = NetConfig.for_arch(arch)
     torch.manual_seed(0)
-    G, D = Generator(cfg).eval(), Discriminator(cfg).eval()
+    G, D = GeneratorNet(cfg).eval(), DiscriminatorNet(cfg).eval()
     z = torch.randn(3, cfg.latent_dim)
     x = G(z)
     assert x.shape == (3, cfg.channels, cfg.image_size, cfg.image_size)
@@ -23,39 +23,39 @@ def count(module, kind):
 
 
 def test_layer_recipes_follow_the_spec():
-    g = Generator(NetConfig.for_arch("mnist-dcgan")).main
+    g = GeneratorNet(NetConfig.for_arch("mnist-dcgan")).main
     assert [m.out_channels for m in g if isinstance(m, nn.Conv2d)] == [64, 128, 64, 1]
     assert g[0].out_features == 32 * 7 * 7 and count(g, nn.Upsample) == 2
     bn = [m for m in g if isinstance(m, nn.BatchNorm2d)][0]
     assert (bn.momentum, bn.eps) == (0.2, 1e-3)  # Keras momentum 0.8, eps 1e-3
-    d = Discriminator(NetConfig.for_arch("mnist-dcgan")).main
+    d = DiscriminatorNet(NetConfig.for_arch("mnist-dcgan")).main
     assert count(d, nn.ZeroPad2d) == 1 and count(d, nn.AdaptiveAvgPool2d) == 1
 
-    w = Generator(NetConfig.for_arch("mnist-dcgan-wide")).main
+    w = GeneratorNet(NetConfig.for_arch("mnist-dcgan-wide")).main
     assert w[0].out_features == 128 * 7 * 7
     assert [m.out_channels for m in w if isinstance(m, nn.Conv2d)] == [128, 64, 1]
-    assert count(Discriminator(NetConfig.for_arch("mnist-dcgan-wide")), nn.Dropout) == 4
+    assert count(DiscriminatorNet(NetConfig.for_arch("mnist-dcgan-wide")), nn.Dropout) == 4
 
-    mlp = Generator(NetConfig.for_arch("mnist-mlp")).main
+    mlp = GeneratorNet(NetConfig.for_arch("mnist-mlp")).main
     assert [m.out_features for m in mlp if isinstance(m, nn.Linear)] == [256, 512, 1024, 784]
     assert count(mlp, nn.BatchNorm1d) == 3
 
     ct = NetConfig.for_arch("mnist-convt")
     assert (ct.latent_dim, ct.latent_prior) == (96, "uniform")
-    g5 = Generator(ct).main
+    g5 = GeneratorNet(ct).main
     assert [m.out_features for m in g5 if isinstance(m, nn.Linear)] == [1024, 7 * 7 * 128]
-    d5 = Discriminator(ct).main
+    d5 = DiscriminatorNet(ct).main
     assert count(d5, nn.MaxPool2d) == 2 and [m.negative_slope for m in d5 if isinstance(m, nn.LeakyReLU)] == [0.01] * 3
 
 
 def test_dcgan64_matches_the_canonical_example_layout():
     cfg = NetConfig.for_arch("dcgan64")
-    keys = set(Generator(cfg).state_dict())
+    keys = set(GeneratorNet(cfg).state_dict())
     # pytorch/examples dcgan/main.py: main.0 ConvT, main.1 BN, ... main.12 ConvT
     assert {"main.0.weight", "main.1.weight", "main.1.running_mean", "main.12.weight"} <= keys
     assert not any(k.endswith("bias") and k.startswith("main.0") for k in keys)
     torch.manual_seed(0)
-    g = Generator(cfg)
+    g = GeneratorNet(cfg)
     w = g.main[3].weight
     assert abs(w.std().item() - 0.02) < 0.002 and abs(w.mean().item()) < 0.002  # DCGAN init
     assert abs(g.main[1].weight.mean().item() - 1) < 0.01

@@ -44,7 +44,7 @@ def cli(*args, env=None, check=True):
 def test_a_few_steps_of_every_architecture(tmp_path, arch):
     cfg = TrainConfig(arch=arch, data="synthetic:32", steps=3, batch_size=8, sample_every=3, checkpoint_every=3,
                       log_every=1, net=TINY)
-    record = Trainer(cfg, tmp_path / "run", progress=False).run()
+    record = Trainer(cfg, tmp_path / "run", progress=False).train()
     run = tmp_path / "run"
     assert {"train_state.pt", "generator.safetensors", "config.json", "log.jsonl"} <= {p.name for p in run.iterdir()}
     assert (run / "samples" / "step_000003.png").exists()
@@ -139,12 +139,12 @@ def test_divergence_keeps_the_last_good_checkpoint(tmp_path):
     cfg = TrainConfig(arch="mnist-dcgan", data="synthetic:32", steps=2, batch_size=8, checkpoint_every=1,
                       sample_every=100, net=TINY)
     trainer = Trainer(cfg, tmp_path, progress=False)
-    trainer.run()
+    trainer.train()
     good = (tmp_path / "train_state.pt").read_bytes()
     trainer.cfg.steps = 10
     trainer.cfg.lr = 1e30  # blow the weights up
     with pytest.raises(DivergenceError, match="diverged at step 3"):
-        trainer.run()
+        trainer.train()
     assert (tmp_path / "train_state.pt").read_bytes() == good
     assert load_torch(tmp_path / "train_state.pt")["step"] == 2
 
@@ -152,14 +152,17 @@ def test_divergence_keeps_the_last_good_checkpoint(tmp_path):
 def test_lr_decay_schedule_is_applied_and_resumes_exactly(tmp_path):
     cfg = TrainConfig(arch="mnist-dcgan", steps=10, lr=1e-3, lr_decay_start=4, lr_decay_end=8)
     assert [cfg.lr_at(s) for s in (0, 3, 4, 6, 7, 8, 20)] == pytest.approx([1e-3, 1e-3, 1e-3, 5e-4, 2.5e-4, 0, 0])
+    assert TrainConfig(arch="mnist-dcgan", lr=1e-3, lr_d=4e-3, lr_decay_start=4, lr_decay_end=8).lr_d_at(6) \
+        == pytest.approx(2e-3)  # D's rate follows the same schedule
     for bad in ({"lr_decay_start": 5, "lr_decay_end": 5}, {"lr_decay_end": -1}, {"lr_decay_start": 3}):
         with pytest.raises(ValueError, match="lr_decay"):
             TrainConfig(arch="mnist-dcgan", **bad).check()
     # the optimisers take the scheduled rate (logged per step), and a split run equals a straight one
-    settings = {"steps": 8, "lr_decay_start": 2, "lr_decay_end": 6}
-    cli("train", recipe(tmp_path, **settings), "--out", tmp_path / "straight")
-    cli("train", recipe(tmp_path, **settings), "--out", tmp_path / "split", "--steps", 3)
-    cli("train", "--resume", tmp_path / "split", "--steps", 8)
+    settings = dict(arch="mnist-dcgan", data="synthetic:64", batch_size=8, sample_every=100, checkpoint_every=100,
+                    log_every=1, net=TINY, lr_decay_start=2, lr_decay_end=6)
+    Trainer(TrainConfig(**settings, steps=8), tmp_path / "straight", progress=False).train()
+    Trainer(TrainConfig(**settings, steps=3), tmp_path / "split", progress=False).train()
+    Trainer.resume(tmp_path / "split", progress=False, steps=8).train()
     rows = [json.loads(x) for x in (tmp_path / "straight" / "log.jsonl").read_text().splitlines()]
     assert [r["lr"] for r in rows if "lr" in r and "done" not in r] == pytest.approx(
         [2e-4, 2e-4, 2e-4, 1.5e-4, 1e-4, 5e-5, 0, 0])
@@ -168,10 +171,34 @@ def test_lr_decay_schedule_is_applied_and_resumes_exactly(tmp_path):
     assert straight["optG"]["param_groups"][0]["lr"] == 0
 
 
+def test_identical_runs_are_bitwise_identical_under_load(tmp_path):
+    """Three fresh runs of one recipe at once (the two cores oversubscribed), and one resumed half-way: the
+    same weights, bit for bit. The 64x64 net with DiffAugment, spectral norm and R1 covers the
+    convolution kernels whose backward passes reduce across threads."""
+    r = recipe(tmp_path, arch="dcgan64", steps=4, checkpoint_every=2, batch_size=8, loss="hinge", augment="color,translation,cutout",
+               spectral_norm=True, r1=1.0, r1_every=2, net={"g_width": 8, "d_width": 8, "channels": 3})
+    env = {**os.environ}
+    env.pop("OMP_NUM_THREADS", None)
+    procs = [subprocess.Popen([sys.executable, "-m", "dcgan_deploy", "train", str(r), "--out", str(tmp_path / f"run{i}")]
+                              + (["--steps", "2"] if i == 3 else []), stderr=subprocess.PIPE, env=env)
+             for i in range(4)]
+    for p in procs:
+        assert p.wait(timeout=600) == 0, p.stderr.read()[-2000:]
+    cli("train", "--resume", tmp_path / "run3", "--steps", 4, env={"OMP_NUM_THREADS": ""})
+    states = [load_torch(tmp_path / f"run{i}" / "train_state.pt") for i in range(4)]
+    assert states[0]["train_config"]["threads"] >= 1 and states[0]["train_config"]["deterministic"]
+    assert len({s["train_config"]["threads"] for s in states}) == 1  # fixed at the start, kept on resume
+    for s in states[1:]:
+        assert s["step"] == 4
+        for net in ("G", "D"):
+            for k in states[0][net]:
+                assert torch.equal(states[0][net][k], s[net][k]), (net, k)
+
+
 def test_ema_generator_is_saved_with_recomputed_batchnorm(tmp_path):
     cfg = TrainConfig(arch="mnist-dcgan", data="synthetic:32", steps=4, batch_size=8, ema=0.5, sample_every=4,
                       checkpoint_every=4, net=TINY)
-    Trainer(cfg, tmp_path, progress=False).run()
+    Trainer(cfg, tmp_path, progress=False).train()
     state = load_torch(tmp_path / "train_state.pt")
     saved, _, _ = load_generator_file(tmp_path / "generator.safetensors")
     assert state["ema"] and not torch.equal(saved["main.0.weight"], state["G"]["main.0.weight"])
@@ -181,18 +208,55 @@ def test_ema_generator_is_saved_with_recomputed_batchnorm(tmp_path):
     assert not torch.equal(saved[key], state["G"][key]) and torch.isfinite(saved[key]).all()
 
 
-def test_two_process_data_parallel_training(tmp_path):
-    r = recipe(tmp_path, arch="mnist-dcgan-wide", steps=3, checkpoint_every=3)
-    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                          "-m", "dcgan_deploy", "train", str(r), "--out", str(tmp_path / "run")],
-                         capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+def torchrun(*args, out, steps=None, resume=False, timeout=300):
+    """``torchrun --standalone --nproc_per_node 2`` of the trainer; its stderr."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "dcgan_deploy",
+           "train", *(["--resume", str(out)] if resume else [*map(str, args), "--out", str(out)])]
+    res = subprocess.run(cmd + (["--steps", str(steps)] if steps else []), capture_output=True, text=True,
+                         timeout=timeout, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert res.returncode == 0, res.stderr[-3000:]
+    return res.stderr
+
+
+def same_weights(a, b):
+    sa, sb = load_torch(a / "train_state.pt"), load_torch(b / "train_state.pt")
+    return sa["step"] == sb["step"] and all(torch.equal(sa[n][k], sb[n][k]) for n in ("G", "D") for k in sa[n])
+
+
+def test_two_process_data_parallel_training(tmp_path):
+    """DistributedDataParallel on two processes (gloo): both ranks end with the same weights, only rank 0
+    writes, and a run resumed half-way under torchrun equals the straight one (D with BatchNorm and dropout)."""
+    r = recipe(tmp_path, arch="mnist-dcgan-wide", steps=4, checkpoint_every=2)
+    err = torchrun(r, out=tmp_path / "run")
     done = [json.loads(x) for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines() if '"done"' in x]
     assert len(done) == 1  # only rank 0 writes
     ranks = done[0]["ranks"]
     assert len(ranks) == 2 and ranks[0] == ranks[1]  # identical generator weights on both ranks
-    assert load_torch(tmp_path / "run" / "train_state.pt")["step"] == 3
-    assert res.stderr.count("trained mnist-dcgan-wide") == 1
+    assert load_torch(tmp_path / "run" / "train_state.pt")["step"] == 4
+    assert err.count("trained mnist-dcgan-wide") == 1
+    torchrun(r, out=tmp_path / "split", steps=2)
+    torchrun(out=tmp_path / "split", resume=True, steps=4)
+    assert same_weights(tmp_path / "run", tmp_path / "split")
+
+
+def test_a_two_node_launch_on_one_machine_trains_like_one_node(tmp_path):
+    """``torchrun --nnodes 2`` with the c10d rendezvous on 127.0.0.1: two "nodes" of one process each give the
+    weights two processes on one node give (spectral-norm D, DiffAugment, hinge loss, R1 under DDP)."""
+    from conftest import free_port
+    r = recipe(tmp_path, arch="dcgan64", steps=2, checkpoint_every=2, batch_size=4, loss="hinge", spectral_norm=True,
+               augment="color,translation,cutout", r1=1.0, r1_every=1, net={"g_width": 8, "d_width": 8, "channels": 3})
+    port = free_port()
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    nodes = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1",
+                               "--node_rank", str(rank), "--rdzv_backend", "c10d", "--rdzv_id", "two-nodes",
+                               "--rdzv_endpoint", f"127.0.0.1:{port}", "-m", "dcgan_deploy", "train", str(r), "--out",
+                               str(tmp_path / "nodes")], stderr=subprocess.PIPE, text=True, env=env) for rank in (0, 1)]
+    errs = [n.communicate(timeout=300)[1] for n in nodes]
+    assert [n.returncode for n in nodes] == [0, 0], errs[0][-2000:] + errs[1][-2000:]
+    done = [json.loads(x) for x in (tmp_path / "nodes" / "log.jsonl").read_text().splitlines() if '"done"' in x]
+    assert len(done) == 1 and len(set(done[0]["ranks"])) == 1 and len(done[0]["ranks"]) == 2
+    torchrun(r, out=tmp_path / "one_node")
+    assert same_weights(tmp_path / "nodes", tmp_path / "one_node")
 
 
 def test_bf16_autocast_and_channels_last_train_on_cpu(tmp_path):
@@ -201,7 +265,7 @@ def test_bf16_autocast_and_channels_last_train_on_cpu(tmp_path):
     trainer = Trainer(cfg, tmp_path, progress=False)
     assert trainer.amp and trainer.memory_format == torch.channels_last
     assert trainer.G.main[0].weight.is_contiguous(memory_format=torch.channels_last)
-    record = trainer.run()
+    record = trainer.train()
     assert torch.isfinite(torch.tensor([record["d_loss"], record["g_loss"]])).all()
     from dcgan_deploy.train import cpu_has_amx
     auto = Trainer(TrainConfig(arch="dcgan64", data="synthetic:16", steps=1, batch_size=4, net=TINY, device="cpu"),

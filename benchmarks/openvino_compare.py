@@ -1,0 +1,145 @@
+"""onnxruntime against OpenVINO on the CPU: the same exported files, the same latents, the same threads,
+in alternating rounds (with PyTorch eager and the matrix-product ceiling in the same rounds).
+
+    pip install openvino nncf
+    python benchmarks/openvino_compare.py [--threads 2] [--seconds 3] [--runs 3] [--smoke]
+
+For each architecture (stand-in weights with realistic BatchNorm statistics; mnist-dcgan the bundled
+trained model) at batch 1 and 64:
+
+- fp32: the file `dcgan-deploy export` writes, run by onnxruntime (the runtime's session) and by
+  OpenVINO (``compile_model`` of the same .onnx, static batch, ``INFERENCE_PRECISION_HINT=f32``,
+  ``INFERENCE_NUM_THREADS`` = the threads);
+- int8: `export --int8`'s file in onnxruntime, against OpenVINO's own int8 of the fp32 model: NNCF
+  post-training quantization calibrated on the same latents (seeds 1000-1007 x 64); both PSNRs against
+  the fp32 images of the same 256 latents.
+
+``ort/ov`` is the median over the rounds of OpenVINO's time / onnxruntime's (above 1: onnxruntime is
+faster). ``--runs`` repeats everything (the VM drifts). Ends with one JSON line.
+"""
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from ceiling import timed_with_ceiling
+from common import SMOKE, archs, trained_like
+from dcgan_deploy.checkpoint import open_checkpoint, save_generator
+from dcgan_deploy.export import INT8_CALIBRATION_BATCH, INT8_CALIBRATION_SEEDS, export
+from dcgan_deploy.images import compare_images
+from dcgan_deploy.latent import latents
+from dcgan_deploy.nets import ARCHITECTURES
+from dcgan_deploy.runtime import Generator
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def openvino_peer(model, threads: int):
+    """A ``bench_model`` peer running ``model`` (an ov.Model) compiled for each batch size, on the CPU."""
+    import openvino as ov
+    core = ov.Core()
+
+    def factory(gen, z):
+        m = model.clone()
+        m.reshape({m.inputs[0]: list(z.shape)})
+        compiled = core.compile_model(m, "CPU", {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": threads,
+                                                 "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1})
+        request = compiled.create_infer_request()
+        request.infer({0: z})
+        return (lambda: request.infer({0: z})), 1.0, 2
+    return factory
+
+
+def openvino_images(model, z: np.ndarray, threads: int) -> np.ndarray:
+    import openvino as ov
+    m = model.clone()
+    m.reshape({m.inputs[0]: list(z.shape)})
+    compiled = ov.Core().compile_model(m, "CPU", {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": threads})
+    return compiled(z)[0]
+
+
+def nncf_int8(fp32: Path, cfg):
+    """OpenVINO's int8 of the fp32 file: NNCF post-training quantization on the export's calibration latents."""
+    import nncf
+    import openvino as ov
+    items = [latents(INT8_CALIBRATION_BATCH, s, cfg.latent_dim, cfg.latent_prior) for s in INT8_CALIBRATION_SEEDS]
+    model = ov.Core().read_model(str(fp32))
+    return nncf.quantize(model, nncf.Dataset(items), subset_size=len(items))  # items: batches of latents
+
+
+def measure(arch: str, tmp: Path, args) -> list[dict]:
+    import openvino as ov
+    g = (open_checkpoint(ROOT / "training" / "mnist" / "generator.safetensors").model
+         if arch == "mnist-dcgan" and not args.smoke else trained_like(arch, args.smoke))
+    ckpt = tmp / f"{arch}.safetensors"
+    save_generator(g.state_dict(), g.cfg, ckpt)
+    fp32 = tmp / f"{arch}.onnx"
+    export(ckpt, fp32, int8=True)
+    int8 = tmp / f"{arch}-int8.onnx"
+    ov_fp32 = ov.Core().read_model(str(fp32))
+    ov_int8 = nncf_int8(fp32, g.cfg)
+    gen = Generator.load(fp32, device="cpu", threads=args.threads)
+    z = gen.latents(256, 0)
+    reference = gen.run(z)
+    psnr = {"ort_int8": compare_images(reference, Generator.load(int8, device="cpu").run(z))["psnr"],
+            "ov_fp32": compare_images(reference, openvino_images(ov_fp32, z, args.threads))["psnr"],
+            "ov_int8": compare_images(reference, openvino_images(ov_int8, z, args.threads))["psnr"]}
+    rows = []
+    for precision, path, ov_model in (("fp32", fp32, ov_fp32), ("int8", int8, ov_int8)):
+        for batch in args.batch_sizes:
+            r = timed_with_ceiling(path, args.threads, [batch], args.seconds, g if precision == "fp32" else None,
+                                   rounds=args.rounds, peers={"openvino": openvino_peer(ov_model, args.threads)})[0]
+            rows.append({"arch": arch, "precision": precision, "batch": batch, "ort_images_per_s": r["images_per_s"],
+                         "openvino_images_per_s": r["openvino_images_per_s"], "ort_vs_openvino": r["speedup_vs_openvino"],
+                         "ort_vs_openvino_range": r["speedup_vs_openvino_range"],
+                         "share_of_ceiling": r.get("share_of_ceiling"), "speedup_vs_torch": r.get("speedup_vs_torch"),
+                         "psnr_ort_db": round(psnr["ort_int8"], 1) if precision == "int8" else None,
+                         "psnr_openvino_db": round(psnr["ov_int8" if precision == "int8" else "ov_fp32"], 1)})
+    return rows
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seconds", type=float, default=3.0)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--runs", type=int, default=1)
+    ap.add_argument("--batch-size", default="1,64")
+    ap.add_argument("--smoke", action="store_true", help="one tiny architecture, one short round: checks the script")
+    args = ap.parse_args()
+    args.batch_sizes = [int(b) for b in args.batch_size.split(",")]
+    if args.smoke:
+        args.seconds, args.rounds, args.runs, args.batch_sizes = 0.02, 1, 1, [2]
+    try:
+        import nncf  # noqa: F401
+        import openvino  # noqa: F401
+    except ImportError:
+        sys.exit("needs openvino and nncf: pip install openvino nncf")
+    warnings.simplefilter("ignore")
+    rows = []
+    for run in range(args.runs):
+        with tempfile.TemporaryDirectory() as tmp:
+            for arch in archs(("dcgan64",) if args.smoke else ARCHITECTURES, args.smoke):
+                for row in measure(arch, Path(tmp), args):
+                    row["run"] = run
+                    rows.append(row)
+                    print(f"run {run} {row['arch']:<17} {row['precision']} batch {row['batch']:>3}: onnxruntime "
+                          f"{row['ort_images_per_s']:9.1f} img/s, OpenVINO {row['openvino_images_per_s']:9.1f} img/s, "
+                          f"ort/ov x{row['ort_vs_openvino']:.2f} (rounds {row['ort_vs_openvino_range']}); PSNR vs fp32 "
+                          f"ort {row['psnr_ort_db']} ov {row['psnr_openvino_db']} dB", flush=True)
+    cells = {}
+    for r in rows:
+        cells.setdefault((r["arch"], r["precision"], r["batch"]), []).append(r["ort_vs_openvino"])
+    summary = {f"{a} {p} b{b}": {"median": statistics.median(v), "min": min(v), "max": max(v)}
+               for (a, p, b), v in cells.items()}
+    print(json.dumps({"threads": args.threads, "smoke": args.smoke, "tiny": SMOKE if args.smoke else None,
+                      "summary": summary, "rows": rows}))
+
+
+if __name__ == "__main__":
+    main()

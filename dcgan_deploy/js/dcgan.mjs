@@ -1,0 +1,397 @@
+// dcgan.mjs — the JavaScript runtime of dcgan-deploy: a generator exported to ONNX, in the browser or in Node.
+//
+//   import * as ort from "onnxruntime-web";                 // or the page's copy of ort.wasm.min.mjs
+//   import { loadGenerator } from "./dcgan.mjs";
+//   const gen = await loadGenerator("mnist.onnx", { ort });
+//   const { rgba, width, height } = await gen.generate(16, 42);   // the same images as Python's generate(16, 42)
+//
+// The seed -> latent contract of the Python runtime, reproduced bit for bit: numpy's SeedSequence, PCG64,
+// standard_normal(dtype=float32) by numpy's float32 ziggurat, uniform(-1, 1) in float64 cast to float32,
+// truncation as one float32 multiplication, uint8 as rint((x + 1) * 127.5) in float32 (docs/DESIGN.md).
+// The one place JavaScript's arithmetic may differ from numpy's C library is inside the ziggurat's rare
+// rejection steps (exp and log1p may round differently in the last bit); how often, and by how much, is
+// measured in the tests and stated in the design.
+
+import { FI, INV_R, KI, R, WI } from "./ziggurat.mjs";
+
+export const MAX_SEED = (1n << 64n) - 1n;
+const M32 = 0xffffffffn;
+const M64 = (1n << 64n) - 1n;
+const M128 = (1n << 128n) - 1n;
+
+// ---- numpy's SeedSequence ------------------------------------------------------------------------
+const INIT_A = 0x43b0d7e5, MULT_A = 0x931e8875, INIT_B = 0x8b51f9dd, MULT_B = 0x58f38ded;
+const MIX_MULT_L = 0xca01f9dd, MIX_MULT_R = 0x4973f715, POOL_SIZE = 4;
+
+function entropyWords(seed) {
+  // a non-negative integer -> its 32-bit words, lowest first ([0] for 0)
+  let n = BigInt(seed);
+  if (n < 0n || n > MAX_SEED) throw new RangeError(`seed must be a whole number from 0 to 2**64 - 1, got ${seed}`);
+  if (n === 0n) return [0];
+  const words = [];
+  while (n > 0n) { words.push(Number(n & M32)); n >>= 32n; }
+  return words;
+}
+
+/** numpy.random.SeedSequence(seed).generate_state(4, np.uint64), as four BigInts. */
+export function seedSequenceState(seed, nWords = 4) {
+  const entropy = entropyWords(seed);
+  let hashConst = INIT_A;
+  const hashmix = (value) => {
+    value = (value ^ hashConst) >>> 0;
+    hashConst = Math.imul(hashConst, MULT_A) >>> 0;
+    value = Math.imul(value, hashConst) >>> 0;
+    return (value ^ (value >>> 16)) >>> 0;
+  };
+  const mix = (x, y) => {
+    const r = (Math.imul(MIX_MULT_L, x) - Math.imul(MIX_MULT_R, y)) >>> 0;
+    return (r ^ (r >>> 16)) >>> 0;
+  };
+  const pool = new Array(POOL_SIZE);
+  for (let i = 0; i < POOL_SIZE; i++) pool[i] = hashmix(i < entropy.length ? entropy[i] : 0);
+  for (let src = 0; src < POOL_SIZE; src++)
+    for (let dst = 0; dst < POOL_SIZE; dst++)
+      if (src !== dst) pool[dst] = mix(pool[dst], hashmix(pool[src]));
+  for (let src = POOL_SIZE; src < entropy.length; src++)
+    for (let dst = 0; dst < POOL_SIZE; dst++) pool[dst] = mix(pool[dst], hashmix(entropy[src]));
+  let hashB = INIT_B;
+  const words32 = [];
+  for (let i = 0; i < 2 * nWords; i++) {
+    let v = (pool[i % POOL_SIZE] ^ hashB) >>> 0;
+    hashB = Math.imul(hashB, MULT_B) >>> 0;
+    v = Math.imul(v, hashB) >>> 0;
+    words32.push((v ^ (v >>> 16)) >>> 0);
+  }
+  const out = [];
+  for (let i = 0; i < nWords; i++) out.push(BigInt(words32[2 * i]) | (BigInt(words32[2 * i + 1]) << 32n));
+  return out;
+}
+
+// ---- numpy's PCG64 (XSL-RR 128/64) ---------------------------------------------------------------
+const MULT = (2549297995355413924n << 64n) | 4865540595714422341n;
+
+export class PCG64 {
+  constructor(seed) {
+    const [s0, s1, i0, i1] = seedSequenceState(seed);
+    const initstate = (s0 << 64n) | s1;
+    const initseq = (i0 << 64n) | i1;
+    this.inc = ((initseq << 1n) | 1n) & M128;
+    this.state = 0n;
+    this.step();
+    this.state = (this.state + initstate) & M128;
+    this.step();
+    this.hasUint32 = false;
+    this.uinteger = 0;
+  }
+
+  step() { this.state = (this.state * MULT + this.inc) & M128; }
+
+  /** The next 64 random bits, a BigInt. */
+  next64() {
+    this.step();
+    const hi = this.state >> 64n, lo = this.state & M64;
+    const x = hi ^ lo, rot = hi >> 58n;
+    return ((x >> rot) | (x << ((64n - rot) & 63n))) & M64;
+  }
+
+  /** The next 32 random bits (numpy hands out each 64-bit draw as two halves, low first). */
+  next32() {
+    if (this.hasUint32) { this.hasUint32 = false; return this.uinteger; }
+    const next = this.next64();
+    this.hasUint32 = true;
+    this.uinteger = Number(next >> 32n);
+    return Number(next & M32);
+  }
+
+  nextFloat() { return Math.fround((this.next32() >>> 8) * (1 / 16777216)); }
+
+  nextDouble() { return Number(this.next64() >> 11n) * (1.0 / 9007199254740992.0); }
+}
+
+/** numpy's random_standard_normal_f: one float32 standard normal value. */
+export function standardNormalF32(rng) {
+  for (;;) {
+    const r = rng.next32();
+    const idx = r & 0xff;
+    const sign = (r >>> 8) & 1;
+    const rabs = (r >>> 9) & 0x7fffff;
+    let x = Math.fround(rabs * WI[idx]);
+    if (sign) x = -x;
+    if (rabs < KI[idx]) return x; // 99.3% of the time
+    if (idx === 0) {
+      for (;;) {
+        // -r^-1 * log1pf(-U): float32 arithmetic, as numpy's C
+        const xx = Math.fround(-INV_R * Math.fround(Math.log1p(-rng.nextFloat())));
+        const yy = Math.fround(-Math.fround(Math.log1p(-rng.nextFloat())));
+        if (Math.fround(yy + yy) > Math.fround(xx * xx))
+          return ((rabs >>> 8) & 1) ? -Math.fround(R + xx) : Math.fround(R + xx);
+      }
+    } else if (Math.fround(Math.fround(Math.fround(FI[idx - 1] - FI[idx]) * rng.nextFloat()) + FI[idx]) < Math.exp(-0.5 * x * x)) {
+      return x;
+    }
+  }
+}
+
+/** Draws latent rows for one seed, a chunk at a time: ``take(a)`` then ``take(b)`` equals ``take(a + b)``. */
+export class LatentStream {
+  constructor(seed, latentDim, prior = "normal") {
+    if (!["normal", "uniform"].includes(prior)) throw new RangeError(`unknown latent prior ${prior}`);
+    this.rng = new PCG64(checkSeed(seed));
+    this.latentDim = latentDim;
+    this.prior = prior;
+  }
+
+  take(n) {
+    const out = new Float32Array(n * this.latentDim);
+    if (this.prior === "normal") for (let i = 0; i < out.length; i++) out[i] = standardNormalF32(this.rng);
+    else for (let i = 0; i < out.length; i++) out[i] = -1.0 + 2.0 * this.rng.nextDouble(); // float64, then float32
+    return out;
+  }
+}
+
+export function checkSeed(seed) {
+  let s;
+  try { s = BigInt(seed); } catch { throw new RangeError(`seed must be a whole number from 0 to 2**64 - 1, got ${seed}`); }
+  if (typeof seed === "number" && !Number.isSafeInteger(seed)) throw new RangeError(`seed must be a whole number, got ${seed}`);
+  if (s < 0n || s > MAX_SEED) throw new RangeError(`seed must be a whole number from 0 to 2**64 - 1, got ${seed}`);
+  return s;
+}
+
+export function checkTruncation(psi) {
+  if (typeof psi !== "number" || !(psi > 0 && psi <= 1)) throw new RangeError(`truncation must be 0 < psi <= 1, got ${psi}`);
+  return psi;
+}
+
+/** The truncation contract: float32(psi) * z, in float32 (z itself for psi = 1). */
+export function truncate(z, psi = 1) {
+  checkTruncation(psi);
+  if (psi === 1) return z;
+  const p = Math.fround(psi);
+  return z.map((v) => Math.fround(p * v));
+}
+
+/** ``n`` latents for ``seed``: a Float32Array of n * latentDim, row by row, as Python's ``latents(n, seed)``. */
+export function latents(n, seed, latentDim, prior = "normal", truncation = 1) {
+  checkCount(n, "n");
+  return truncate(new LatentStream(seed, latentDim, prior).take(n), truncation);
+}
+
+function checkCount(n, what) {
+  if (!Number.isSafeInteger(n) || n < 1) throw new RangeError(`${what} must be a whole number >= 1, got ${n}`);
+  return n;
+}
+
+// ---- images ----------------------------------------------------------------------------------------
+function rint(v) {
+  // round half to even, as numpy's rint
+  const f = Math.floor(v), d = v - f;
+  if (d > 0.5) return f + 1;
+  if (d < 0.5) return f;
+  return f % 2 === 0 ? f : f + 1;
+}
+
+/** Float images [n, C, H, W] in [-1, 1] -> uint8 [n, H, W, C], as Python's ``to_uint8``. */
+export function toUint8(images, n, c, h, w) {
+  const out = new Uint8Array(n * h * w * c);
+  for (let i = 0; i < n; i++)
+    for (let ch = 0; ch < c; ch++)
+      for (let y = 0; y < h; y++)
+        for (let x = 0; x < w; x++) {
+          const v = rint(Math.fround(Math.fround(images[((i * c + ch) * h + y) * w + x] + 1) * 127.5));
+          out[((i * h + y) * w + x) * c + ch] = v < 0 ? 0 : v > 255 ? 255 : v;
+        }
+  return out;
+}
+
+/** uint8 [n, H, W, C] (C = 1 or 3) -> RGBA [n, H, W, 4], for ImageData. */
+export function toRGBA(u8, n, h, w, c) {
+  const out = new Uint8ClampedArray(n * h * w * 4);
+  for (let p = 0; p < n * h * w; p++) {
+    for (let k = 0; k < 3; k++) out[4 * p + k] = u8[p * c + (c === 1 ? 0 : k)];
+    out[4 * p + 3] = 255;
+  }
+  return out;
+}
+
+// ---- the model file's metadata (a small reader of ONNX's protobuf: ModelProto.metadata_props) --------
+function varint(buf, pos) {
+  let value = 0, mul = 1, b;
+  do {
+    if (pos >= buf.length) throw new Error("truncated varint");
+    b = buf[pos++];
+    value += (b & 0x7f) * mul;
+    mul *= 128;
+  } while (b & 0x80);
+  return [value, pos];
+}
+
+function* fields(buf, start, end) {
+  let pos = start;
+  while (pos < end) {
+    let tag;
+    [tag, pos] = varint(buf, pos);
+    const number = Math.floor(tag / 8), wire = tag & 7;
+    if (wire === 0) { let v; [v, pos] = varint(buf, pos); yield [number, wire, v]; }
+    else if (wire === 1) { pos += 8; }
+    else if (wire === 5) { pos += 4; }
+    else if (wire === 2) { let size; [size, pos] = varint(buf, pos); yield [number, wire, [pos, pos + size]]; pos += size; }
+    else throw new Error(`unsupported wire type ${wire}`);
+  }
+}
+
+/** The ``metadata_props`` of an ONNX file (bytes), as an object of strings. */
+export function readMetadata(bytes) {
+  const buf = bytes instanceof Uint8Array ? bytes : new Uint8Array(bytes);
+  const text = new TextDecoder();
+  const meta = {};
+  for (const [number, wire, span] of fields(buf, 0, buf.length)) {
+    if (number !== 14 || wire !== 2) continue;
+    let key = "", value = "";
+    for (const [n, w, s] of fields(buf, span[0], span[1])) {
+      if (w !== 2) continue;
+      if (n === 1) key = text.decode(buf.subarray(s[0], s[1]));
+      if (n === 2) value = text.decode(buf.subarray(s[0], s[1]));
+    }
+    meta[key] = value;
+  }
+  return meta;
+}
+
+const REQUIRED = ["architecture", "latent_dim", "latent_prior", "channels", "height", "width"];
+
+function checkMetadata(meta, where) {
+  if (meta["dcgan_deploy.format"] !== "1") throw new Error(`${where}: not a dcgan-deploy generator (format ${meta["dcgan_deploy.format"]})`);
+  for (const k of REQUIRED) if (!(k in meta)) throw new Error(`${where}: metadata lacks ${k}`);
+  for (const [k, hi] of [["latent_dim", 4096], ["channels", 3], ["height", 1024], ["width", 1024]]) {
+    if (!/^[0-9]+$/.test(meta[k]) || +meta[k] < 1 || +meta[k] > hi) throw new Error(`${where}: metadata ${k} is not 1 to ${hi}`);
+  }
+  if (!["normal", "uniform"].includes(meta.latent_prior)) throw new Error(`${where}: unknown latent_prior`);
+}
+
+// ---- the generator -------------------------------------------------------------------------------
+export class Generator {
+  constructor(session, metadata, ort, source) {
+    this.session = session;
+    this.metadata = metadata;
+    this.ort = ort;
+    this.source = source;
+    this.latentDim = +metadata.latent_dim;
+    this.prior = metadata.latent_prior;
+    this.channels = +metadata.channels;
+    this.height = +metadata.height;
+    this.width = +metadata.width;
+    this.parity = metadata.parity ? JSON.parse(metadata.parity) : {};
+    const d = metadata.directions ? JSON.parse(metadata.directions) : null;
+    this.directions = d && Array.isArray(d.directions) ? d.directions.map((x) => ({ ...x, vector: Float32Array.from(x.vector) })) : [];
+  }
+
+  latents(n, seed, truncation = 1) { return latents(n, seed, this.latentDim, this.prior, truncation); }
+
+  /** Latents (Float32Array of n * latentDim) -> float images [n, C, H, W] in [-1, 1], one session run. */
+  async run(z) {
+    if (!(z instanceof Float32Array) || z.length === 0 || z.length % this.latentDim !== 0)
+      throw new RangeError(`latents must be a Float32Array of n * ${this.latentDim} values`);
+    if (!z.every(Number.isFinite)) throw new RangeError("latents contain NaN or infinite values");
+    const n = z.length / this.latentDim;
+    const out = await this.session.run({ z: new this.ort.Tensor("float32", z, [n, this.latentDim]) });
+    const image = out.image.data;
+    if (!image.every(Number.isFinite)) throw new Error(`${this.source}: the model produced NaN or infinite values`);
+    return image;
+  }
+
+  /** Images of given latents, ``batchSize`` per session run: {float, uint8, rgba, n, width, height, channels}. */
+  async images(z, batchSize = 64) {
+    checkCount(batchSize, "batchSize");
+    const n = z.length / this.latentDim, per = this.channels * this.height * this.width;
+    const float = new Float32Array(n * per);
+    for (let i = 0; i < n; i += batchSize) {
+      const m = Math.min(batchSize, n - i);
+      float.set(await this.run(z.subarray(i * this.latentDim, (i + m) * this.latentDim)), i * per);
+    }
+    const uint8 = toUint8(float, n, this.channels, this.height, this.width);
+    return { n, width: this.width, height: this.height, channels: this.channels, float, uint8,
+             get rgba() { return toRGBA(uint8, n, this.height, this.width, this.channels); } };
+  }
+
+  /** ``n`` images for ``seed``: the same as Python's ``Generator.generate(n, seed, truncation=...)``. */
+  async generate(n, seed, { truncation = 1, batchSize = 64 } = {}) {
+    return this.images(this.latents(checkCount(n, "n"), seed, truncation), batchSize);
+  }
+
+  /** A walk through the seeds' first latents, ``frames`` frames from each to the next, then the last seed. */
+  async interpolate(seeds, frames, { method = "slerp", truncation = 1 } = {}) {
+    if (seeds.length < 2) throw new RangeError("an interpolation needs at least two seeds");
+    checkCount(frames, "frames");
+    const total = (seeds.length - 1) * frames + 1;
+    if (total > 1000) throw new RangeError(`${total} frames requested; the limit is 1000`);
+    const points = seeds.map((s) => this.latents(1, s, truncation));
+    const d = this.latentDim, z = new Float32Array(total * d);
+    let row = 0;
+    for (let k = 0; k + 1 < points.length; k++)
+      for (let f = 0; f < frames; f++) z.set(interpolateOne(points[k], points[k + 1], f / frames, method), d * row++);
+    z.set(points[points.length - 1], d * row);
+    return this.images(z);
+  }
+
+  /** A latent ``z`` moved along named directions: ``moves`` = [[name, strength], ...]. */
+  edit(z, moves) {
+    const out = Float32Array.from(z);
+    for (const [name, s] of moves) {
+      const dir = this.directions.find((x) => x.name === name);
+      if (!dir) throw new RangeError(`unknown direction ${name}`);
+      if (!Number.isFinite(s)) throw new RangeError(`strength of ${name} must be a finite number`);
+      for (let i = 0; i < out.length; i++) out[i] = Math.fround(out[i] + Math.fround(s * dir.vector[i]));
+    }
+    return out;
+  }
+}
+
+function interpolateOne(a, b, t, method) {
+  const out = new Float32Array(a.length);
+  if (method === "slerp") {
+    let dot = 0, na = 0, nb = 0;
+    for (let i = 0; i < a.length; i++) { dot += a[i] * b[i]; na += a[i] * a[i]; nb += b[i] * b[i]; }
+    const omega = Math.acos(Math.min(1, Math.max(-1, dot / Math.max(Math.sqrt(na) * Math.sqrt(nb), 1e-12))));
+    const s = Math.sin(omega);
+    if (s >= 1e-6) {
+      for (let i = 0; i < a.length; i++) out[i] = (Math.sin((1 - t) * omega) / s) * a[i] + (Math.sin(t * omega) / s) * b[i];
+      return out;
+    }
+  } else if (method !== "lerp") throw new RangeError(`unknown interpolation ${method}; slerp or lerp`);
+  for (let i = 0; i < a.length; i++) out[i] = (1 - t) * a[i] + t * b[i];
+  return out;
+}
+
+/**
+ * Open a generator: ``source`` a URL, a file path (Node) or the file's bytes. ``options.ort``: the
+ * onnxruntime-web (or onnxruntime-node) module; ``options.executionProviders``: e.g. ["wasm"] or ["webgpu"].
+ */
+export async function loadGenerator(source, options = {}) {
+  const ort = options.ort || globalThis.ort;
+  if (!ort) throw new Error("loadGenerator needs onnxruntime: pass { ort } (onnxruntime-web or onnxruntime-node)");
+  let bytes = source;
+  if (typeof source === "string" || source instanceof URL) {
+    if (typeof window === "undefined" && !/^https?:/.test(String(source))) {
+      const { readFile } = await import("node:fs/promises");
+      bytes = await readFile(source);
+    } else {
+      const response = await fetch(source);
+      if (!response.ok) throw new Error(`${source}: ${response.status} ${response.statusText}`);
+      bytes = await response.arrayBuffer();
+    }
+  }
+  const u8 = new Uint8Array(bytes.buffer ? bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.byteLength) : bytes);
+  const where = typeof source === "string" ? source : "model";
+  const metadata = readMetadata(u8);
+  checkMetadata(metadata, where);
+  const providers = options.executionProviders || ["wasm"];
+  const gate = metadata.web_gate ? JSON.parse(metadata.web_gate) : {};
+  for (const ep of providers) {
+    const verdict = ep === "wasm" ? gate["wasm-1-thread"] : gate[ep];
+    if (verdict === "failed") throw new Error(`${where}: this model failed the browser parity gate on ${ep}; use another backend`);
+  }
+  const session = await ort.InferenceSession.create(u8, { executionProviders: providers, graphOptimizationLevel: "all" });
+  if (session.inputNames.join() !== "z" || session.outputNames.join() !== "image")
+    throw new Error(`${where}: the graph must have one input 'z' and one output 'image'`);
+  return new Generator(session, metadata, ort, where);
+}

@@ -1,0 +1,454 @@
+"""`dcgan-deploy serve`: generators behind the Open Inference Protocol (KServe v2 / Triton), on Ray Serve.
+
+One Ray Serve application: an HTTP ingress (FastAPI) that speaks the protocol and checks every
+request, and one deployment per model whose replicas each hold one runtime ``Generator`` (numpy +
+onnxruntime). Requests from many clients are batched into one onnxruntime call by ``@serve.batch``
+(up to ``max_batch_size`` images, waiting at most ``BATCH_WAIT_S``). Without ``address`` a local Ray
+instance is started; with one, the app joins that cluster, and the replicas spread over its nodes.
+
+The protocol, over HTTP:
+
+- ``GET /v2/health/live``, ``/v2/health/ready``, ``GET /v2``, ``GET /v2/models/{name}`` (metadata),
+  ``GET /v2/models/{name}/ready``, ``GET /v2/models/{name}/stats`` (batch sizes, per replica);
+- ``POST /v2/models/{name}/infer``: inputs either ``z`` (FP32 ``[n, latent_dim]``) or ``seed`` (INT64 or
+  UINT64 ``[1]``) with ``n`` (INT64 ``[1]``) and optionally ``truncation`` (FP32 ``[1]``); output ``image``
+  (UINT8 ``[n, H, W, C]``), the same bytes as ``dcgan-deploy generate``. JSON data, or Triton's binary
+  tensor extension (the ``Inference-Header-Content-Length`` header), as ``tritonclient`` sends and asks;
+- ``GET /v2/models/{name}/grid.png?seed=S&n=N[&truncation=PSI]``: a PNG grid, for a browser or curl.
+
+Every input is checked: a bad one gets 400 and ``{"error": "..."}`` saying what was wrong, an unknown
+model 404, a body over ``MAX_BODY_BYTES`` 413, a full queue 503; never a traceback. The shapes and
+datatypes are those of the Triton model repository entry ``export --triton`` writes, but for the
+output: the server sends UINT8 images ``[n, H, W, C]`` (what ``generate`` writes), Triton's entry the
+float32 ``[n, C, H, W]`` the ONNX graph computes.
+"""
+import io
+import json
+import math
+import os
+import time
+
+import numpy as np
+
+from . import bundled, modelfile
+from .latent import MAX_SEED, check_truncation
+
+MAX_IMAGES = 4096              # images per request
+MAX_BODY_BYTES = 64 * 1024**2  # request body
+MAX_GRID = 256                 # images in a grid.png
+BATCH_WAIT_S = 0.005           # how long a replica waits to fill a batch
+QUEUE_PER_REPLICA = 32         # requests waiting per replica before a 503
+DATATYPES = {"FP32": np.float32, "FP64": np.float64, "INT64": np.int64, "UINT64": np.uint64, "INT32": np.int32,
+             "UINT8": np.uint8, "BOOL": np.bool_, "FP16": np.float16, "INT8": np.int8, "UINT32": np.uint32}
+
+
+class RequestError(ValueError):
+    """A request the server refuses; ``status`` is the HTTP status, the message goes to the client."""
+
+    def __init__(self, message: str, status: int = 400):
+        super().__init__(message)
+        self.status = status
+
+
+# ---- the protocol, without Ray: parse and encode -------------------------------------------------------
+class ModelInfo:
+    """What the ingress knows of a model, from its file alone (no session): names, shapes, its prior."""
+
+    def __init__(self, name: str, path):
+        graph = modelfile.read(path)
+        meta = modelfile.check_metadata(graph.metadata, path)
+        modelfile.check_ops(graph)
+        self.name, self.path = name, str(path)
+        self.latent_dim, self.prior = int(meta["latent_dim"]), meta["latent_prior"]
+        self.shape = (int(meta["height"]), int(meta["width"]), int(meta["channels"]))
+
+    def metadata(self) -> dict:
+        h, w, c = self.shape
+        return {"name": self.name, "versions": ["1"], "platform": "onnxruntime_onnx",
+                "inputs": [{"name": "z", "datatype": "FP32", "shape": [-1, self.latent_dim]},
+                           {"name": "seed", "datatype": "INT64", "shape": [1]},
+                           {"name": "n", "datatype": "INT64", "shape": [1]},
+                           {"name": "truncation", "datatype": "FP32", "shape": [1]}],
+                "outputs": [{"name": "image", "datatype": "UINT8", "shape": [-1, h, w, c]}]}
+
+
+def split_body(body: bytes, header_length: str | None) -> tuple[dict, bytes]:
+    """The JSON part of a request and its binary tail (Triton's binary tensor extension)."""
+    if len(body) > MAX_BODY_BYTES:
+        raise RequestError(f"the request body is {len(body)} bytes; at most {MAX_BODY_BYTES}", 413)
+    if header_length is not None:
+        if not header_length.isdigit() or int(header_length) > len(body):
+            raise RequestError("Inference-Header-Content-Length must be the length of the JSON part of the body")
+        n = int(header_length)
+        head, tail = body[:n], body[n:]
+    else:
+        head, tail = body, b""
+    try:
+        request = json.loads(head, parse_constant=lambda c: (_ for _ in ()).throw(ValueError(f"{c} is not JSON")))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise RequestError(f"the request is not valid JSON ({str(e)[:100]})") from None
+    if not isinstance(request, dict):
+        raise RequestError("the request must be a JSON object with 'inputs'")
+    return request, tail
+
+
+def read_inputs(request: dict, tail: bytes) -> dict[str, np.ndarray]:
+    """{name: array} from the request's ``inputs`` (JSON ``data`` or binary), each checked against its
+    declared datatype and shape."""
+    inputs = request.get("inputs")
+    if not isinstance(inputs, list) or not inputs:
+        raise RequestError("the request needs a non-empty list 'inputs'")
+    out, offset = {}, 0
+    for i, tensor in enumerate(inputs):
+        if not isinstance(tensor, dict) or not isinstance(tensor.get("name"), str):
+            raise RequestError(f"input {i} must be an object with a 'name'")
+        name, datatype, shape = tensor["name"], tensor.get("datatype"), tensor.get("shape")
+        if name in out:
+            raise RequestError(f"input {name!r} is given twice")
+        if datatype not in DATATYPES:
+            raise RequestError(f"input {name!r}: unknown datatype {str(datatype)[:20]!r}")
+        if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d <= 10**7
+                                                  for d in shape):
+            raise RequestError(f"input {name!r}: 'shape' must be a list of non-negative integers")
+        count = math.prod(shape)
+        if count > MAX_IMAGES * 4096:
+            raise RequestError(f"input {name!r}: {count} values is more than a request may hold")
+        dtype = np.dtype(DATATYPES[datatype])
+        params = tensor.get("parameters") or {}
+        if "binary_data_size" in params:
+            size = params["binary_data_size"]
+            if not isinstance(size, int) or size != count * dtype.itemsize or offset + size > len(tail):
+                raise RequestError(f"input {name!r}: binary_data_size does not match its shape and datatype")
+            array = np.frombuffer(tail, dtype.newbyteorder("<"), count, offset).reshape(shape)
+            offset += size
+        else:
+            data = tensor.get("data")
+            if not isinstance(data, list):
+                raise RequestError(f"input {name!r} needs 'data' (a flat list) or binary data")
+            flat = _flatten(data)
+            if len(flat) != count:
+                raise RequestError(f"input {name!r}: {len(flat)} values for shape {shape}")
+            try:
+                array = _as_array(flat, dtype, name).reshape(shape)
+            except (ValueError, TypeError, OverflowError):
+                raise RequestError(f"input {name!r}: its data are not all {datatype} values") from None
+        out[name] = array
+    return out
+
+
+def _flatten(data: list) -> list:
+    flat, stack = [], [iter(data)]
+    while stack:
+        for v in stack[-1]:
+            if isinstance(v, list):
+                stack.append(iter(v))
+                break
+            flat.append(v)
+        else:
+            stack.pop()
+    return flat
+
+
+def _as_array(flat: list, dtype: np.dtype, name: str) -> np.ndarray:
+    if dtype.kind in "iu":
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in flat):
+            raise TypeError
+        return np.array(flat, dtype=object).astype(dtype) if flat else np.zeros(0, dtype)
+    if dtype.kind == "f" and not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in flat):
+        raise TypeError
+    return np.array(flat, dtype=dtype)
+
+
+def latents_for(info: ModelInfo, inputs: dict[str, np.ndarray]) -> np.ndarray:
+    """The float32 latents a request asks for: given as ``z``, or drawn from ``seed`` and ``n``."""
+    from .latent import latents
+    extra = set(inputs) - {"z", "seed", "n", "truncation"}
+    if extra:
+        raise RequestError(f"unknown input {sorted(extra)[0]!r}; this model takes z, or seed and n (and truncation)")
+    if "z" in inputs:
+        if set(inputs) != {"z"}:
+            raise RequestError("give either z, or seed and n (with truncation): not both")
+        z = inputs["z"]
+        if z.dtype != np.float32:
+            raise RequestError(f"input 'z' must be FP32, got {z.dtype}")
+        if z.ndim != 2 or z.shape[1] != info.latent_dim or not 1 <= z.shape[0] <= MAX_IMAGES:
+            raise RequestError(f"input 'z' must have shape [n, {info.latent_dim}] with 1 <= n <= {MAX_IMAGES}, "
+                               f"got {list(z.shape)}")
+        if not np.isfinite(z).all():
+            raise RequestError("input 'z' holds NaN or infinite values")
+        return np.ascontiguousarray(z)
+    if "seed" not in inputs or "n" not in inputs:
+        raise RequestError("give z (FP32 [n, latent_dim]), or seed and n (INT64 [1])")
+    seed, n = _scalar(inputs["seed"], "seed", "iu"), _scalar(inputs["n"], "n", "iu")
+    if not 0 <= seed <= MAX_SEED:
+        raise RequestError(f"seed must be from 0 to 2**64 - 1, got {seed}")
+    if not 1 <= n <= MAX_IMAGES:
+        raise RequestError(f"n must be from 1 to {MAX_IMAGES}, got {n}")
+    psi = 1.0
+    if "truncation" in inputs:
+        psi = _scalar(inputs["truncation"], "truncation", "f")
+        try:
+            check_truncation(psi)
+        except ValueError as e:
+            raise RequestError(str(e)) from None
+    return latents(n, seed, info.latent_dim, info.prior, psi)
+
+
+def _scalar(a: np.ndarray, name: str, kinds: str):
+    if a.dtype.kind not in kinds:
+        raise RequestError(f"input {name!r} must be {'an integer (INT64)' if 'i' in kinds else 'a number (FP32)'}, "
+                           f"got {a.dtype}")
+    if a.size != 1:
+        raise RequestError(f"input {name!r} must hold one value, got shape {list(a.shape)}")
+    v = a.reshape(-1)[0]
+    return int(v) if a.dtype.kind in "iu" else float(v)
+
+
+def wants_binary(request: dict) -> bool:
+    """Whether the client asked for the image as binary data (tritonclient's default)."""
+    if (request.get("parameters") or {}).get("binary_data_output"):
+        return True
+    return any(isinstance(o, dict) and (o.get("parameters") or {}).get("binary_data")
+               for o in request.get("outputs") or [])
+
+
+def encode_response(info: ModelInfo, images: np.ndarray, request: dict) -> tuple[bytes, dict]:
+    """(body, headers) of an infer response: JSON, or JSON + the image bytes with Triton's binary extension."""
+    out = {"name": "image", "datatype": "UINT8", "shape": list(images.shape)}
+    head = {"model_name": info.name, "model_version": "1", "outputs": [out]}
+    if isinstance(request.get("id"), str):
+        head["id"] = request["id"][:256]
+    if wants_binary(request):
+        raw = np.ascontiguousarray(images).tobytes()
+        out["parameters"] = {"binary_data_size": len(raw)}
+        text = json.dumps(head).encode()
+        return text + raw, {"Inference-Header-Content-Length": str(len(text)), "content-type": "application/octet-stream"}
+    out["data"] = images.reshape(-1).tolist()
+    return json.dumps(head).encode(), {"content-type": "application/json"}
+
+
+def png_grid(images: np.ndarray) -> bytes:
+    from .images import grid, to_pil
+    buffer = io.BytesIO()
+    to_pil(grid(images)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+# ---- the Ray Serve application --------------------------------------------------------------------------
+def build_app(models: dict[str, str], replicas: int = 1, max_batch_size: int = 256, threads: int | None = None,
+              replica_resources: dict | None = None, queue_per_replica: int = QUEUE_PER_REPLICA,
+              max_per_node: int | None = None):
+    """The Serve application: an ingress and one deployment per model (``replicas`` each, batching up to
+    ``max_batch_size`` images; at most ``queue_per_replica`` requests waiting per replica, beyond which
+    the server answers 503). ``replica_resources``: Ray resources each replica needs;
+    ``max_per_node``: at most this many replicas of a model on one node (to spread them)."""
+    from fastapi import FastAPI, Request
+    from fastapi.responses import JSONResponse, Response
+    from ray import serve
+    from ray.serve.exceptions import BackPressureError
+
+    infos = {name: ModelInfo(name, path) for name, path in models.items()}  # refuse a bad file before starting
+
+    placement = {"max_replicas_per_node": max_per_node} if max_per_node else {}
+
+    @serve.deployment(max_ongoing_requests=2 * max_batch_size, max_queued_requests=queue_per_replica * replicas,
+                      num_replicas=replicas, health_check_period_s=2, health_check_timeout_s=10, **placement,
+                      ray_actor_options={"num_cpus": 0, **({"resources": replica_resources} if replica_resources
+                                                            else {})})
+    class ModelReplica:
+        """One replica: one runtime Generator; requests batched into one onnxruntime call."""
+
+        def __init__(self, path: str, max_images: int, threads: int | None):
+            from .runtime import Generator
+            self.gen = Generator.load(path, device="auto", threads=threads)
+            self.max_images = max_images
+            self.run_batch.set_max_batch_size(max_images)
+            self.run_batch.set_batch_wait_timeout_s(BATCH_WAIT_S)
+            self.batches: dict[int, int] = {}  # images per onnxruntime call -> how many calls
+            self.requests_per_batch: dict[int, int] = {}
+
+        @serve.batch(max_batch_size=256, batch_wait_timeout_s=BATCH_WAIT_S,
+                     batch_size_fn=lambda requests: sum(len(z) for z in requests))
+        async def run_batch(self, requests: list[np.ndarray]) -> list[np.ndarray]:
+            images = self.run_now(np.concatenate(requests), len(requests))
+            out, start = [], 0
+            for r in requests:
+                out.append(images[start:start + len(r)])
+                start += len(r)
+            return out
+
+        def run_now(self, z: np.ndarray, requests: int = 1) -> np.ndarray:
+            images = np.concatenate(list(self.gen.images(z, batch_size=len(z))))
+            self.batches[len(z)] = self.batches.get(len(z), 0) + 1
+            self.requests_per_batch[requests] = self.requests_per_batch.get(requests, 0) + 1
+            return images
+
+        async def __call__(self, z: np.ndarray) -> np.ndarray:
+            if len(z) >= self.max_images:  # a request that fills a batch alone runs alone
+                return self.run_now(z)
+            return await self.run_batch(z)
+
+        def stats(self) -> dict:
+            import ray
+            return {"pid": os.getpid(), "node": ray.get_runtime_context().get_node_id(),
+                    "images_per_call": dict(self.batches), "requests_per_call": dict(self.requests_per_batch)}
+
+    app = FastAPI(title="dcgan-deploy", docs_url=None, redoc_url=None, openapi_url=None)
+
+    @app.exception_handler(RequestError)
+    async def refused(request, e: RequestError):
+        return JSONResponse({"error": str(e)}, status_code=e.status)
+
+    @app.exception_handler(Exception)
+    async def failed(request, e: Exception):  # no traceback to the client
+        from .runtime import first_line
+        return JSONResponse({"error": f"the server could not answer: {type(e).__name__}: {first_line(e)}"},
+                            status_code=500)
+
+    @serve.deployment(max_ongoing_requests=1000, num_replicas=1, ray_actor_options={"num_cpus": 0})
+    @serve.ingress(app)
+    class Ingress:
+        def __init__(self, handles: dict):
+            self.handles = handles
+            self.infos = infos
+
+        def _info(self, name: str) -> ModelInfo:
+            if name not in self.infos:
+                raise RequestError(f"unknown model {name[:80]!r}; this server has {', '.join(self.infos)}", 404)
+            return self.infos[name]
+
+        async def _images(self, name: str, z: np.ndarray) -> np.ndarray:
+            try:
+                return await self.handles[name].remote(z)
+            except BackPressureError:
+                raise RequestError(f"model {name!r} is busy: its queue is full; retry later", 503) from None
+
+        @app.get("/v2/health/live")
+        def live(self):
+            return {"live": True}
+
+        @app.get("/v2/health/ready")
+        def ready(self):
+            return {"ready": True}
+
+        @app.get("/v2")
+        def server(self):
+            from . import __version__
+            return {"name": "dcgan-deploy", "version": __version__, "extensions": ["binary_tensor_data", "statistics"]}
+
+        @app.get("/v2/models/{name}")
+        @app.get("/v2/models/{name}/versions/1")
+        def model(self, name: str):
+            return self._info(name).metadata()
+
+        @app.get("/v2/models/{name}/ready")
+        @app.get("/v2/models/{name}/versions/1/ready")
+        def model_ready(self, name: str):
+            self._info(name)
+            return {"name": name, "ready": True}
+
+        @app.get("/v2/models/{name}/stats")
+        async def stats(self, name: str):
+            self._info(name)
+            handle = self.handles[name]
+            seen = {}
+            for _ in range(8 * replicas):  # ask until every replica has answered (routing picks one each time)
+                s = await handle.stats.remote()
+                seen[s["pid"]] = s
+                if len(seen) == replicas:
+                    break
+            return {"model_stats": [{"name": name, "version": "1", "replicas": list(seen.values())}]}
+
+        @app.post("/v2/models/{name}/infer")
+        @app.post("/v2/models/{name}/versions/1/infer")
+        async def infer(self, name: str, request: Request):
+            info = self._info(name)
+            length = request.headers.get("content-length")
+            if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
+                raise RequestError(f"the request body is over {MAX_BODY_BYTES} bytes", 413)
+            body = await request.body()
+            parsed, tail = split_body(body, request.headers.get("inference-header-content-length"))
+            z = latents_for(info, read_inputs(parsed, tail))
+            images = await self._images(name, z)
+            payload, headers = encode_response(info, images, parsed)
+            return Response(payload, headers=headers)
+
+        @app.get("/v2/models/{name}/grid.png")
+        async def grid_png(self, name: str, seed: str = "0", n: str = "16", truncation: str = "1"):
+            info = self._info(name)
+            if not seed.isdigit() or not n.isdigit():
+                raise RequestError("seed and n must be whole numbers")
+            try:
+                psi = float(truncation)
+            except ValueError:
+                raise RequestError(f"truncation must be a number, got {truncation[:20]!r}") from None
+            if not 1 <= int(n) <= MAX_GRID or int(seed) > MAX_SEED:
+                raise RequestError(f"n must be from 1 to {MAX_GRID} and seed from 0 to 2**64 - 1, got n={n}, "
+                                   f"seed={seed[:30]}")
+            z = latents_for(info, {"seed": np.array([int(seed)], np.uint64), "n": np.array([int(n)], np.int64),
+                                   "truncation": np.array([psi], np.float32)})
+            return Response(png_grid(await self._images(name, z)), media_type="image/png")
+
+    handles = {name: ModelReplica.options(name=f"model-{name}").bind(infos[name].path, max_batch_size, threads)
+               for name in models}
+    return Ingress.bind(handles)
+
+
+def resolve(models) -> dict[str, str]:
+    """Model arguments (paths or bundled names; none: every bundled model) -> {name: path}."""
+    paths = [bundled.resolve(m) for m in models] if models else list(bundled.bundled_models().values())
+    chosen = {}
+    for p in paths:
+        if p.stem in chosen:
+            raise ValueError(f"two models are named {p.stem!r}; rename one")
+        chosen[p.stem] = str(p.resolve())
+    return chosen
+
+
+def start(models=(), host: str = "127.0.0.1", port: int = 8000, replicas: int = 1, max_batch_size: int = 256,
+          address: str | None = None, threads: int | None = None, replica_resources: dict | None = None,
+          max_per_node: int | None = None) -> str:
+    """Start (or join, with ``address``) Ray, and run the app on ``host:port``; returns the base URL."""
+    import ray
+    from ray import serve
+    if not 1 <= replicas <= 1024:
+        raise ValueError(f"--replicas must be from 1 to 1024, got {replicas}")
+    if not 1 <= max_batch_size <= MAX_IMAGES:
+        raise ValueError(f"--max-batch-size must be from 1 to {MAX_IMAGES} images, got {max_batch_size}")
+    chosen = resolve(models)
+    app = build_app(chosen, replicas, max_batch_size, threads, replica_resources, max_per_node=max_per_node)
+    # A busy or small machine can take longer than Ray Serve's 5 s to start its HTTP proxy; then the
+    # controller would restart the proxy in a loop. Give it a minute (inherited by Ray's processes).
+    for key in ("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", "RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S"):
+        os.environ.setdefault(key, "60")
+    if not ray.is_initialized():
+        ray.init(address=address, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    serve.start(http_options={"host": host, "port": port}, logging_config={"log_level": "ERROR"})
+    serve.run(app, name="dcgan-deploy", route_prefix="/")
+    return f"http://{host}:{port}/"
+
+
+def stop() -> None:
+    import ray
+    from ray import serve
+    with _suppress():
+        serve.shutdown()
+    with _suppress():
+        ray.shutdown()
+
+
+class _suppress:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return exc[0] is not None and issubclass(exc[0], Exception)
+
+
+def serve_forever(url: str) -> None:
+    """Block until Ctrl-C or SIGTERM (which the command line turns into an exception), then stop."""
+    try:
+        while True:
+            time.sleep(3600)
+    finally:
+        stop()

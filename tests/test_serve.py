@@ -1,0 +1,223 @@
+"""`dcgan-deploy serve` on a real Ray Serve: one two-node cluster for the module (two raylets on this
+machine, ``ray.cluster_utils.Cluster``), loopback only. tritonclient's HTTP client and plain HTTP;
+byte-identical images to the runtime; every bad input answered with 400 and what was wrong; a
+burst batched; an overload shed with 503; replicas on both nodes; a replica killed under load."""
+import concurrent.futures
+import io
+import json
+import os
+import signal
+import time
+
+import numpy as np
+import pytest
+
+ray = pytest.importorskip("ray")
+serve = pytest.importorskip("ray.serve")
+httpclient = pytest.importorskip("tritonclient.http")
+requests = pytest.importorskip("requests")
+
+from conftest import free_port, make_model  # noqa: E402
+from dcgan_deploy import Generator  # noqa: E402
+from dcgan_deploy import serve as server  # noqa: E402
+from dcgan_deploy.bundled import bundled_models  # noqa: E402
+from dcgan_deploy.images import grid  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    from ray.cluster_utils import Cluster
+    rgb = make_model(tmp_path_factory.mktemp("m") / "rgb.onnx", latent_dim=5, channels=3, height=4, width=5,
+                     prior="uniform")
+    os.environ.setdefault("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", "60")
+    os.environ.setdefault("RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S", "60")
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "resources": {"node_a": 1}})
+    c.add_node(num_cpus=2, resources={"node_b": 1})
+    ray.init(address=c.address, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    port = free_port()
+    try:
+        url = server.start([str(bundled_models()["mnist"])], port=port, replicas=2, max_batch_size=64,
+                           address=c.address, threads=1, max_per_node=1)
+        # a second app on the same proxy: one replica per model, one request in flight, a queue of 1 (for the
+        # overload), and another model (RGB, uniform prior)
+        small = server.build_app({"mnist": str(bundled_models()["mnist"]), "rgb": str(rgb)}, replicas=1,
+                                 max_batch_size=1, threads=1, queue_per_replica=1)
+        serve.run(small, name="small", route_prefix="/small")
+        yield {"url": url, "host": f"127.0.0.1:{port}", "rgb": rgb, "cluster": c}
+    finally:
+        server.stop()
+        c.shutdown()
+
+
+def infer(url, model, inputs, binary=False, timeout=60):
+    body = {"inputs": inputs}
+    if binary:
+        body["parameters"] = {"binary_data_output": True}
+    return requests.post(f"{url}v2/models/{model}/infer", data=json.dumps(body), timeout=timeout)
+
+
+def seed_inputs(seed, n, psi=None, seed_type="INT64"):
+    out = [{"name": "seed", "datatype": seed_type, "shape": [1], "data": [seed]},
+           {"name": "n", "datatype": "INT64", "shape": [1], "data": [n]}]
+    if psi is not None:
+        out.append({"name": "truncation", "datatype": "FP32", "shape": [1], "data": [psi]})
+    return out
+
+
+def as_images(response) -> np.ndarray:
+    out = response.json()["outputs"][0]
+    assert out["name"] == "image" and out["datatype"] == "UINT8"
+    return np.array(out["data"], np.uint8).reshape(out["shape"])
+
+
+def test_health_and_metadata_with_tritonclient(cluster):
+    client = httpclient.InferenceServerClient(cluster["host"])
+    assert client.is_server_live() and client.is_server_ready() and client.is_model_ready("mnist")
+    meta = client.get_model_metadata("mnist")
+    assert meta["inputs"][0] == {"name": "z", "datatype": "FP32", "shape": [-1, 100]}
+    assert meta["outputs"] == [{"name": "image", "datatype": "UINT8", "shape": [-1, 28, 28, 1]}]
+    assert client.get_server_metadata()["name"] == "dcgan-deploy"
+
+
+def test_z_and_seed_requests_give_the_runtimes_bytes(cluster):
+    for model in ("mnist", "rgb"):
+        client = httpclient.InferenceServerClient(cluster["host"] + ("" if model == "mnist" else "/small"))
+        gen = Generator.load(bundled_models()["mnist"] if model == "mnist" else cluster["rgb"])
+        z = gen.latents(7, 123)
+        tz = httpclient.InferInput("z", list(z.shape), "FP32")
+        tz.set_data_from_numpy(z)  # the binary tensor extension, as tritonclient sends by default
+        got = client.infer(model, [tz]).as_numpy("image")
+        assert got.dtype == np.uint8 and np.array_equal(got, gen.generate(7, 123))
+        seed, n = httpclient.InferInput("seed", [1], "INT64"), httpclient.InferInput("n", [1], "INT64")
+        seed.set_data_from_numpy(np.array([123], np.int64))
+        n.set_data_from_numpy(np.array([7], np.int64))
+        json_out = client.infer(model, [seed, n], outputs=[httpclient.InferRequestedOutput("image", binary_data=False)])
+        assert np.array_equal(json_out.as_numpy("image"), gen.generate(7, 123))
+        plain = infer(cluster["url"] + ("" if model == "mnist" else "small/"), model, seed_inputs(123, 3, psi=0.5))
+        assert plain.status_code == 200 and np.array_equal(as_images(plain), gen.generate(3, 123, truncation=0.5))
+    big = infer(cluster["url"], "mnist", seed_inputs(2**64 - 1, 2, seed_type="UINT64"))
+    assert np.array_equal(as_images(big), Generator.load("mnist").generate(2, 2**64 - 1))
+
+
+def test_a_grid_for_a_browser(cluster):
+    from PIL import Image
+    r = requests.get(f"{cluster['url']}v2/models/mnist/grid.png?seed=7&n=16", timeout=60)
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+    expected = grid(Generator.load("mnist").generate(16, 7))[..., 0]
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(r.content))), expected)
+
+
+Z100 = {"name": "z", "datatype": "FP32", "shape": [1, 100], "data": [0.0] * 100}
+
+
+@pytest.mark.parametrize("body, status, message", [
+    ({"inputs": [{**Z100, "datatype": "INT64", "data": [0] * 100}]}, 400, "input 'z' must be FP32"),
+    ({"inputs": [{**Z100, "datatype": "INT64"}]}, 400, "its data are not all INT64 values"),
+    ({"inputs": [{**Z100, "shape": [2, 50]}]}, 400, "input 'z' must have shape [n, 100]"),
+    ({"inputs": [{**Z100, "data": [float("nan")] * 100}]}, 400, "not valid JSON"),
+    ({"inputs": [{**Z100, "data": [1e39] * 100}]}, 400, "NaN or infinite"),
+    ({"inputs": [{**Z100, "data": ["x"] * 100}]}, 400, "are not all FP32 values"),
+    ({"inputs": [{**Z100, "data": [0.0] * 99}]}, 400, "99 values for shape [1, 100]"),
+    ({"inputs": seed_inputs(1, -2)}, 400, "n must be from 1 to 4096, got -2"),
+    ({"inputs": seed_inputs(1, 10**6)}, 400, "n must be from 1 to 4096"),
+    ({"inputs": seed_inputs(-1, 2)}, 400, "seed must be from 0 to 2**64 - 1"),
+    ({"inputs": seed_inputs(1, 2, psi=0.0)}, 400, "truncation must be"),
+    ({"inputs": [*seed_inputs(1, 2), Z100]}, 400, "give either z, or seed and n"),
+    ({"inputs": [{"name": "w", "datatype": "FP32", "shape": [1], "data": [1.0]}]}, 400, "unknown input 'w'"),
+    ({"inputs": [{"name": "n", "datatype": "FP32", "shape": [1], "data": [2.5]}, seed_inputs(1, 1)[0]]}, 400,
+     "input 'n' must be an integer"),
+    ({"inputs": []}, 400, "non-empty list 'inputs'"),
+    ([1, 2], 400, "must be a JSON object"),
+    ({"inputs": [{**Z100, "datatype": "COMPLEX"}]}, 400, "unknown datatype"),
+    ({"inputs": [{**Z100, "parameters": {"binary_data_size": 400}}]}, 400, "binary_data_size does not match"),
+])
+def test_bad_inputs_get_400_and_what_was_wrong(cluster, body, status, message):
+    r = requests.post(f"{cluster['url']}v2/models/mnist/infer", data=json.dumps(body), timeout=60)
+    assert r.status_code == status and message in r.json()["error"], r.text
+    assert "Traceback" not in r.text
+
+
+def test_unknown_models_oversized_bodies_and_broken_json(cluster):
+    r = infer(cluster["url"], "../etc", seed_inputs(1, 1))
+    assert r.status_code in (404, 405)
+    r = infer(cluster["url"], "nope", seed_inputs(1, 1))
+    assert r.status_code == 404 and "unknown model 'nope'" in r.json()["error"]
+    r = requests.post(f"{cluster['url']}v2/models/mnist/infer", data=b"{" * 100, timeout=60)
+    assert r.status_code == 400 and "not valid JSON" in r.json()["error"]
+    r = requests.post(f"{cluster['url']}v2/models/mnist/infer", data=b"x" * (server.MAX_BODY_BYTES + 1), timeout=120)
+    assert r.status_code == 413
+    r = requests.get(f"{cluster['url']}v2/models/mnist/grid.png?seed=1&n=100000", timeout=60)
+    assert r.status_code == 400 and "n must be from 1 to 256" in r.json()["error"]
+
+
+def test_a_burst_is_answered_exactly_and_batched(cluster):
+    gen = Generator.load("mnist")
+    before = batch_calls(cluster)
+    with concurrent.futures.ThreadPoolExecutor(24) as pool:
+        results = list(pool.map(lambda s: (s, infer(cluster["url"], "mnist", seed_inputs(s, 2))), range(48)))
+    for seed, r in results:
+        assert r.status_code == 200 and np.array_equal(as_images(r), gen.generate(2, seed)), seed
+    after = batch_calls(cluster)
+    sizes = {k: after.get(k, 0) - before.get(k, 0) for k in after}
+    batched = {k: v for k, v in sizes.items() if k > 1 and v > 0}
+    print(f"requests per onnxruntime call during the burst: {sizes}")
+    assert batched, sizes  # several clients' requests went through one onnxruntime call
+
+
+def batch_calls(cluster) -> dict:
+    stats = requests.get(f"{cluster['url']}v2/models/mnist/stats", timeout=60).json()["model_stats"][0]["replicas"]
+    total = {}
+    for replica in stats:
+        for k, v in replica["requests_per_call"].items():
+            total[int(k)] = total.get(int(k), 0) + v
+    return total
+
+
+def test_an_overload_is_shed_with_503_and_the_server_answers_afterwards(cluster):
+    url = cluster["url"] + "small/"
+    with concurrent.futures.ThreadPoolExecutor(30) as pool:
+        results = list(pool.map(lambda s: infer(url, "mnist", seed_inputs(s, 512)), range(30)))
+    codes = [r.status_code for r in results]
+    assert 503 in codes and 200 in codes, codes
+    assert all("queue is full" in r.json()["error"] for r in results if r.status_code == 503)
+    assert all(c in (200, 503) for c in codes)
+    r = infer(url, "mnist", seed_inputs(3, 2))
+    assert r.status_code == 200 and np.array_equal(as_images(r), Generator.load("mnist").generate(2, 3))
+
+
+def replicas(cluster, model="mnist") -> list[dict]:
+    return requests.get(f"{cluster['url']}v2/models/{model}/stats", timeout=60).json()["model_stats"][0]["replicas"]
+
+
+def test_replicas_run_on_both_nodes(cluster):
+    seen = replicas(cluster)
+    assert len(seen) == 2 and len({r["node"] for r in seen}) == 2, seen
+
+
+def test_a_replica_killed_under_load_loses_no_answered_request(cluster):
+    gen = Generator.load("mnist")
+    victim = replicas(cluster)[0]["pid"]
+    answered, failed = [], []
+
+    def client(i):
+        r = infer(cluster["url"], "mnist", seed_inputs(1000 + i, 4), timeout=120)
+        (answered if r.status_code == 200 else failed).append((i, r))
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        futures = [pool.submit(client, i) for i in range(80)]
+        time.sleep(0.5)
+        os.kill(victim, signal.SIGKILL)
+        concurrent.futures.wait(futures, timeout=300)
+    for i, r in answered:  # every answer the client was told succeeded is right
+        assert np.array_equal(as_images(r), gen.generate(4, 1000 + i)), i
+    assert all(r.status_code >= 500 for _, r in failed)  # the rest were told they failed
+    print(f"killed replica {victim}: {len(answered)} answered, {len(failed)} failed")
+    deadline = time.time() + 180
+    while time.time() < deadline:  # Ray restarts the replica
+        pids = {r["pid"] for r in replicas(cluster)}
+        if len(pids) == 2 and victim not in pids:
+            break
+        time.sleep(2)
+    assert len(pids) == 2 and victim not in pids
+    r = infer(cluster["url"], "mnist", seed_inputs(5, 2))
+    assert r.status_code == 200 and np.array_equal(as_images(r), gen.generate(2, 5))
