@@ -536,8 +536,10 @@ EXIT_PARITY = 4
               help="Run folder (default: runs/<recipe name>).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None)
 @click.option("--seed", type=int, default=None)
+@click.option("--threads", type=int, default=None,
+              help="Intra-op threads for the run (default: the recipe's, 0 = all cores); a resumed run keeps its own.")
 @friendly_errors
-def train(recipe, resume_dir, data, steps, batch_size, run_dir, device, seed):
+def train(recipe, resume_dir, data, steps, batch_size, run_dir, device, seed, threads):
     """Train a generator from a recipe (a TOML file in training/).
 
     Writes train_state.pt, generator.safetensors, log.jsonl and sample grids to the
@@ -558,7 +560,7 @@ def train(recipe, resume_dir, data, steps, batch_size, run_dir, device, seed):
     logging.basicConfig(level=logging.WARNING, format="warning: %(message)s")
     start = time.perf_counter()
     trainer = open_run(recipe, resume_dir, run_dir, progress=sys.stderr.isatty(), data=data, steps=steps,
-                       batch_size=batch_size, device=device, seed=seed)
+                       batch_size=batch_size, device=device, seed=seed, threads=threads)
     try:
         record = trainer.train()
     except DivergenceError as e:
@@ -605,11 +607,13 @@ def thresholds_from(max_abs_cpu, max_abs_cuda, max_changed_cuda):
               help="Also store classifier-labelled latent directions (SeFa ones are always stored; see `directions`).")
 @click.option("--triton", type=click.Path(file_okay=False), default=None,
               help="Also write a Triton model-repository entry DIR/<name>/{config.pbtxt,1/model.onnx}.")
+@click.option("--attribution", default=None, help="The credit the training data's licence asks for, kept in the "
+                                                 "model's metadata (shown by `info`, the demo and the web page).")
 @threshold_options
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @friendly_errors
-def export(ckpt, out, arch, opset, fp16, int8, plain, labelled, triton, max_abs_cpu, max_abs_cuda, max_changed_cuda,
-           as_json):
+def export(ckpt, out, arch, opset, fp16, int8, plain, labelled, triton, attribution, max_abs_cpu, max_abs_cuda,
+           max_changed_cuda, as_json):
     """Export a checkpoint to ONNX and prove parity with PyTorch.
 
     CKPT is a trainer's train_state.pt or generator.safetensors, or a bare
@@ -629,7 +633,7 @@ def export(ckpt, out, arch, opset, fp16, int8, plain, labelled, triton, max_abs_
     thresholds = thresholds_from(max_abs_cpu, max_abs_cuda, max_changed_cuda)
     try:
         result = run_export(ckpt, out, arch=arch, opset=opset, fp16=fp16, int8=int8, triton=triton,
-                            thresholds=thresholds, forms=not plain, labelled=labelled)
+                            thresholds=thresholds, forms=not plain, labelled=labelled, attribution=attribution)
     except ParityError as e:
         report_gate(e.report, as_json, error=str(e))
         sys.exit(EXIT_PARITY)

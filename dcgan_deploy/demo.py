@@ -118,7 +118,8 @@ class Demo:
             verdict += f" ({gen.precision}, PSNR ≥ {parity['worst']['psnr']:.1f} dB)"
         return (f"**{m['architecture']}** trained on `{_short(m.get('dataset', '?'))}` for {m.get('train_step', '?')} "
                 f"steps · {gen.channels}×{gen.height}×{gen.width} images from a {gen.latent_dim}-d {gen.latent_prior} "
-                f"latent · runs on **{gen.device.upper()}** ({gen.provider}) · export parity: {verdict}")
+                f"latent · runs on **{gen.device.upper()}** ({gen.provider}) · export parity: {verdict}"
+                + (f" · {_short(m['attribution'], 300)}" if m.get("attribution") else ""))
 
     def directions(self, name) -> list[Direction]:
         """The model's named directions (SeFa, then labelled); fixed random ones for a model without any."""

@@ -137,13 +137,14 @@ def check_opset(opset) -> int:
 def export(ckpt: str | os.PathLike, out: str | os.PathLike | None = None, arch: str | None = None,
            opset: int = DEFAULT_OPSET, fp16: bool = False, int8: bool = False, triton: str | os.PathLike | None = None,
            thresholds: parity.Thresholds | None = None, name: str | None = None, forms: bool = True,
-           labelled: bool = False) -> dict:
+           labelled: bool = False, attribution: str | None = None) -> dict:
     """Checkpoint -> ``out`` (default ``exports/<name>.onnx``), proven by the parity gate.
 
     Returns ``{"model": path, "report": path, "parity": report, ...}``. On a parity
     miss raises ``ParityError`` (with the report) and nothing new is left at ``out``.
     ``forms=False`` writes the plain graph instead of the CPU-tuned forms. The file carries its SeFa latent
     directions (and with ``labelled`` the classifier-labelled ones, see ``directions``); so do its variants.
+    ``attribution``: the credit the training data asks for (a licence's terms), kept in the metadata.
     """
     opset = check_opset(opset)
     if out is not None and Path(out).suffix.lower() != ".onnx":
@@ -159,6 +160,8 @@ def export(ckpt: str | os.PathLike, out: str | os.PathLike | None = None, arch: 
         to_onnx(deploy_form(c.model, forms=forms), c.cfg, tmp, opset)
         check_graph(tmp)
         meta = base_metadata(c, modelfile.read(tmp).opsets.get("", opset))  # the opset the exporter really wrote
+        if attribution:
+            meta["attribution"] = attribution
         write_metadata(tmp, meta)
         report = parity.run_gate(c.model, tmp, thresholds)
         result["parity"] = report

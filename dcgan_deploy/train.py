@@ -641,9 +641,10 @@ class Trainer:
 def open_run(recipe: str | os.PathLike | None = None, resume_dir: str | os.PathLike | None = None,
              run_dir: str | os.PathLike | None = None, progress: bool = True, **overrides) -> Trainer:
     """A fresh run of ``recipe`` in ``run_dir`` (default ``runs/<recipe name>``), or the run in ``resume_dir``
-    continued. ``overrides``: data, steps, batch_size, device, seed (a resumed run takes steps and device only)."""
+    continued. ``overrides``: data, steps, batch_size, device, seed, threads (a resumed run takes steps and device
+    only)."""
     if resume_dir:
-        if recipe or run_dir or any(overrides.get(k) is not None for k in ("data", "batch_size", "seed")):
+        if recipe or run_dir or any(overrides.get(k) is not None for k in ("data", "batch_size", "seed", "threads")):
             raise ValueError("with --resume only --steps and --device may be given (the recipe is in the checkpoint)")
         return Trainer.resume(resume_dir, progress=progress, steps=overrides.get("steps"),
                               device=overrides.get("device"))

@@ -2,6 +2,7 @@
 (``--smoke`` or tiny options), so that none of them can rot. Their figures are not checked here:
 speed is judged by running them, in BENCHMARKS.md."""
 import json
+import shutil
 import subprocess
 import sys
 
@@ -102,13 +103,26 @@ SCRIPTS = {
     "export_form_ab.py": ["--rounds", "1", "--seconds", "0.02", "--batch-size", "2"],
     "gemm_libraries.py": ["--seconds", "0.01", "--rounds", "1"],
     "cli_scale.py": ["--repeats", "1", "--small", "20", "--large", "40"],
-    "train_throughput.py": ["--steps", "1", "--batch-size", "4"],
+    "train_throughput.py": ["--smoke", "--steps", "1", "--batch-size", "4"],
 }
+NEEDS = {"web_speed.py": "node, npm ci and chromium", "serve_speed.py": "a Ray cluster: run in tests/test_serve.py"}
 
 
 def test_every_script_has_a_smoke_run():
     scripts = {p.name for p in (ROOT / "benchmarks").glob("*.py")} - {"common.py", "ceiling.py"}
-    assert scripts <= set(SCRIPTS) | {"gpu_torch.py", "openvino_compare.py"}
+    assert scripts <= set(SCRIPTS) | set(NEEDS) | {"gpu_torch.py", "openvino_compare.py"}
+
+
+def test_the_web_speed_script_runs():
+    from dcgan_deploy import web
+    if web.local_dist() is None or web.find_browser() is None or not shutil.which("node"):
+        pytest.skip("needs Node, npm ci and chromium")
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "web_speed.py"), "--smoke"], capture_output=True,
+                       text=True, timeout=600, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-3000:]
+    row = json.loads(r.stdout.strip().splitlines()[-1])["rows"][0]
+    assert all(row[f"{k}_images_per_s"] > 0 for k in ("native-1", "chromium-wasm-1", "chromium-wasm-2", "node-wasm-1"))
+    assert not (ROOT / ".web_speed_node.mjs").exists()
 
 
 @pytest.mark.parametrize("script", sorted(SCRIPTS))

@@ -180,3 +180,16 @@ def test_importing_the_runtime_stays_light():
             "print(','.join(m for m in ('torch', 'onnx', 'gradio', 'click', 'tqdm') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == ""
+
+
+def test_the_readmes_python_example_runs():
+    import re
+    from conftest import ROOT
+    readme = (ROOT / "README.md").read_text()
+    code = re.search(r"## Embedding the runtime\s+```python\n(.*?)```", readme, re.S).group(1)
+    scope = {}
+    exec(compile(code, "README.md", "exec"), scope)  # noqa: S102 -- the project's own README
+    assert scope["images"].shape == (16, 28, 28, 1) and scope["walk"].shape == (9, 28, 28, 1)
+    assert scope["x"].shape == (4, 1, 28, 28) and scope["edited"].shape == (4, 28, 28, 1)
+    assert not np.array_equal(scope["edited"], scope["gen"].generate(4, seed=7))
+    assert np.array_equal(scope["faithful"], scope["gen"].generate(16, seed=42, truncation=0.7))

@@ -221,3 +221,11 @@ def test_a_replica_killed_under_load_loses_no_answered_request(cluster):
     assert len(pids) == 2 and victim not in pids
     r = infer(cluster["url"], "mnist", seed_inputs(5, 2))
     assert r.status_code == 200 and np.array_equal(as_images(r), gen.generate(2, 5))
+
+
+def test_the_serve_benchmark_measures_this_server(cluster):
+    """benchmarks/serve_speed.py's load generator, against this cluster (its own Ray start is server.start's)."""
+    from conftest import load_script
+    bench = load_script("benchmarks/serve_speed.py", "serve_speed")
+    row = bench.load(cluster["url"], "mnist", clients=2, n=1, seconds=0.5)
+    assert row["requests"] > 0 and row["errors"] == 0 and row["p50_ms"] <= row["p99_ms"]

@@ -1,0 +1,111 @@
+"""`dcgan-deploy serve` under load: throughput and latency at 1, 8 and 64 concurrent clients, with Ray
+Serve's batching on and off, beside the in-process runtime on the same machine.
+
+    python benchmarks/serve_speed.py [-m mnist] [--n 1] [--seconds 10] [--replicas 1]
+
+A local Ray; one app with batching (up to 64 images per onnxruntime call) and one without (one
+request per call), each with --replicas replicas. Each client sends seed requests of --n images
+(JSON over HTTP, a keep-alive session per client) for --seconds; latency percentiles are per request.
+The in-process runtime's figure is ``Generator.generate`` at the same batch the server reaches (64)
+and at --n, in this process. Ends with one JSON line.
+"""
+import argparse
+import concurrent.futures
+import json
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from dcgan_deploy import bundled  # noqa: E402
+from dcgan_deploy import serve as server  # noqa: E402
+from dcgan_deploy.runtime import Generator  # noqa: E402
+
+
+def load(url: str, model: str, clients: int, n: int, seconds: float) -> dict:
+    latencies, errors, lock = [], [0], threading.Lock()
+    end = time.perf_counter() + seconds
+
+    def client(i):
+        session = requests.Session()
+        seed = i * 1_000_000
+        while time.perf_counter() < end:
+            body = {"inputs": [{"name": "seed", "datatype": "INT64", "shape": [1], "data": [seed]},
+                               {"name": "n", "datatype": "INT64", "shape": [1], "data": [n]}]}
+            t = time.perf_counter()
+            r = session.post(f"{url}v2/models/{model}/infer", data=json.dumps(body), timeout=120)
+            with lock:
+                (latencies.append(time.perf_counter() - t) if r.status_code == 200 else errors.__setitem__(0, errors[0] + 1))
+            seed += 1
+    start = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(clients) as pool:
+        list(pool.map(client, range(clients)))
+    elapsed = time.perf_counter() - start
+    ms = np.array(latencies) * 1e3
+    return {"clients": clients, "requests": len(ms), "errors": errors[0], "images_per_s": round(len(ms) * n / elapsed, 1),
+            "p50_ms": round(float(np.percentile(ms, 50)), 2), "p95_ms": round(float(np.percentile(ms, 95)), 2),
+            "p99_ms": round(float(np.percentile(ms, 99)), 2)}
+
+
+def in_process(model, batch: int, seconds: float, threads: int | None) -> float:
+    gen = Generator.load(model, device="cpu", threads=threads)
+    gen.generate(batch, 0, batch_size=batch)
+    count, end, seed = 0, time.perf_counter() + seconds, 0
+    start = time.perf_counter()
+    while time.perf_counter() < end:
+        gen.generate(batch, seed, batch_size=batch)
+        count += batch
+        seed += 1
+    return round(count / (time.perf_counter() - start), 1)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("-m", "--model", default="mnist")
+    ap.add_argument("--n", type=int, default=1, help="images per request")
+    ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--replicas", type=int, default=1)
+    ap.add_argument("--clients", default="1,8,64")
+    ap.add_argument("--smoke", action="store_true", help="a short run at 1 and 2 clients: checks the script")
+    args = ap.parse_args()
+    clients = [1, 2] if args.smoke else [int(c) for c in args.clients.split(",")]
+    seconds = 0.5 if args.smoke else args.seconds
+    path = str(bundled.resolve(args.model).resolve())
+    from ray import serve
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    name = Path(path).stem
+    url = server.start([path], port=port, replicas=args.replicas, max_batch_size=64)
+    try:
+        unbatched = server.build_app({name: path}, replicas=args.replicas, max_batch_size=1)
+        serve.run(unbatched, name="unbatched", route_prefix="/unbatched")
+        rows = []
+        for mode, base in (("batched", url), ("unbatched", url + "unbatched/")):
+            load(base, name, 1, args.n, 0.3)  # warm up
+            for c in clients:
+                row = {"mode": mode, **load(base, name, c, args.n, seconds)}
+                rows.append(row)
+                print(f"{mode:<9} {c:>3} clients: {row['images_per_s']:9.1f} img/s, p50 {row['p50_ms']:7.2f} ms, "
+                      f"p95 {row['p95_ms']:7.2f}, p99 {row['p99_ms']:7.2f} ({row['requests']} requests, "
+                      f"{row['errors']} errors)", flush=True)
+    finally:
+        server.stop()
+    local = {"batch_64": in_process(path, 64, seconds, None), f"batch_{args.n}": in_process(path, args.n, seconds, None)}
+    print(f"in-process runtime: {local}")
+    print(json.dumps({"model": name, "n": args.n, "replicas": args.replicas, "seconds": seconds,
+                      "in_process_images_per_s": local, "rows": rows,
+                      "median_batched_over_unbatched": statistics.median(
+                          a["images_per_s"] / b["images_per_s"] for a, b in
+                          zip([r for r in rows if r["mode"] == "batched"], [r for r in rows if r["mode"] == "unbatched"]))}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,174 @@
+"""The 64x64 RGB recipe's parts: DiffAugment, spectral normalisation, the losses, R1, the memorisation check,
+and a few steps of the recipe itself on a tiny folder of RGB images."""
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import ROOT
+from dcgan_deploy import augment as aug
+from dcgan_deploy import evaluate as ev
+from dcgan_deploy.nets import DiscriminatorNet, NetConfig
+from dcgan_deploy.train import TrainConfig, Trainer
+
+
+def batch(n=8, seed=0):
+    return torch.rand(n, 3, 16, 16, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+
+
+def state(seed=7):
+    return torch.Generator().manual_seed(seed)
+
+
+@pytest.mark.parametrize("policy", [("translation",), ("cutout",), ("translation", "cutout")])
+def test_geometric_augmentation_is_one_transform_for_real_and_fake(policy):
+    """Given the generator's state, translation and cutout are one linear remapping of the pixels, whatever
+    the batch holds: augmenting real, fake and real + fake gives aug(real) + aug(fake) = aug(real + fake)."""
+    real, fake = batch(seed=1), batch(seed=2)
+    a, b = aug.augment(real, policy, state()), aug.augment(fake, policy, state())
+    assert torch.allclose(a + b, aug.augment(real + fake, policy, state()), atol=1e-6)
+    assert not torch.allclose(a, aug.augment(real, policy, state(8)))  # another state, another transform
+
+
+def test_colour_augmentation_is_one_transform_for_real_and_fake():
+    """Per image, colour is x -> clamp(k_c (k_s (x + b - m_1) + m_1 - m_2) + m_2) with b, k_s, k_c from the
+    state: the same numbers for real and fake (checked on images that the clamp does not touch)."""
+    real, fake = 0.01 * batch(seed=1), 0.01 * batch(seed=2)
+    a, b = aug.color(real, state()), aug.color(fake, state())
+    brightness, saturation, contrast = torch.rand(3, 8, 1, 1, 1, generator=state())
+    for x, y in ((real, a), (fake, b)):
+        x = x + (brightness - 0.5)
+        m = x.mean(1, keepdim=True)
+        x = (x - m) * (saturation * 2) + m
+        m = x.mean((1, 2, 3), keepdim=True)
+        assert torch.allclose(((x - m) * (contrast + 0.5) + m).clamp(-1, 1), y, atol=1e-6)
+
+
+def test_the_trainer_shows_d_augmented_real_and_fake_images(tmp_path, monkeypatch):
+    import dcgan_deploy.train as train_mod
+    seen = []
+    real_augment = train_mod.augment
+
+    def spy(x, policy, generator):
+        seen.append((len(x), tuple(policy)))
+        return real_augment(x, policy, generator)
+    monkeypatch.setattr(train_mod, "augment", spy)
+    for spectral in (False, True):  # BatchNorm D: real and fake apart; spectral-norm D: in one forward
+        seen.clear()
+        cfg = TrainConfig(arch="dcgan64", data="synthetic:16", steps=1, batch_size=4, augment="color,cutout",
+                          spectral_norm=spectral, net={"g_width": 8, "d_width": 8, "channels": 3})
+        Trainer(cfg, tmp_path / str(spectral), progress=False).train_step()
+        d_step = [4, 4] if not spectral else [8]
+        assert [n for n, _ in seen] == d_step + [4]  # D's update on real and fake, then G's on fake
+        assert {p for _, p in seen} == {("color", "cutout")}
+
+
+def test_augmentation_keeps_images_in_range_and_is_differentiable():
+    x = (batch() * 1.0).requires_grad_(True)
+    y = aug.augment(x, aug.POLICIES, torch.Generator().manual_seed(3))
+    assert y.shape == x.shape and y.min() >= -1 and y.max() <= 1
+    (y * torch.randn_like(y)).sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+    assert not torch.equal(y, x) and aug.augment(x, (), torch.Generator()) is x
+
+
+def test_translation_and_cutout_do_what_they_say():
+    x = torch.arange(16.0).reshape(1, 1, 4, 4).repeat(64, 3, 1, 1) / 16
+    moved = aug.translation(x, torch.Generator().manual_seed(0), ratio=0.25)  # shifts of -1..1 pixels
+    for img in moved:  # each image is its source shifted by at most a pixel, with zeros coming in
+        shifts = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)
+                  if torch.equal(img[0], torch.roll(x[0, 0], (-dy, -dx), (0, 1)) * shift_mask(dy, dx))]
+        assert shifts
+    cut = aug.cutout(torch.ones(64, 3, 8, 8), torch.Generator().manual_seed(0))
+    zeros = (cut[:, 0] == 0).sum((1, 2))
+    assert ((zeros > 0) & (zeros <= 16)).all()  # a 4x4 square, maybe hanging over the border
+
+
+def shift_mask(dy, dx):
+    m = torch.ones(4, 4)
+    if dy > 0:
+        m[-dy:] = 0
+    if dy < 0:
+        m[:-dy] = 0
+    if dx > 0:
+        m[:, -dx:] = 0
+    if dx < 0:
+        m[:, :-dx] = 0
+    return m
+
+
+def test_unknown_policies_are_refused():
+    assert aug.parse_policy("cutout, color") == ("color", "cutout")
+    with pytest.raises(ValueError, match="unknown policy 'blur'"):
+        aug.parse_policy("color,blur")
+
+
+def test_spectral_norm_bounds_each_layer_and_removes_batchnorm():
+    cfg = NetConfig.for_arch("dcgan64", g_width=8, d_width=8, channels=3)
+    d = DiscriminatorNet(cfg, spectral_norm=True)
+    assert not d.has_batchnorm and DiscriminatorNet(cfg).has_batchnorm
+    d.train()
+    for _ in range(30):  # power iterations converge during training forwards
+        d(torch.randn(4, 3, 64, 64))
+    d.eval()
+    with torch.no_grad():
+        for m in d.modules():
+            if isinstance(m, torch.nn.Conv2d):
+                w = m.weight.reshape(m.weight.shape[0], -1)
+                assert float(torch.linalg.matrix_norm(w, ord=2)) == pytest.approx(1.0, rel=0.05)
+
+
+def test_losses_and_r1(tmp_path):
+    cfg = TrainConfig(arch="dcgan64", data="synthetic:16", steps=1, batch_size=4, loss="hinge", r1=2.0, r1_every=1,
+                      spectral_norm=True, net={"g_width": 8, "d_width": 8, "channels": 3})
+    t = Trainer(cfg, tmp_path, progress=False)
+    real, fake = torch.tensor([2.0, 0.5]), torch.tensor([-2.0, 0.5])
+    assert t.d_loss(real, fake).item() == pytest.approx((0 + 0.5) / 2 + (0 + 1.5) / 2)  # relu(1 - r) + relu(1 + f)
+    t.cfg.loss = "bce"
+    assert t.d_loss(real, fake).item() == pytest.approx(
+        torch.nn.functional.softplus(-real).mean().item() + torch.nn.functional.softplus(fake).mean().item())
+    images = torch.rand(4, 3, 64, 64) * 2 - 1
+    t.policy = ()  # no augmentation: the penalty is then exactly gamma / 2 * r1_every * E |grad_x D(x)|^2
+    t.D.eval()  # (no power iteration in between)
+    penalty = t.r1_penalty(images)
+    x = images.clone().requires_grad_(True)
+    grad, = torch.autograd.grad(t.D(x).sum(), x)
+    assert penalty.requires_grad
+    assert penalty.item() == pytest.approx(2.0 / 2 * 1 * grad.pow(2).flatten(1).sum(1).mean().item(), rel=1e-5)
+    penalty.backward()  # it trains D: gradients reach D's weights
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in t.D.parameters())
+
+
+def test_the_memorisation_check_catches_a_copying_generator():
+    rng = np.random.default_rng(0)
+    training = rng.standard_normal((600, 16))
+    heldout = rng.standard_normal((200, 16))
+    honest = rng.standard_normal((500, 16))
+    copies = training[rng.integers(0, 600, 500)] + 0.01 * rng.standard_normal((500, 16))
+    assert ev.memorisation(honest, heldout, training)["passed"]
+    caught = ev.memorisation(copies, heldout, training)
+    assert not caught["passed"] and caught["close_share"] > 0.9 and caught["median_ratio"] < 0.1
+
+
+def test_class_shares_flag_a_major_class_that_is_missing():
+    real = np.eye(3)[np.r_[np.zeros(60, int), np.ones(30, int), np.full(10, 2)]]
+    fine = np.eye(3)[np.r_[np.zeros(50, int), np.ones(40, int), np.full(10, 2)]]
+    short = np.eye(3)[np.r_[np.zeros(90, int), np.ones(10, int)]]
+    assert ev.class_shares(fine, real, ["a", "b", "c"])["passed"]
+    out = ev.class_shares(short, real, ["a", "b", "c"])
+    assert not out["passed"] and out["short"] == ["b", "c"] and out["major"] == ["a", "b", "c"]
+
+
+def test_a_few_steps_of_the_folder_recipe_on_a_tiny_rgb_folder(tmp_path):
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(24):
+        Image.fromarray(rng.integers(0, 255, (40, 48, 3), np.uint8)).save(folder / f"{i}.png")
+    cfg = TrainConfig.from_file(ROOT / "training" / "dcgan64-folder.toml", data=str(folder), steps=3, batch_size=8)
+    cfg.net = {**cfg.net, "g_width": 8, "d_width": 8}  # the recipe, narrow: a few seconds
+    cfg.sample_every = cfg.checkpoint_every = 3
+    trainer = Trainer(cfg, tmp_path / "run", progress=False)
+    record = trainer.train()
+    assert record["step"] == 3 and trainer.policy == aug.POLICIES and trainer.ema is not None
+    assert (tmp_path / "run" / "generator.safetensors").exists() and (tmp_path / "run" / "samples" / "step_000003.png").exists()
