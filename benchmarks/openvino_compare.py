@@ -15,7 +15,9 @@ trained model) at batch 1 and 64:
   the fp32 images of the same 256 latents.
 
 ``ort/ov`` is the median over the rounds of OpenVINO's time / onnxruntime's (above 1: onnxruntime is
-faster). ``--runs`` repeats everything (the VM drifts). Ends with one JSON line.
+faster). ``openvino_kernels``: what OpenVINO's CPU plugin picked for the compute layers (``amx`` in a
+name: Intel AMX tiles, which onnxruntime's CPU kernels do not use). ``--runs`` repeats everything (the
+VM drifts). Ends with one JSON line.
 """
 import argparse
 import json
@@ -63,6 +65,21 @@ def openvino_images(model, z: np.ndarray, threads: int) -> np.ndarray:
     return compiled(z)[0]
 
 
+def openvino_kernels(model, batch: int, threads: int) -> list[str]:
+    """The kernels OpenVINO picked for the compute layers (e.g. ``brgconv_avx512_amx_I8``: AMX int8 tiles)."""
+    import openvino as ov
+    m = model.clone()
+    m.reshape({m.inputs[0]: [batch, m.inputs[0].get_partial_shape()[1].get_length()]})
+    compiled = ov.Core().compile_model(m, "CPU", {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": threads})
+    kinds = set()
+    for op in compiled.get_runtime_model().get_ordered_ops():
+        info = op.get_rt_info()
+        if "primitiveType" in info and info["layerType"].astype(str) in ("Convolution", "Deconvolution",
+                                                                          "FullyConnected", "MatMul"):
+            kinds.add(info["primitiveType"].astype(str))
+    return sorted(kinds)
+
+
 def nncf_int8(fp32: Path, cfg):
     """OpenVINO's int8 of the fp32 file: NNCF post-training quantization on the export's calibration latents."""
     import nncf
@@ -91,6 +108,7 @@ def measure(arch: str, tmp: Path, args) -> list[dict]:
             "ov_int8": compare_images(reference, openvino_images(ov_int8, z, args.threads))["psnr"]}
     rows = []
     for precision, path, ov_model in (("fp32", fp32, ov_fp32), ("int8", int8, ov_int8)):
+        kernels = openvino_kernels(ov_model, max(args.batch_sizes), args.threads)
         for batch in args.batch_sizes:
             r = timed_with_ceiling(path, args.threads, [batch], args.seconds, g if precision == "fp32" else None,
                                    rounds=args.rounds, peers={"openvino": openvino_peer(ov_model, args.threads)})[0]
@@ -99,7 +117,8 @@ def measure(arch: str, tmp: Path, args) -> list[dict]:
                          "ort_vs_openvino_range": r["speedup_vs_openvino_range"],
                          "share_of_ceiling": r.get("share_of_ceiling"), "speedup_vs_torch": r.get("speedup_vs_torch"),
                          "psnr_ort_db": round(psnr["ort_int8"], 1) if precision == "int8" else None,
-                         "psnr_openvino_db": round(psnr["ov_int8" if precision == "int8" else "ov_fp32"], 1)})
+                         "psnr_openvino_db": round(psnr["ov_int8" if precision == "int8" else "ov_fp32"], 1),
+                         "openvino_kernels": kernels})
     return rows
 
 
@@ -131,7 +150,8 @@ def main():
                     print(f"run {run} {row['arch']:<17} {row['precision']} batch {row['batch']:>3}: onnxruntime "
                           f"{row['ort_images_per_s']:9.1f} img/s, OpenVINO {row['openvino_images_per_s']:9.1f} img/s, "
                           f"ort/ov x{row['ort_vs_openvino']:.2f} (rounds {row['ort_vs_openvino_range']}); PSNR vs fp32 "
-                          f"ort {row['psnr_ort_db']} ov {row['psnr_openvino_db']} dB", flush=True)
+                          f"ort {row['psnr_ort_db']} ov {row['psnr_openvino_db']} dB; OpenVINO's kernels "
+                          f"{','.join(row['openvino_kernels'])}", flush=True)
     cells = {}
     for r in rows:
         cells.setdefault((r["arch"], r["precision"], r["batch"]), []).append(r["ort_vs_openvino"])

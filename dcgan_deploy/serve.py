@@ -252,7 +252,7 @@ def build_app(models: dict[str, str], replicas: int = 1, max_batch_size: int = 2
     placement = {"max_replicas_per_node": max_per_node} if max_per_node else {}
 
     @serve.deployment(max_ongoing_requests=2 * max_batch_size, max_queued_requests=queue_per_replica * replicas,
-                      num_replicas=replicas, health_check_period_s=2, health_check_timeout_s=10, **placement,
+                      num_replicas=replicas, health_check_period_s=2, health_check_timeout_s=30, **placement,
                       ray_actor_options={"num_cpus": 0, **({"resources": replica_resources} if replica_resources
                                                             else {})})
     class ModelReplica:

@@ -146,6 +146,7 @@ def test_the_openvino_comparison_runs_or_skips_cleanly():
     for row in result["rows"]:  # both runtimes ran the same file and gave the same images
         assert row["ort_images_per_s"] > 0 and row["openvino_images_per_s"] > 0 and row["ort_vs_openvino"] > 0
         assert row["psnr_openvino_db"] > (40 if row["precision"] == "fp32" else 25)
+        assert row["openvino_kernels"]  # the compute layers were found in the compiled model
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message a machine without a GPU gets")

@@ -218,10 +218,13 @@ def test_the_demo_launches_with_its_bounds(models, monkeypatch):
 def test_editing_uses_the_models_named_directions(tmp_path):
     from dcgan_deploy.bundled import bundled_models
     from dcgan_deploy.directions import compute, store
-    path = tmp_path / "mnist.onnx"
+    from dcgan_deploy.modelfile import read, write_metadata
+    path, plain = tmp_path / "mnist.onnx", tmp_path / "plain.onnx"
     shutil.copy(bundled_models()["mnist"], path)
     store(path, compute(path, count=3), "test")
-    demo = Demo({"mnist": path, "plain": bundled_models()["mnist"]})
+    shutil.copy(path, plain)  # the same model with its directions entry removed
+    write_metadata(plain, {k: v for k, v in read(plain).metadata.items() if k != "directions"})
+    demo = Demo({"mnist": path, "plain": plain})
     assert [d.name for d in demo.directions("mnist")] == ["sefa-1", "sefa-2", "sefa-3"]
     assert "SeFa" in demo.direction_note("mnist")
     assert [d.name for d in demo.directions("plain")][:1] == ["random-1"] and "no latent directions" in demo.direction_note("plain")

@@ -1,11 +1,14 @@
 """Copy a finished run's record into training/<name>/ and draw its loss curve.
 
-    python training/record.py runs/mnist-dcgan training/mnist [--no-weights]
+    python training/record.py runs/mnist-dcgan training/mnist [--no-weights] [--real DATA]
 
 Copies config.json, log.jsonl, generator.safetensors (unless --no-weights) and the
 sample grids, and writes losses.png (d_loss and g_loss against step, smoothed over 50
-log points; where a run was resumed, the re-run steps count once).
+log points; where a run was resumed, the re-run steps count once). ``--real DATA``
+also writes real-sample.png: 64 of the run's training images (seed 0), in the grid
+the sample grids use, to put beside them.
 """
+import argparse
 import json
 import shutil
 import sys
@@ -53,7 +56,19 @@ def loss_curve(log: Path, dest: Path, width=640, height=320, pad=40):
     im.save(dest)
 
 
-def main(run: Path, out: Path, weights: bool = True):
+def real_sample(data: str, config: dict, dest: Path, n: int = 64) -> None:
+    """``n`` training images of ``data`` (seed 0) as one grid, like the trainer's sample grids."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from dcgan_deploy.data import load_dataset
+    from dcgan_deploy.images import grid
+    from dcgan_deploy.nets import NetConfig
+    net = NetConfig.for_arch(config["arch"], **config.get("net", {}))
+    images = load_dataset(data, net.channels, net.image_size).training.images
+    pick = np.random.default_rng(0).choice(len(images), n, replace=False)
+    Image.fromarray(grid(images[np.sort(pick)].transpose(0, 2, 3, 1)).squeeze()).save(dest)
+
+
+def main(run: Path, out: Path, weights: bool = True, real: str | None = None):
     out.mkdir(parents=True, exist_ok=True)
     for name in ("config.json", "log.jsonl") + (("generator.safetensors",) if weights else ()):
         shutil.copy2(run / name, out / name)
@@ -61,7 +76,15 @@ def main(run: Path, out: Path, weights: bool = True):
     for png in sorted((run / "samples").glob("*.png")):
         shutil.copy2(png, out / "samples" / png.name)
     loss_curve(run / "log.jsonl", out / "losses.png")
+    if real:
+        real_sample(real, json.loads((run / "config.json").read_text()), out / "real-sample.png")
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), Path(sys.argv[2]), weights="--no-weights" not in sys.argv[3:])
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("run", type=Path)
+    ap.add_argument("out", type=Path)
+    ap.add_argument("--no-weights", action="store_true")
+    ap.add_argument("--real", help="the run's data: also write real-sample.png")
+    args = ap.parse_args()
+    main(args.run, args.out, weights=not args.no_weights, real=args.real)
