@@ -29,7 +29,7 @@ from dcgan_deploy.runtime import Generator  # noqa: E402
 
 
 def load(url: str, model: str, clients: int, n: int, seconds: float) -> dict:
-    latencies, errors, lock = [], [0], threading.Lock()
+    latencies, errors, lock = [], {}, threading.Lock()  # errors: HTTP status -> count
     end = time.perf_counter() + seconds
 
     def client(i):
@@ -41,14 +41,18 @@ def load(url: str, model: str, clients: int, n: int, seconds: float) -> dict:
             t = time.perf_counter()
             r = session.post(f"{url}v2/models/{model}/infer", data=json.dumps(body), timeout=120)
             with lock:
-                (latencies.append(time.perf_counter() - t) if r.status_code == 200 else errors.__setitem__(0, errors[0] + 1))
+                if r.status_code == 200:
+                    latencies.append(time.perf_counter() - t)
+                else:
+                    errors[r.status_code] = errors.get(r.status_code, 0) + 1
             seed += 1
     start = time.perf_counter()
     with concurrent.futures.ThreadPoolExecutor(clients) as pool:
         list(pool.map(client, range(clients)))
     elapsed = time.perf_counter() - start
     ms = np.array(latencies) * 1e3
-    return {"clients": clients, "requests": len(ms), "errors": errors[0], "images_per_s": round(len(ms) * n / elapsed, 1),
+    return {"clients": clients, "requests": len(ms), "errors": sum(errors.values()),
+            "error_statuses": {str(k): v for k, v in sorted(errors.items())}, "images_per_s": round(len(ms) * n / elapsed, 1),
             "p50_ms": round(float(np.percentile(ms, 50)), 2), "p95_ms": round(float(np.percentile(ms, 95)), 2),
             "p99_ms": round(float(np.percentile(ms, 99)), 2)}
 
@@ -95,7 +99,7 @@ def main():
                 rows.append(row)
                 print(f"{mode:<9} {c:>3} clients: {row['images_per_s']:9.1f} img/s, p50 {row['p50_ms']:7.2f} ms, "
                       f"p95 {row['p95_ms']:7.2f}, p99 {row['p99_ms']:7.2f} ({row['requests']} requests, "
-                      f"{row['errors']} errors)", flush=True)
+                      f"{row['errors']} errors {row['error_statuses']})", flush=True)
     finally:
         server.stop()
     local = {"batch_64": in_process(path, 64, seconds, None), f"batch_{args.n}": in_process(path, args.n, seconds, None)}

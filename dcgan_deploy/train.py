@@ -254,6 +254,10 @@ class Dist:
         if dist.is_initialized():
             if ok:
                 dist.barrier()
+                # gloo's worker thread drops the barrier's work (and the gathered tensors it holds) after the
+                # barrier returns, which takes the GIL; let it, before the group's destructor (reached while
+                # holding the GIL) joins that thread: otherwise the two can deadlock at exit on a busy machine.
+                time.sleep(0.5)
             dist.destroy_process_group()
 
     def gather_digests(self, digest: str) -> list[str]:
