@@ -41,16 +41,19 @@ from dcgan_deploy.runtime import Generator
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def compiled_for(model, shape: list[int], threads: int, **config):
+    """``model`` (an ov.Model) with a static input ``shape``, compiled for the CPU in fp32 on ``threads``."""
+    import openvino as ov
+    m = model.clone()
+    m.reshape({m.inputs[0]: shape})
+    return ov.Core().compile_model(m, "CPU", {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": threads,
+                                              **config})
+
+
 def openvino_peer(model, threads: int):
     """A ``bench_model`` peer running ``model`` (an ov.Model) compiled for each batch size, on the CPU."""
-    import openvino as ov
-    core = ov.Core()
-
     def factory(gen, z):
-        m = model.clone()
-        m.reshape({m.inputs[0]: list(z.shape)})
-        compiled = core.compile_model(m, "CPU", {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": threads,
-                                                 "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1})
+        compiled = compiled_for(model, list(z.shape), threads, PERFORMANCE_HINT="LATENCY", NUM_STREAMS=1)
         request = compiled.create_infer_request()
         request.infer({0: z})
         return (lambda: request.infer({0: z})), 1.0, 2
@@ -58,19 +61,12 @@ def openvino_peer(model, threads: int):
 
 
 def openvino_images(model, z: np.ndarray, threads: int) -> np.ndarray:
-    import openvino as ov
-    m = model.clone()
-    m.reshape({m.inputs[0]: list(z.shape)})
-    compiled = ov.Core().compile_model(m, "CPU", {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": threads})
-    return compiled(z)[0]
+    return compiled_for(model, list(z.shape), threads)(z)[0]
 
 
 def openvino_kernels(model, batch: int, threads: int) -> list[str]:
     """The kernels OpenVINO picked for the compute layers (e.g. ``brgconv_avx512_amx_I8``: AMX int8 tiles)."""
-    import openvino as ov
-    m = model.clone()
-    m.reshape({m.inputs[0]: [batch, m.inputs[0].get_partial_shape()[1].get_length()]})
-    compiled = ov.Core().compile_model(m, "CPU", {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": threads})
+    compiled = compiled_for(model, [batch, model.inputs[0].get_partial_shape()[1].get_length()], threads)
     kinds = set()
     for op in compiled.get_runtime_model().get_ordered_ops():
         info = op.get_rt_info()
