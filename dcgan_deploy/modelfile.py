@@ -427,7 +427,7 @@ def check_directions(meta: dict[str, str], path: Path | str) -> dict | None:
             raise ModelError(f"{where}: {name}'s vector must be {dim} finite numbers")
         if abs(math.sqrt(sum(v * v for v in vector)) - 1) > 1e-3:
             raise ModelError(f"{where}: {name}'s vector is not a unit vector")
-        for key in ("singular_value", "share", "auc"):
+        for key in ("singular_value", "share", "auc", "raised", "step"):
             if key in d and not _is(d[key], NUMBER):
                 raise ModelError(f"{where}: {name}'s {key} must be a finite number")
         if "label" in d and not isinstance(d["label"], str):

@@ -68,6 +68,7 @@ def main():
         k = names.index(d.label)
         _, p = features_and_probs(gen, extractor, z + args.step * d.vector[None])
         result["labelled"].append({"name": d.name, "class": d.label, "boundary_auc": d.value,
+                                   "raised_in_the_file": d.raised,
                                    "share_raised": float(np.mean(p[:, k] > base_p[:, k])),
                                    "mean_probability": [float(base_p[:, k].mean()), float(p[:, k].mean())]})
     result["truncation"] = []
