@@ -6,7 +6,12 @@ on a cross-origin isolated page) and in Node, beside native onnxruntime with one
 Each model runs the same file in each runtime on the same latents (seed 0) at one batch size, in
 alternating rounds (native, the browser, the isolated browser, Node, ...), --seconds per runner per
 round after a warm-up; images/s is the median over the rounds, and each runtime's share of native
-one-thread onnxruntime is the median of the per-round ratios. Ends with one JSON line.
+one-thread onnxruntime is the median of the per-round ratios.
+
+Then the ceiling each engine sets: one float32 MatMul (--gemm N: [N, N] x [N, N], the weight an
+initializer) in onnxruntime-web's wasm backend in Node against native onnxruntime, both on one
+thread, in the same alternating rounds, as GFLOP/s. A network of convolutions (im2col + GEMM in
+both engines) runs at most about that share of native. Ends with one JSON line.
 """
 import argparse
 import json
@@ -64,19 +69,87 @@ process.stdin.on("data", async () => {
 """
 
 
+GEMM_JS = """
+import * as ort from "onnxruntime-web";
+import { readFileSync } from "node:fs";
+const [file, n, seconds, rounds] = process.argv.slice(2).map((v, i) => (i ? +v : v));
+ort.env.wasm.numThreads = 1;
+const session = await ort.InferenceSession.create(readFileSync(file));
+const a = new ort.Tensor("float32", Float32Array.from({ length: n * n }, (_, i) => Math.sin(i)), [n, n]);
+await session.run({ a });
+process.stdin.setEncoding("utf8");
+let left = rounds;
+process.stdin.on("data", async () => {
+  const times = [], end = performance.now() + seconds * 1000;
+  while (performance.now() < end || times.length < 3) { const t = performance.now(); await session.run({ a }); times.push(performance.now() - t); }
+  times.sort((x, y) => x - y);
+  process.stdout.write(JSON.stringify({ median_ms: times[Math.floor(times.length / 2)], runs: times.length }) + "\\n");
+  if (--left === 0) process.exit(0);
+});
+"""
+
+
+def gemm_model(n: int, path: Path) -> Path:
+    """One MatMul a[n, n] @ b[n, n] with b an initializer: each engine's best float32 kernel."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    b = numpy_helper.from_array(np.random.default_rng(0).standard_normal((n, n), dtype=np.float32), "b")
+    graph = helper.make_graph([helper.make_node("MatMul", ["a", "b"], ["y"])], "gemm",
+                              [helper.make_tensor_value_info("a", TensorProto.FLOAT, [n, n])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [n, n])], [b])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), path)
+    return path
+
+
+def gemm_ceiling(n: int, args, tmp: Path) -> dict:
+    """GFLOP/s of one [n, n] x [n, n] MatMul: native onnxruntime vs onnxruntime-web's wasm in Node, one thread."""
+    import numpy as np
+    import onnxruntime as rt
+    file = gemm_model(n, tmp / "gemm.onnx")
+    opts = rt.SessionOptions()
+    opts.intra_op_num_threads, opts.inter_op_num_threads = 1, 1
+    session = rt.InferenceSession(str(file), opts, providers=["CPUExecutionProvider"])
+    a = np.sin(np.arange(n * n, dtype=np.float64)).astype(np.float32).reshape(n, n)
+    session.run(None, {"a": a})
+    script = ROOT / ".web_speed_gemm.mjs"
+    script.write_text(GEMM_JS)
+    try:
+        node = subprocess.Popen(["node", str(script), str(file), str(n), str(args.seconds), str(args.rounds)],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT)
+        medians = {"native-1": [], "node-wasm-1": []}
+        for _ in range(args.rounds):
+            medians["native-1"].append(median_ms(lambda: session.run(None, {"a": a}), args.seconds))
+            node.stdin.write("go\n")
+            node.stdin.flush()
+            medians["node-wasm-1"].append(json.loads(node.stdout.readline())["median_ms"])
+        node.wait(timeout=60)
+    finally:
+        script.unlink()
+    flop = 2 * n ** 3
+    row = {"gemm": n, **{f"{k}_gflops": round(flop / (statistics.median(m) / 1e3) / 1e9, 2) for k, m in medians.items()},
+           "node-wasm-1_vs_native_1": round(statistics.median(a / b for a, b in
+                                                              zip(medians["native-1"], medians["node-wasm-1"])), 3)}
+    print(f"ceiling: MatMul {n}x{n} float32, one thread: native {row['native-1_gflops']:.1f} GFLOP/s, "
+          f"wasm in Node {row['node-wasm-1_gflops']:.1f} GFLOP/s ({row['node-wasm-1_vs_native_1']:.0%})", flush=True)
+    return row
+
+
+def median_ms(fn, seconds: float) -> float:
+    """One round: call ``fn`` for ``seconds`` (at least 3 times); the median call in ms."""
+    times, end = [], time.perf_counter() + seconds
+    while time.perf_counter() < end or len(times) < 3:
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return 1e3 * statistics.median(times)
+
+
 def native(path, n: int, seconds: float, threads: int):
     gen = Generator.load(path, device="cpu", threads=threads)
     z = gen.latents(n, 0)
     gen.run(z)
-
-    def round_():
-        times, end = [], time.perf_counter() + seconds
-        while time.perf_counter() < end or len(times) < 3:
-            t = time.perf_counter()
-            gen.run(z)
-            times.append(time.perf_counter() - t)
-        return 1e3 * statistics.median(times)
-    return round_
+    return lambda: median_ms(lambda: gen.run(z), seconds)
 
 
 def main():
@@ -85,10 +158,11 @@ def main():
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--seconds", type=float, default=3.0)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--gemm", type=int, default=1024, help="the ceiling's MatMul size (0: skip it)")
     ap.add_argument("--smoke", action="store_true", help="one short round of the first model: checks the script")
     args = ap.parse_args()
     if args.smoke:
-        args.seconds, args.rounds, args.batch_size = 0.1, 1, 4
+        args.seconds, args.rounds, args.batch_size, args.gemm = 0.1, 1, 4, min(args.gemm, 64)
     dist = web.local_dist()
     if dist is None or web.find_browser() is None or not shutil.which("node"):
         sys.exit("needs `npm ci` (onnxruntime-web), Node, and chromium with chromium-driver")
@@ -106,7 +180,9 @@ def main():
                 rows.append(measure(name, site, script, args, Path(tmp)))
         finally:
             script.unlink()
-    print(json.dumps({"batch": args.batch_size, "rounds": args.rounds, "seconds": args.seconds, "rows": rows}))
+        ceiling = gemm_ceiling(args.gemm, args, Path(tmp)) if args.gemm else None
+    print(json.dumps({"batch": args.batch_size, "rounds": args.rounds, "seconds": args.seconds, "rows": rows,
+                      "ceiling": ceiling}))
 
 
 def measure(name: str, site: Path, script: Path, args, tmp: Path) -> dict:

@@ -120,9 +120,11 @@ def test_the_web_speed_script_runs():
     r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "web_speed.py"), "--smoke"], capture_output=True,
                        text=True, timeout=600, cwd=ROOT)
     assert r.returncode == 0, r.stderr[-3000:]
-    row = json.loads(r.stdout.strip().splitlines()[-1])["rows"][0]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    row = out["rows"][0]
     assert all(row[f"{k}_images_per_s"] > 0 for k in ("native-1", "chromium-wasm-1", "chromium-wasm-2", "node-wasm-1"))
-    assert not (ROOT / ".web_speed_node.mjs").exists()
+    assert out["ceiling"]["native-1_gflops"] > 0 and out["ceiling"]["node-wasm-1_gflops"] > 0
+    assert not (ROOT / ".web_speed_node.mjs").exists() and not (ROOT / ".web_speed_gemm.mjs").exists()
 
 
 @pytest.mark.parametrize("script", sorted(SCRIPTS))
