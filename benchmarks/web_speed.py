@@ -114,6 +114,7 @@ def gemm_ceiling(n: int, args, tmp: Path) -> dict:
     session.run(None, {"a": a})
     script = ROOT / ".web_speed_gemm.mjs"
     script.write_text(GEMM_JS)
+    node = None
     try:
         node = subprocess.Popen(["node", str(script), str(file), str(n), str(args.seconds), str(args.rounds)],
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT)
@@ -122,13 +123,18 @@ def gemm_ceiling(n: int, args, tmp: Path) -> dict:
             medians["native-1"].append(median_ms(lambda: session.run(None, {"a": a}), args.seconds))
             node.stdin.write("go\n")
             node.stdin.flush()
-            medians["node-wasm-1"].append(json.loads(node.stdout.readline())["median_ms"])
+            line = node.stdout.readline()
+            if not line:
+                sys.exit(f"the MatMul ceiling in Node stopped (exit code {node.wait(timeout=60)}); its error is above")
+            medians["node-wasm-1"].append(json.loads(line)["median_ms"])
         node.wait(timeout=60)
     finally:
+        if node is not None and node.poll() is None:
+            node.kill()
         script.unlink()
     flop = 2 * n ** 3
     row = {"gemm": n, **{f"{k}_gflops": round(flop / (statistics.median(m) / 1e3) / 1e9, 2) for k, m in medians.items()},
-           "node-wasm-1_vs_native_1": round(statistics.median(a / b for a, b in
+           "node-wasm-1_vs_native_1": round(statistics.median(x / y for x, y in
                                                               zip(medians["native-1"], medians["node-wasm-1"])), 3)}
     print(f"ceiling: MatMul {n}x{n} float32, one thread: native {row['native-1_gflops']:.1f} GFLOP/s, "
           f"wasm in Node {row['node-wasm-1_gflops']:.1f} GFLOP/s ({row['node-wasm-1_vs_native_1']:.0%})", flush=True)
@@ -161,6 +167,8 @@ def main():
     ap.add_argument("--gemm", type=int, default=1024, help="the ceiling's MatMul size (0: skip it)")
     ap.add_argument("--smoke", action="store_true", help="one short round of the first model: checks the script")
     args = ap.parse_args()
+    if args.gemm < 0:
+        ap.error(f"--gemm {args.gemm}: give a matrix size (e.g. 1024), or 0 to skip the ceiling")
     if args.smoke:
         args.seconds, args.rounds, args.batch_size, args.gemm = 0.1, 1, 4, min(args.gemm, 64)
     dist = web.local_dist()
