@@ -48,6 +48,20 @@ const [file, n, seconds, threads, done] = arguments;
 })().catch((e) => done({ error: String(e) }));
 """
 
+# The end of each Node script: one timed round of its ``run()`` per line of stdin (the parent alternates
+# the runtimes), answered with a line of JSON. Needs ``seconds`` and ``rounds``; holds no "%".
+NODE_ROUNDS = """
+process.stdin.setEncoding("utf8");
+let left = rounds;
+process.stdin.on("data", async () => {
+  const times = [], end = performance.now() + seconds * 1000;
+  while (performance.now() < end || times.length < 3) { const t = performance.now(); await run(); times.push(performance.now() - t); }
+  times.sort((x, y) => x - y);
+  process.stdout.write(JSON.stringify({ median_ms: times[Math.floor(times.length / 2)], runs: times.length }) + "\\n");
+  if (--left === 0) process.exit(0);
+});
+"""
+
 NODE_JS = """
 import * as ort from "onnxruntime-web";
 import { loadGenerator } from "%s";
@@ -56,17 +70,8 @@ ort.env.wasm.numThreads = threads;
 const gen = await loadGenerator(file, { ort });
 const z = gen.latents(n, 0);
 await gen.run(z);
-// one round per line of stdin: the parent alternates the runtimes
-process.stdin.setEncoding("utf8");
-let left = rounds;
-process.stdin.on("data", async () => {
-  const times = [], end = performance.now() + seconds * 1000;
-  while (performance.now() < end || times.length < 3) { const t = performance.now(); await gen.run(z); times.push(performance.now() - t); }
-  times.sort((a, b) => a - b);
-  process.stdout.write(JSON.stringify({ median_ms: times[Math.floor(times.length / 2)], runs: times.length }) + "\\n");
-  if (--left === 0) process.exit(0);
-});
-"""
+const run = () => gen.run(z);
+""" + NODE_ROUNDS
 
 
 GEMM_JS = """
@@ -77,16 +82,8 @@ ort.env.wasm.numThreads = 1;
 const session = await ort.InferenceSession.create(readFileSync(file));
 const a = new ort.Tensor("float32", Float32Array.from({ length: n * n }, (_, i) => Math.sin(i)), [n, n]);
 await session.run({ a });
-process.stdin.setEncoding("utf8");
-let left = rounds;
-process.stdin.on("data", async () => {
-  const times = [], end = performance.now() + seconds * 1000;
-  while (performance.now() < end || times.length < 3) { const t = performance.now(); await session.run({ a }); times.push(performance.now() - t); }
-  times.sort((x, y) => x - y);
-  process.stdout.write(JSON.stringify({ median_ms: times[Math.floor(times.length / 2)], runs: times.length }) + "\\n");
-  if (--left === 0) process.exit(0);
-});
-"""
+const run = () => session.run({ a });
+""" + NODE_ROUNDS
 
 
 def gemm_model(n: int, path: Path) -> Path:
@@ -121,12 +118,7 @@ def gemm_ceiling(n: int, args, tmp: Path) -> dict:
         medians = {"native-1": [], "node-wasm-1": []}
         for _ in range(args.rounds):
             medians["native-1"].append(median_ms(lambda: session.run(None, {"a": a}), args.seconds))
-            node.stdin.write("go\n")
-            node.stdin.flush()
-            line = node.stdout.readline()
-            if not line:
-                sys.exit(f"the MatMul ceiling in Node stopped (exit code {node.wait(timeout=60)}); its error is above")
-            medians["node-wasm-1"].append(json.loads(line)["median_ms"])
+            medians["node-wasm-1"].append(node_round(node, "the MatMul ceiling"))
         node.wait(timeout=60)
     finally:
         if node is not None and node.poll() is None:
@@ -139,6 +131,16 @@ def gemm_ceiling(n: int, args, tmp: Path) -> dict:
     print(f"ceiling: MatMul {n}x{n} float32, one thread: native {row['native-1_gflops']:.1f} GFLOP/s, "
           f"wasm in Node {row['node-wasm-1_gflops']:.1f} GFLOP/s ({row['node-wasm-1_vs_native_1']:.0%})", flush=True)
     return row
+
+
+def node_round(node: subprocess.Popen, what: str) -> float:
+    """One round of a Node script ending in ``NODE_ROUNDS``: its median call in ms."""
+    node.stdin.write("go\n")
+    node.stdin.flush()
+    line = node.stdout.readline()
+    if not line:
+        sys.exit(f"{what} in Node stopped (exit code {node.wait(timeout=60)}); its error is above")
+    return json.loads(line)["median_ms"]
 
 
 def median_ms(fn, seconds: float) -> float:
@@ -215,9 +217,7 @@ def measure(name: str, site: Path, script: Path, args, tmp: Path) -> dict:
                 if "error" in r:
                     sys.exit(f"{name} in Chromium: {r['error']}")
                 medians[key].append(r["median_ms"])
-            node.stdin.write("go\n")
-            node.stdin.flush()
-            medians["node-wasm-1"].append(json.loads(node.stdout.readline())["median_ms"])
+            medians["node-wasm-1"].append(node_round(node, name))
     node.wait(timeout=60)
     row = {"model": name, "batch": args.batch_size}
     for key, m in medians.items():
