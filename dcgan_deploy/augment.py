@@ -17,6 +17,11 @@ Policies (applied in this order, each sample with its own random parameters):
 The random parameters come from a ``torch.Generator`` (drawn on the CPU), so a run that
 checkpoints the generator's state resumes exactly; the same generator state gives the
 same transforms, whatever the batch holds. Images stay in [-1, 1].
+
+Adaptive strength (ADA, Karras et al. 2020): with ``p < 1`` each image gets each transform
+with probability ``p``; the trainer raises ``p`` while D calls too many real images real (its
+overfitting signal, ``ada_target``) and lowers it otherwise, so a run starts unaugmented, where
+it learns fastest, and augments as much as D's overfitting needs.
 """
 from __future__ import annotations
 
@@ -38,11 +43,19 @@ def parse_policy(text: str) -> tuple[str, ...]:
     return tuple(p for p in POLICIES if p in names)
 
 
-def augment(x: torch.Tensor, policy: Sequence[str], generator: torch.Generator) -> torch.Tensor:
-    """``x`` ``[N, C, H, W]`` in [-1, 1] -> the same shape, augmented by ``policy``, differentiably."""
+def augment(x: torch.Tensor, policy: Sequence[str], generator: torch.Generator, p: float = 1.0) -> torch.Tensor:
+    """``x`` ``[N, C, H, W]`` in [-1, 1] -> the same shape, augmented by ``policy``, differentiably.
+
+    ``p``: the probability that a given image gets a given transform (each image and transform drawn
+    apart, as in ADA); 1 = every image gets every transform (DiffAugment), 0 = none (``x`` returned)."""
+    if p <= 0:
+        return x
     for name in POLICIES:
         if name in policy:
-            x = _FUNCTIONS[name](x, generator)
+            changed = _FUNCTIONS[name](x, generator)
+            if p < 1:
+                changed = torch.where(_rand(generator, x.shape[0], 1, 1, 1, like=x) < p, changed, x)
+            x = changed
     return x
 
 

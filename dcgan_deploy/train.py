@@ -102,6 +102,12 @@ class TrainConfig:
     loss: str = "bce"            # "bce": the non-saturating loss; "hinge": D hinge, G -D(G(z))
     lr_d: float = 0.0            # D's learning rate (two time-scale updates); 0 = lr
     augment: str = ""            # DiffAugment policies for D's inputs, real and fake: "color,translation,cutout"
+    # Adaptive augmentation strength (ADA): 0 = off (every image augmented); otherwise the target for
+    # E[sign(D(real))], D's overfitting signal (0.6 in the ADA paper): each image gets each transform with a
+    # probability p that starts at 0 and moves by batch / ada_images per step, up while the signal is above
+    # the target, down while below.
+    ada_target: float = 0.0
+    ada_images: int = 500_000
     spectral_norm: bool = False  # spectral normalisation on D's weights (its BatchNorms removed)
     r1: float = 0.0              # R1 penalty gamma on real images (0 = off) ...
     r1_every: int = 16           # ... applied every this many steps, scaled by it (lazy regularisation)
@@ -148,7 +154,8 @@ class TrainConfig:
     def check(self) -> None:
         """Ranges (types are checked by ``from_dict``)."""
         for name, hi in (("steps", 10**9), ("batch_size", 65536), ("sample_every", 10**9),
-                         ("checkpoint_every", 10**9), ("log_every", 10**9), ("r1_every", 10**6)):
+                         ("checkpoint_every", 10**9), ("log_every", 10**9), ("r1_every", 10**6),
+                         ("ada_images", 10**12)):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= hi:
                 raise ValueError(f"{name} must be a positive integer (at most {hi}), got {value!r}")
@@ -172,7 +179,10 @@ class TrainConfig:
             raise ValueError(f"r1 must be a non-negative finite number, got {self.r1}")
         if self.loss not in LOSSES:
             raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
-        parse_policy(self.augment)
+        if not parse_policy(self.augment) and self.ada_target:
+            raise ValueError("ada_target adapts the augmentation's strength: give augment policies too")
+        if not (math.isfinite(self.ada_target) and 0 <= self.ada_target < 1):
+            raise ValueError(f"ada_target must be in [0, 1) (0 = off), got {self.ada_target}")
         if (self.lr_decay_start or self.lr_decay_end) and not self.lr_decay_end > self.lr_decay_start:
             raise ValueError(f"lr_decay_end ({self.lr_decay_end}) must be after lr_decay_start ({self.lr_decay_start})")
         if self.device not in ("auto", "cpu", "cuda"):
@@ -259,6 +269,15 @@ class Dist:
                 # holding the GIL) joins that thread: otherwise the two can deadlock at exit on a busy machine.
                 time.sleep(0.5)
             dist.destroy_process_group()
+
+    def mean(self, value: torch.Tensor) -> torch.Tensor:
+        """``value`` averaged over the ranks (itself without torchrun)."""
+        if self.world == 1:
+            return value
+        import torch.distributed as dist
+        value = value.clone()
+        dist.all_reduce(value)
+        return value / self.world
 
     def gather_digests(self, digest: str) -> list[str]:
         """Every rank's digest (to check that all ranks hold the same weights)."""
@@ -391,6 +410,7 @@ class Trainer:
         self.zgen = torch.Generator().manual_seed(cfg.seed + 1)
         self.policy = parse_policy(cfg.augment)
         self.aug_gen = torch.Generator().manual_seed(cfg.seed + 2)  # DiffAugment's parameters
+        self.augment_p = 0.0 if cfg.ada_target else 1.0  # each transform's probability per image (ADA adapts it)
         # The fixed sample batch: the latents of `dcgan-deploy generate -n 64 --seed 0`.
         self.fixed_z = torch.from_numpy(latents(64, 0, self.net.latent_dim, self.net.latent_prior))
         self.step = 0
@@ -407,6 +427,7 @@ class Trainer:
             "optG": self.optG.state_dict(), "optD": self.optD.state_dict(),
             "ema": self.ema.state_dict() if self.ema is not None else {},
             "batches": self.batches.state_dict(),
+            "augment_p": self.augment_p,
             "rng": {"torch": torch.get_rng_state(), "z": self.zgen.get_state(), "augment": self.aug_gen.get_state(),
                     "cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else torch.empty(0)},
         }
@@ -422,6 +443,7 @@ class Trainer:
             else:
                 self.ema.load_state_dict(self.G.state_dict())
         self.batches.load_state_dict(s["batches"])
+        self.augment_p = float(s.get("augment_p", self.augment_p))
         torch.set_rng_state(s["rng"]["torch"])
         self.zgen.set_state(s["rng"]["z"])
         if "augment" in s["rng"]:
@@ -548,14 +570,24 @@ class Trainer:
 
         if self.ema is not None:
             update_ema(self.ema, self.G, self.cfg.ema)
-        # One host sync per step: the losses, D's mean outputs and the finiteness of every weight, read together.
+        # One host sync per step: the losses, D's mean outputs, the finiteness of every weight and ADA's
+        # overfitting signal (the share of real images D calls real, minus those it calls fake), read together.
         stats = torch.stack([d_loss.detach().float(), g_loss.detach().float(), torch.sigmoid(d_real).mean().float(),
-                             torch.sigmoid(d_fake).mean().float(), all_finite(self.G, self.D).float()]).tolist()
-        return {**dict(zip(("d_loss", "g_loss", "d_real", "d_fake"), stats[:4])), "finite": stats[4] == 1.0, "lr": lr}
+                             torch.sigmoid(d_fake).mean().float(), all_finite(self.G, self.D).float(),
+                             *([self.dist.mean(torch.sign(d_real.detach().float()).mean())] if cfg.ada_target else [])
+                             ]).tolist()
+        record = {**dict(zip(("d_loss", "g_loss", "d_real", "d_fake"), stats[:4])), "finite": stats[4] == 1.0, "lr": lr}
+        if cfg.ada_target:
+            record["augment_p"] = self.augment_p  # the strength this step trained with, and the signal it saw
+            record["ada_signal"] = stats[5]
+            direction = (stats[5] > cfg.ada_target) - (stats[5] < cfg.ada_target)
+            self.augment_p = min(1.0, max(0.0, self.augment_p + direction * cfg.batch_size * self.dist.world
+                                          / cfg.ada_images))
+        return record
 
     def augmented(self, x: torch.Tensor) -> torch.Tensor:
         """D's view of a batch: DiffAugment'ed when the recipe says so (see ``augment``)."""
-        return augment(x, self.policy, self.aug_gen) if self.policy else x
+        return augment(x, self.policy, self.aug_gen, self.augment_p) if self.policy else x
 
     def discriminate(self, real: torch.Tensor, fake: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """D's logits for the real and the fake batch. A D without BatchNorm sees both in one forward (each

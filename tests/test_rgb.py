@@ -49,9 +49,9 @@ def test_the_trainer_shows_d_augmented_real_and_fake_images(tmp_path, monkeypatc
     seen = []
     real_augment = train_mod.augment
 
-    def spy(x, policy, generator):
+    def spy(x, policy, generator, p=1.0):
         seen.append((len(x), tuple(policy)))
-        return real_augment(x, policy, generator)
+        return real_augment(x, policy, generator, p)
     monkeypatch.setattr(train_mod, "augment", spy)
     for spectral in (False, True):  # BatchNorm D: real and fake apart; spectral-norm D: in one forward
         seen.clear()
@@ -70,6 +70,47 @@ def test_augmentation_keeps_images_in_range_and_is_differentiable():
     (y * torch.randn_like(y)).sum().backward()
     assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
     assert not torch.equal(y, x) and aug.augment(x, (), torch.Generator()) is x
+
+
+def test_adaptive_strength_gives_each_image_each_transform_with_probability_p():
+    """ADA's strength p: 1 is DiffAugment, 0 leaves the batch alone, in between each image is either left
+    alone or transformed as p = 1 would (for one policy), about a share p of them; still differentiable."""
+    x = torch.rand(400, 3, 8, 8, generator=state(1)) * 2 - 1
+    assert torch.equal(aug.augment(x, aug.POLICIES, state(), 1.0), aug.augment(x, aug.POLICIES, state()))
+    assert aug.augment(x, aug.POLICIES, state(), 0.0) is x
+    full = aug.augment(x, ("cutout",), state())
+    x.requires_grad_(True)
+    half = aug.augment(x, ("cutout",), state(), 0.5)
+    kept = (half == x).flatten(1).all(1)
+    changed = (half == full).flatten(1).all(1)
+    assert bool((kept | changed).all()) and 0.4 < changed.float().mean() < 0.6 and 0.4 < kept.float().mean() < 0.6
+    half.sum().backward()
+    assert x.grad is not None and (x.grad[kept] == 1).all() and (x.grad[~kept] == 0).any()
+    mixed = aug.augment(x.detach(), aug.POLICIES, state(), 0.3)
+    assert mixed.min() >= -1 and mixed.max() <= 1
+
+
+def test_ada_moves_the_strength_by_ds_overfitting_signal_and_resumes_exactly(tmp_path):
+    """With ``ada_target``, p starts at 0 and after each step moves by batch / ada_images towards more
+    augmentation while E[sign(D(real))] is above the target, less while below, within [0, 1]; the log shows
+    both, and a run resumed half-way continues with the same p and the same weights."""
+    import json
+    from dcgan_deploy.checkpoint import load_torch
+    cfg = dict(arch="dcgan64", data="synthetic:32", steps=8, batch_size=4, augment="color,translation,cutout",
+               ada_target=0.2, ada_images=20, log_every=1, sample_every=8, checkpoint_every=4,
+               net={"g_width": 8, "d_width": 8, "channels": 3})
+    Trainer(TrainConfig(**cfg), tmp_path / "straight", progress=False).train()
+    rows = [json.loads(line) for line in (tmp_path / "straight" / "log.jsonl").read_text().splitlines()]
+    rows = [r for r in rows if "augment_p" in r and "done" not in r]
+    assert len(rows) == 8 and rows[0]["augment_p"] == 0
+    for a, b in zip(rows, rows[1:]):
+        direction = (a["ada_signal"] > 0.2) - (a["ada_signal"] < 0.2)
+        assert b["augment_p"] == pytest.approx(min(1, max(0, a["augment_p"] + direction * 4 / 20)), abs=1e-5)
+    assert max(r["augment_p"] for r in rows) > 0  # it did augment
+    Trainer(TrainConfig(**{**cfg, "steps": 4}), tmp_path / "split", progress=False).train()
+    Trainer.resume(tmp_path / "split", progress=False, steps=8).train()
+    a, b = load_torch(tmp_path / "straight" / "train_state.pt"), load_torch(tmp_path / "split" / "train_state.pt")
+    assert a["augment_p"] == b["augment_p"] and all(torch.equal(a["G"][k], b["G"][k]) for k in a["G"])
 
 
 def test_translation_and_cutout_do_what_they_say():

@@ -241,10 +241,12 @@ def test_two_process_data_parallel_training(tmp_path):
 
 def test_a_two_node_launch_on_one_machine_trains_like_one_node(tmp_path):
     """``torchrun --nnodes 2`` with the c10d rendezvous on 127.0.0.1: two "nodes" of one process each give the
-    weights two processes on one node give (spectral-norm D, DiffAugment, hinge loss, R1 under DDP)."""
+    weights two processes on one node give (spectral-norm D, DiffAugment at an adaptive strength whose signal
+    is averaged over the ranks, hinge loss, R1 under DDP)."""
     from conftest import free_port
     r = recipe(tmp_path, arch="dcgan64", steps=2, checkpoint_every=2, batch_size=4, loss="hinge", spectral_norm=True,
-               augment="color,translation,cutout", r1=1.0, r1_every=1, net={"g_width": 8, "d_width": 8, "channels": 3})
+               augment="color,translation,cutout", ada_target=0.1, ada_images=8, r1=1.0, r1_every=1,
+               net={"g_width": 8, "d_width": 8, "channels": 3})
     port = free_port()
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     nodes = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1",
@@ -257,6 +259,8 @@ def test_a_two_node_launch_on_one_machine_trains_like_one_node(tmp_path):
     assert len(done) == 1 and len(set(done[0]["ranks"])) == 1 and len(done[0]["ranks"]) == 2
     torchrun(r, out=tmp_path / "one_node")
     assert same_weights(tmp_path / "nodes", tmp_path / "one_node")
+    p = [load_torch(tmp_path / run / "train_state.pt")["augment_p"] for run in ("nodes", "one_node")]
+    assert p[0] == p[1] and 0 <= p[0] <= 1
 
 
 def test_bf16_autocast_and_channels_last_train_on_cpu(tmp_path):
