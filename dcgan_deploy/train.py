@@ -179,10 +179,10 @@ class TrainConfig:
             raise ValueError(f"r1 must be a non-negative finite number, got {self.r1}")
         if self.loss not in LOSSES:
             raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
-        if not parse_policy(self.augment) and self.ada_target:
-            raise ValueError("ada_target adapts the augmentation's strength: give augment policies too")
         if not (math.isfinite(self.ada_target) and 0 <= self.ada_target < 1):
             raise ValueError(f"ada_target must be in [0, 1) (0 = off), got {self.ada_target}")
+        if not parse_policy(self.augment) and self.ada_target:
+            raise ValueError("ada_target adapts the augmentation's strength: give augment policies too")
         if (self.lr_decay_start or self.lr_decay_end) and not self.lr_decay_end > self.lr_decay_start:
             raise ValueError(f"lr_decay_end ({self.lr_decay_end}) must be after lr_decay_start ({self.lr_decay_start})")
         if self.device not in ("auto", "cpu", "cuda"):
@@ -572,18 +572,24 @@ class Trainer:
             update_ema(self.ema, self.G, self.cfg.ema)
         # One host sync per step: the losses, D's mean outputs, the finiteness of every weight and ADA's
         # overfitting signal (the share of real images D calls real, minus those it calls fake), read together.
-        stats = torch.stack([d_loss.detach().float(), g_loss.detach().float(), torch.sigmoid(d_real).mean().float(),
-                             torch.sigmoid(d_fake).mean().float(), all_finite(self.G, self.D).float(),
-                             *([self.dist.mean(torch.sign(d_real.detach().float()).mean())] if cfg.ada_target else [])
-                             ]).tolist()
-        record = {**dict(zip(("d_loss", "g_loss", "d_real", "d_fake"), stats[:4])), "finite": stats[4] == 1.0, "lr": lr}
+        values = [d_loss.detach().float(), g_loss.detach().float(), torch.sigmoid(d_real).mean().float(),
+                  torch.sigmoid(d_fake).mean().float(), all_finite(self.G, self.D).float()]
         if cfg.ada_target:
-            record["augment_p"] = self.augment_p  # the strength this step trained with, and the signal it saw
-            record["ada_signal"] = stats[5]
-            direction = (stats[5] > cfg.ada_target) - (stats[5] < cfg.ada_target)
-            self.augment_p = min(1.0, max(0.0, self.augment_p + direction * cfg.batch_size * self.dist.world
-                                          / cfg.ada_images))
+            values.append(self.dist.mean(torch.sign(d_real.detach().float()).mean()))
+        stats = torch.stack(values).tolist()
+        record = {**dict(zip(("d_loss", "g_loss", "d_real", "d_fake"), stats[:4])), "finite": stats[4] == 1.0, "lr": lr}
+        if cfg.ada_target:  # the strength this step trained with and the signal it saw; then the next step's
+            record["augment_p"], record["ada_signal"] = self.augment_p, stats[5]
+            self.adapt_augmentation(stats[5])
         return record
+
+    def adapt_augmentation(self, signal: float) -> None:
+        """ADA: p one step (batch / ada_images) up while the overfitting signal is above the target, down
+        while below, within [0, 1]."""
+        cfg = self.cfg
+        direction = (signal > cfg.ada_target) - (signal < cfg.ada_target)
+        self.augment_p = min(1.0, max(0.0, self.augment_p + direction * cfg.batch_size * self.dist.world
+                                      / cfg.ada_images))
 
     def augmented(self, x: torch.Tensor) -> torch.Tensor:
         """D's view of a batch: DiffAugment'ed when the recipe says so (see ``augment``)."""
