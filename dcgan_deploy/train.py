@@ -109,6 +109,7 @@ class TrainConfig:
     ada_target: float = 0.0
     ada_images: int = 500_000
     spectral_norm: bool = False  # spectral normalisation on D's weights (its BatchNorms removed)
+    minibatch_std: int = 0       # a minibatch standard-deviation layer before D's last, over groups of this many; 0 = none
     r1: float = 0.0              # R1 penalty gamma on real images (0 = off) ...
     r1_every: int = 16           # ... applied every this many steps, scaled by it (lazy regularisation)
     deterministic: bool = True   # bitwise reproducible (see the module docstring); off: a little faster
@@ -177,6 +178,10 @@ class TrainConfig:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
         if not (math.isfinite(self.r1) and self.r1 >= 0):
             raise ValueError(f"r1 must be a non-negative finite number, got {self.r1}")
+        if not isinstance(self.minibatch_std, int) or isinstance(self.minibatch_std, bool) \
+                or not (self.minibatch_std == 0 or 2 <= self.minibatch_std <= self.batch_size):
+            raise ValueError(f"minibatch_std must be 0 (off) or a group size from 2 to batch_size "
+                             f"({self.batch_size}), got {self.minibatch_std!r}")
         if self.loss not in LOSSES:
             raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
         if not (math.isfinite(self.ada_target) and 0 <= self.ada_target < 1):
@@ -392,7 +397,7 @@ class Trainer:
         self.progress = progress and self.dist.main
         torch.manual_seed(cfg.seed)
         self.G = GeneratorNet(self.net).to(self.device)
-        self.D = DiscriminatorNet(self.net, spectral_norm=cfg.spectral_norm).to(self.device)
+        self.D = DiscriminatorNet(self.net, spectral_norm=cfg.spectral_norm, minibatch_std=cfg.minibatch_std).to(self.device)
         fast_bf16 = self.device.type == "cuda" or cpu_has_amx()
         self.amp = cfg.amp == "on" or (cfg.amp == "auto" and fast_bf16)
         self.memory_format = torch.channels_last if cfg.channels_last == "on" or (
@@ -596,10 +601,11 @@ class Trainer:
         return augment(x, self.policy, self.aug_gen, self.augment_p) if self.policy else x
 
     def discriminate(self, real: torch.Tensor, fake: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """D's logits for the real and the fake batch. A D without BatchNorm sees both in one forward (each
-        logit depends on its own image only); with BatchNorm, each batch normalises by its own statistics,
-        as in the Radford et al. recipe, so they go through separately."""
-        if self.D.has_batchnorm:
+        """D's logits for the real and the fake batch. A D without BatchNorm or a minibatch standard-deviation
+        layer sees both in one forward (each logit depends on its own image only); with either, each batch
+        normalises by (or measures) its own statistics, as in the Radford et al. recipe, so they go through
+        separately."""
+        if self.D.mixes_batch:
             return self.D_train(self.augmented(real)), self.D_train(self.augmented(fake))
         logits = self.D_train(self.augmented(torch.cat([real, fake])))
         return logits[:len(real)], logits[len(real):]

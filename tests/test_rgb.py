@@ -53,12 +53,13 @@ def test_the_trainer_shows_d_augmented_real_and_fake_images(tmp_path, monkeypatc
         seen.append((len(x), tuple(policy)))
         return real_augment(x, policy, generator, p)
     monkeypatch.setattr(train_mod, "augment", spy)
-    for spectral in (False, True):  # BatchNorm D: real and fake apart; spectral-norm D: in one forward
+    # BatchNorm D: real and fake apart; spectral-norm D: in one forward; with a minibatch-std layer apart again
+    for spectral, mbstd in ((False, 0), (True, 0), (True, 2)):
         seen.clear()
         cfg = TrainConfig(arch="dcgan64", data="synthetic:16", steps=1, batch_size=4, augment="color,cutout",
-                          spectral_norm=spectral, net={"g_width": 8, "d_width": 8, "channels": 3})
-        Trainer(cfg, tmp_path / str(spectral), progress=False).train_step()
-        d_step = [4, 4] if not spectral else [8]
+                          spectral_norm=spectral, minibatch_std=mbstd, net={"g_width": 8, "d_width": 8, "channels": 3})
+        Trainer(cfg, tmp_path / f"{spectral}{mbstd}", progress=False).train_step()
+        d_step = [8] if spectral and not mbstd else [4, 4]
         assert [n for n, _ in seen] == d_step + [4]  # D's update on real and fake, then G's on fake
         assert {p for _, p in seen} == {("color", "cutout")}
 
@@ -157,6 +158,40 @@ def test_spectral_norm_bounds_each_layer_and_removes_batchnorm():
             if isinstance(m, torch.nn.Conv2d):
                 w = m.weight.reshape(m.weight.shape[0], -1)
                 assert float(torch.linalg.matrix_norm(w, ord=2)) == pytest.approx(1.0, rel=0.05)
+
+
+def test_minibatch_std_appends_each_groups_deviation():
+    from dcgan_deploy.nets import MinibatchStd
+    x = torch.randn(8, 5, 4, 4, generator=state(2))
+    y = MinibatchStd(4)(x)
+    assert y.shape == (8, 6, 4, 4) and torch.equal(y[:, :5], x)
+    for g in range(2):  # images 0-3 and 4-7: one group each, one value for all of it, at every position
+        group = x[4 * g:4 * g + 4]
+        want = group.std(0, unbiased=False).mean()
+        assert torch.allclose(y[4 * g:4 * g + 4, 5], want.expand(4, 4, 4), atol=1e-5)
+    assert not torch.allclose(y[0, 5], y[4, 5])
+    same = MinibatchStd(4)(x[:1].expand(4, 5, 4, 4))  # no variety: deviation ~0
+    assert same[:, 5].abs().max() < 1e-3
+    assert MinibatchStd(4)(torch.randn(6, 3)).shape == (6, 4)  # a divisor of 6 up to 4 (3); flat features too
+    assert torch.allclose(MinibatchStd(4)(x[:1])[:, 5], torch.full((1, 4, 4), 1e-4))  # one image: sqrt(eps)
+
+
+def test_a_minibatch_std_d_tells_a_batch_without_variety_apart():
+    """With the layer, an image's logit depends on the others of its group (not beyond it), and gradients
+    reach every image; without it (a spectral-norm D) each logit is its image's own."""
+    cfg = NetConfig.for_arch("dcgan64", g_width=8, d_width=8, channels=3)
+    d = DiscriminatorNet(cfg, spectral_norm=True, minibatch_std=2).eval()
+    assert d.mixes_batch and not DiscriminatorNet(cfg, spectral_norm=True).mixes_batch
+    x = torch.rand(4, 3, 64, 64, generator=state(3)) * 2 - 1
+    changed = x.clone()
+    changed[1] = -changed[1]
+    a, b = d(x), d(changed)
+    assert a[0] != b[0] and torch.equal(a[2:], b[2:])  # image 0 shares a group with image 1, images 2-3 do not
+    x.requires_grad_(True)
+    d(x).sum().backward()
+    assert (x.grad.flatten(1).abs().sum(1) > 0).all()
+    plain = DiscriminatorNet(cfg, spectral_norm=True).eval()
+    assert torch.equal(plain(changed)[0], plain(x.detach())[0])
 
 
 def test_losses_and_r1(tmp_path):
