@@ -1,5 +1,5 @@
-"""The 64x64 RGB recipe's parts: DiffAugment, spectral normalisation, the losses, R1, the memorisation check,
-and a few steps of the recipe itself on a tiny folder of RGB images."""
+"""The 64x64 RGB recipe's parts: DiffAugment, spectral normalisation, the minibatch standard-deviation layer,
+the losses, R1, the memorisation check, and a few steps of the recipe itself on a tiny folder of RGB images."""
 import numpy as np
 import pytest
 import torch
