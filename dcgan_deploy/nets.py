@@ -182,7 +182,7 @@ def widened_by_one(layer: nn.Module) -> nn.Module:
         new.weight[:, -1:].copy_(layer.weight[:, :1])
         if layer.bias is not None:
             new.bias.copy_(layer.bias)
-    return new.to(layer.weight.device)
+    return new
 
 
 def dcgan_init(m: nn.Module) -> None:

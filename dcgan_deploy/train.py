@@ -160,7 +160,7 @@ class TrainConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= hi:
                 raise ValueError(f"{name} must be a positive integer (at most {hi}), got {value!r}")
-        for name in ("seed", "lr_decay_start", "lr_decay_end", "threads"):
+        for name in ("seed", "lr_decay_start", "lr_decay_end", "threads", "minibatch_std"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 2**63:
                 raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
@@ -178,8 +178,7 @@ class TrainConfig:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
         if not (math.isfinite(self.r1) and self.r1 >= 0):
             raise ValueError(f"r1 must be a non-negative finite number, got {self.r1}")
-        if not isinstance(self.minibatch_std, int) or isinstance(self.minibatch_std, bool) \
-                or not (self.minibatch_std == 0 or 2 <= self.minibatch_std <= self.batch_size):
+        if self.minibatch_std == 1 or self.minibatch_std > self.batch_size:
             raise ValueError(f"minibatch_std must be 0 (off) or a group size from 2 to batch_size "
                              f"({self.batch_size}), got {self.minibatch_std!r}")
         if self.loss not in LOSSES:
