@@ -52,6 +52,7 @@ from .nets import DiscriminatorNet, GeneratorNet, NetConfig, check_size, recompu
 
 
 LOSSES = ("bce", "hinge")
+LECAM_DECAY = 0.99  # LeCam's anchors: moving averages of D's mean logits (the paper's decay)
 _TYPE_WORDS = {"str": "a string", "int": "a whole number", "float": "a number", "bool": "true or false",
                "dict": "a table"}
 
@@ -112,6 +113,7 @@ class TrainConfig:
     minibatch_std: int = 0       # a minibatch standard-deviation layer before D's last, over groups of this many; 0 = none
     r1: float = 0.0              # R1 penalty gamma on real images (0 = off) ...
     r1_every: int = 16           # ... applied every this many steps, scaled by it (lazy regularisation)
+    lecam: float = 0.0           # LeCam regularisation weight (0 = off): D's logits held near moving anchors
     deterministic: bool = True   # bitwise reproducible (see the module docstring); off: a little faster
     threads: int = 0             # intra-op threads; 0 = all cores, fixed at the run's start and kept on resume
     net: dict = field(default_factory=dict)  # NetConfig overrides (g_width, d_width, channels, latent_dim, ...)
@@ -176,8 +178,10 @@ class TrainConfig:
         for name in ("beta1", "beta2"):
             if not 0 <= getattr(self, name) < 1:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
-        if not (math.isfinite(self.r1) and self.r1 >= 0):
-            raise ValueError(f"r1 must be a non-negative finite number, got {self.r1}")
+        for name in ("r1", "lecam"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a non-negative finite number, got {value}")
         if self.minibatch_std == 1 or self.minibatch_std > self.batch_size:
             raise ValueError(f"minibatch_std must be 0 (off) or a group size from 2 to batch_size "
                              f"({self.batch_size}), got {self.minibatch_std!r}")
@@ -415,6 +419,7 @@ class Trainer:
         self.policy = parse_policy(cfg.augment)
         self.aug_gen = torch.Generator().manual_seed(cfg.seed + 2)  # DiffAugment's parameters
         self.augment_p = 0.0 if cfg.ada_target else 1.0  # each transform's probability per image (ADA adapts it)
+        self.lecam_anchors: torch.Tensor | None = None  # LeCam's moving averages of D's mean logit on real, fake
         # The fixed sample batch: the latents of `dcgan-deploy generate -n 64 --seed 0`.
         self.fixed_z = torch.from_numpy(latents(64, 0, self.net.latent_dim, self.net.latent_prior))
         self.step = 0
@@ -432,6 +437,7 @@ class Trainer:
             "ema": self.ema.state_dict() if self.ema is not None else {},
             "batches": self.batches.state_dict(),
             "augment_p": self.augment_p,
+            "lecam_anchors": self.lecam_anchors,
             "rng": {"torch": torch.get_rng_state(), "z": self.zgen.get_state(), "augment": self.aug_gen.get_state(),
                     "cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else torch.empty(0)},
         }
@@ -448,6 +454,8 @@ class Trainer:
                 self.ema.load_state_dict(self.G.state_dict())
         self.batches.load_state_dict(s["batches"])
         self.augment_p = float(s.get("augment_p", self.augment_p))
+        anchors = s.get("lecam_anchors")
+        self.lecam_anchors = None if anchors is None else anchors.to(self.device)
         torch.set_rng_state(s["rng"]["torch"])
         self.zgen.set_state(s["rng"]["z"])
         if "augment" in s["rng"]:
@@ -556,7 +564,7 @@ class Trainer:
             d_real, d_fake = self.discriminate(real, fake.detach())
             d_loss = self.d_loss(d_real, d_fake)
         self.optD.zero_grad(set_to_none=True)
-        d_loss.backward()
+        (d_loss + cfg.lecam * self.lecam_penalty(d_real, d_fake) if cfg.lecam else d_loss).backward()
         if cfg.r1 and self.step % cfg.r1_every == 0:
             self.r1_penalty(real).backward()
         self.optD.step()
@@ -614,6 +622,17 @@ class Trainer:
             return F.relu(1 - d_real).mean() + F.relu(1 + d_fake).mean()
         return (F.binary_cross_entropy_with_logits(d_real, torch.ones_like(d_real))
                 + F.binary_cross_entropy_with_logits(d_fake, torch.zeros_like(d_fake)))
+
+    def lecam_penalty(self, d_real: torch.Tensor, d_fake: torch.Tensor) -> torch.Tensor:
+        """LeCam regularisation (Tseng et al. 2021), in fp32: E[relu(D(x) - a_fake)^2] + E[relu(a_real - D(G(z)))^2],
+        where a_real and a_fake are moving averages (decay ``LECAM_DECAY``) of D's mean logit on real and on
+        generated images, updated with this batch first (the first batch sets them; averaged over the ranks).
+        It keeps D's outputs from running apart on the few images it sees again and again."""
+        means = self.dist.mean(torch.stack([d_real.detach().float().mean(), d_fake.detach().float().mean()]))
+        self.lecam_anchors = means if self.lecam_anchors is None else torch.lerp(self.lecam_anchors, means,
+                                                                                 1 - LECAM_DECAY)
+        a_real, a_fake = self.lecam_anchors
+        return F.relu(d_real.float() - a_fake).pow(2).mean() + F.relu(a_real - d_fake.float()).pow(2).mean()
 
     def r1_penalty(self, real: torch.Tensor) -> torch.Tensor:
         """R1 (Mescheder et al.): gamma / 2 * E ||grad_x D(x)||^2 on (augmented) real images, in fp32, scaled

@@ -215,6 +215,34 @@ def test_losses_and_r1(tmp_path):
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in t.D.parameters())
 
 
+def test_lecam_penalty_and_its_anchors(tmp_path):
+    """LeCam: E[relu(D(x) - a_fake)^2] + E[relu(a_real - D(G(z)))^2] with anchors that the first batch sets and
+    later batches move by 1 - LECAM_DECAY; it trains D, and a checkpoint carries the anchors."""
+    from dcgan_deploy.train import LECAM_DECAY
+    cfg = TrainConfig(arch="dcgan64", data="synthetic:16", steps=1, batch_size=4, lecam=0.3, checkpoint_every=1,
+                      sample_every=1, net={"g_width": 8, "d_width": 8, "channels": 3})
+    t = Trainer(cfg, tmp_path, progress=False)
+    real, fake = torch.tensor([3.0, 1.0]), torch.tensor([-1.0, -3.0])
+    first = t.lecam_penalty(real, fake)  # anchors: real 2, fake -2
+    assert t.lecam_anchors.tolist() == [2.0, -2.0]
+    assert first.item() == pytest.approx((5 ** 2 + 3 ** 2) / 2 + (3 ** 2 + 5 ** 2) / 2)
+    real2, fake2 = torch.tensor([-4.0, 0.0]), torch.tensor([2.0, 4.0])  # means -2, 3
+    second = t.lecam_penalty(real2, fake2)
+    a_real, a_fake = 2 + (1 - LECAM_DECAY) * (-2 - 2), -2 + (1 - LECAM_DECAY) * (3 + 2)
+    assert t.lecam_anchors.tolist() == pytest.approx([a_real, a_fake])
+    relu = torch.nn.functional.relu
+    assert second.item() == pytest.approx((relu(real2 - a_fake).pow(2).mean() + relu(a_real - fake2).pow(2).mean()).item())
+    assert relu(torch.tensor(-4.0 - a_fake)).item() == 0  # one-sided: a real logit below the fake anchor costs nothing
+    t.lecam_anchors = None
+    images = torch.rand(4, 3, 64, 64) * 2 - 1
+    d_real, d_fake = t.discriminate(images, -images)
+    t.lecam_penalty(d_real, d_fake).backward()  # it trains D: gradients reach D's weights
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in t.D.parameters())
+    t.train()
+    state = torch.load(tmp_path / "train_state.pt", weights_only=True)
+    assert state["lecam_anchors"].shape == (2,) and torch.equal(state["lecam_anchors"], t.lecam_anchors)
+
+
 def test_the_memorisation_check_catches_a_copying_generator():
     rng = np.random.default_rng(0)
     training = rng.standard_normal((600, 16))

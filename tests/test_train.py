@@ -173,10 +173,11 @@ def test_lr_decay_schedule_is_applied_and_resumes_exactly(tmp_path):
 
 def test_identical_runs_are_bitwise_identical_under_load(tmp_path):
     """Three fresh runs of one recipe at once (the two cores oversubscribed), and one resumed half-way: the
-    same weights, bit for bit. The 64x64 net with DiffAugment, spectral norm, a minibatch-std layer and R1
-    covers the convolution kernels whose backward passes reduce across threads."""
+    same weights, bit for bit. The 64x64 net with DiffAugment, spectral norm, a minibatch-std layer, R1 and
+    LeCam (whose anchors the checkpoint must carry) covers the convolution kernels whose backward passes reduce
+    across threads."""
     r = recipe(tmp_path, arch="dcgan64", steps=4, checkpoint_every=2, batch_size=8, loss="hinge", augment="color,translation,cutout",
-               spectral_norm=True, minibatch_std=4, r1=1.0, r1_every=2, net={"g_width": 8, "d_width": 8, "channels": 3})
+               spectral_norm=True, minibatch_std=4, r1=1.0, r1_every=2, lecam=0.3, net={"g_width": 8, "d_width": 8, "channels": 3})
     env = {**os.environ}
     env.pop("OMP_NUM_THREADS", None)
     procs = [subprocess.Popen([sys.executable, "-m", "dcgan_deploy", "train", str(r), "--out", str(tmp_path / f"run{i}")]
@@ -242,10 +243,10 @@ def test_two_process_data_parallel_training(tmp_path):
 def test_a_two_node_launch_on_one_machine_trains_like_one_node(tmp_path):
     """``torchrun --nnodes 2`` with the c10d rendezvous on 127.0.0.1: two "nodes" of one process each give the
     weights two processes on one node give (spectral-norm D, DiffAugment at an adaptive strength whose signal
-    is averaged over the ranks, hinge loss, R1 under DDP)."""
+    is averaged over the ranks, hinge loss, R1 under DDP, LeCam's anchors averaged over the ranks)."""
     from conftest import free_port
     r = recipe(tmp_path, arch="dcgan64", steps=2, checkpoint_every=2, batch_size=4, loss="hinge", spectral_norm=True,
-               augment="color,translation,cutout", ada_target=0.1, ada_images=8, r1=1.0, r1_every=1,
+               augment="color,translation,cutout", ada_target=0.1, ada_images=8, r1=1.0, r1_every=1, lecam=0.3,
                net={"g_width": 8, "d_width": 8, "channels": 3})
     port = free_port()
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
