@@ -7,6 +7,7 @@ from PIL import Image
 
 from conftest import ROOT
 from dcgan_deploy import augment as aug
+from dcgan_deploy.checkpoint import load_torch
 from dcgan_deploy import evaluate as ev
 from dcgan_deploy.nets import DiscriminatorNet, NetConfig
 from dcgan_deploy.train import TrainConfig, Trainer
@@ -232,14 +233,16 @@ def test_lecam_penalty_and_its_anchors(tmp_path):
     assert t.lecam_anchors.tolist() == pytest.approx([a_real, a_fake])
     relu = torch.nn.functional.relu
     assert second.item() == pytest.approx((relu(real2 - a_fake).pow(2).mean() + relu(a_real - fake2).pow(2).mean()).item())
-    assert relu(torch.tensor(-4.0 - a_fake)).item() == 0  # one-sided: a real logit below the fake anchor costs nothing
+    # one-sided: only the real logit above the fake anchor (0 - a_fake = 1.95) costs; a two-sided penalty would add
+    # (-4 - a_fake)^2 and both generated logits' squares
+    assert a_fake == pytest.approx(-1.95) and second.item() == pytest.approx((0 - a_fake) ** 2 / 2)
     t.lecam_anchors = None
     images = torch.rand(4, 3, 64, 64) * 2 - 1
     d_real, d_fake = t.discriminate(images, -images)
     t.lecam_penalty(d_real, d_fake).backward()  # it trains D: gradients reach D's weights
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in t.D.parameters())
     t.train()
-    state = torch.load(tmp_path / "train_state.pt", weights_only=True)
+    state = load_torch(tmp_path / "train_state.pt")
     assert state["lecam_anchors"].shape == (2,) and torch.equal(state["lecam_anchors"], t.lecam_anchors)
 
 
