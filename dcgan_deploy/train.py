@@ -53,6 +53,7 @@ from .nets import DiscriminatorNet, GeneratorNet, NetConfig, check_size, recompu
 
 LOSSES = ("bce", "hinge")
 LECAM_DECAY = 0.99  # LeCam's anchors: moving averages of D's mean logits (the paper's decay)
+TOPK_DECAY = 0.99  # top-k training: k shrinks by this factor per epoch of the data (the paper's decay)
 _TYPE_WORDS = {"str": "a string", "int": "a whole number", "float": "a number", "bool": "true or false",
                "dict": "a table"}
 
@@ -114,6 +115,10 @@ class TrainConfig:
     r1: float = 0.0              # R1 penalty gamma on real images (0 = off) ...
     r1_every: int = 16           # ... applied every this many steps, scaled by it (lazy regularisation)
     lecam: float = 0.0           # LeCam regularisation weight (0 = off): D's logits held near moving anchors
+    # Top-k training of G (Sinha et al. 2020): G learns from only the k of its images D scores highest; k
+    # starts at the whole batch and shrinks by TOPK_DECAY per epoch of the data down to this share of the
+    # batch. 0 = off (every image).
+    top_k: float = 0.0
     deterministic: bool = True   # bitwise reproducible (see the module docstring); off: a little faster
     threads: int = 0             # intra-op threads; 0 = all cores, fixed at the run's start and kept on resume
     net: dict = field(default_factory=dict)  # NetConfig overrides (g_width, d_width, channels, latent_dim, ...)
@@ -182,6 +187,8 @@ class TrainConfig:
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be a non-negative finite number, got {value}")
+        if not (math.isfinite(self.top_k) and 0 <= self.top_k <= 1):
+            raise ValueError(f"top_k must be a share of the batch in (0, 1] (0 = off), got {self.top_k}")
         if self.minibatch_std == 1 or self.minibatch_std > self.batch_size:
             raise ValueError(f"minibatch_std must be 0 (off) or a group size from 2 to batch_size "
                              f"({self.batch_size}), got {self.minibatch_std!r}")
@@ -550,7 +557,6 @@ class Trainer:
                                                                    memory_format=self.memory_format)
         z = sample_prior(cfg.batch_size * self.dist.world, self.net, self.zgen)
         z = z[self.dist.rank * cfg.batch_size:(self.dist.rank + 1) * cfg.batch_size].to(dev)
-        ones = torch.ones(cfg.batch_size, device=dev)
 
         autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=self.amp)
         lr, lr_d = cfg.lr_at(self.step), cfg.lr_d_at(self.step)
@@ -574,8 +580,7 @@ class Trainer:
         self.optG.zero_grad(set_to_none=True)
         self.D.requires_grad_(False)
         with autocast:
-            g_out = self.D(self.augmented(fake))
-            g_loss = -g_out.mean() if cfg.loss == "hinge" else F.binary_cross_entropy_with_logits(g_out, ones)
+            g_loss = self.g_loss(self.D(self.augmented(fake)))
         g_loss.backward()
         self.D.requires_grad_(True)
         self.optG.step()
@@ -594,6 +599,13 @@ class Trainer:
             record["augment_p"], record["ada_signal"] = self.augment_p, stats[5]
             self.adapt_augmentation(stats[5])
         return record
+
+    def top_k_count(self) -> int:
+        """Top-k training: how many of this rank's generated images G learns from at this step, the batch
+        times TOPK_DECAY ** (epochs of the data seen so far), but not under ``top_k`` of it (nor under one)."""
+        epochs = self.step * self.cfg.batch_size * self.dist.world / self.dataset_size
+        share = max(self.cfg.top_k, TOPK_DECAY ** epochs)
+        return max(1, min(self.cfg.batch_size, math.ceil(share * self.cfg.batch_size)))
 
     def adapt_augmentation(self, signal: float) -> None:
         """ADA: p one step (batch / ada_images) up while the overfitting signal is above the target, down
@@ -622,6 +634,13 @@ class Trainer:
             return F.relu(1 - d_real).mean() + F.relu(1 + d_fake).mean()
         return (F.binary_cross_entropy_with_logits(d_real, torch.ones_like(d_real))
                 + F.binary_cross_entropy_with_logits(d_fake, torch.zeros_like(d_fake)))
+
+    def g_loss(self, g_out: torch.Tensor) -> torch.Tensor:
+        """G's loss on D's logits for its images: -D(G(z)) for hinge, else the non-saturating loss; with
+        ``top_k``, over only the ``top_k_count()`` images D scores highest."""
+        if self.cfg.top_k:
+            g_out = g_out.topk(self.top_k_count()).values
+        return -g_out.mean() if self.cfg.loss == "hinge" else F.binary_cross_entropy_with_logits(g_out, torch.ones_like(g_out))
 
     def lecam_penalty(self, d_real: torch.Tensor, d_fake: torch.Tensor) -> torch.Tensor:
         """LeCam regularisation (Tseng et al. 2021), in fp32: E[relu(D(x) - a_fake)^2] + E[relu(a_real - D(G(z)))^2],

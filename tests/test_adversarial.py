@@ -353,6 +353,8 @@ RECIPES = [
     ({"minibatch_std": 16}, "minibatch_std must be 0 (off) or a group size from 2 to batch_size (8), got 16"),
     ({"lecam": -0.3}, "lecam must be a non-negative finite number, got -0.3"),
     ({"lecam": float("nan")}, "lecam must be a non-negative finite number, got nan"),
+    ({"top_k": 1.5}, "top_k must be a share of the batch in (0, 1] (0 = off), got 1.5"),
+    ({"top_k": -0.5}, "top_k must be a share of the batch in (0, 1] (0 = off), got -0.5"),
     ({"augment": "color,rotate"}, "unknown policy 'rotate'"),
     ({"ada_target": 0.6}, "ada_target adapts the augmentation's strength: give augment policies too"),
     ({"ada_target": 1.5, "augment": "color"}, "ada_target must be in [0, 1) (0 = off), got 1.5"),

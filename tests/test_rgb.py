@@ -1,5 +1,6 @@
 """The 64x64 RGB recipe's parts: DiffAugment, spectral normalisation, the minibatch standard-deviation layer,
 the losses, R1, the memorisation check, and a few steps of the recipe itself on a tiny folder of RGB images."""
+import math
 import numpy as np
 import pytest
 import torch
@@ -244,6 +245,33 @@ def test_lecam_penalty_and_its_anchors(tmp_path):
     t.train()
     state = load_torch(tmp_path / "train_state.pt")
     assert state["lecam_anchors"].shape == (2,) and torch.equal(state["lecam_anchors"], t.lecam_anchors)
+
+
+def test_top_k_training_learns_from_the_best_scored_images(tmp_path):
+    """Top-k: G's loss over only the k images D scores highest, k the batch shrinking by TOPK_DECAY per epoch
+    down to top_k of it; the others get no gradient. Off, every image counts."""
+    from dcgan_deploy.train import TOPK_DECAY
+    cfg = TrainConfig(arch="dcgan64", data="synthetic:16", steps=3, batch_size=8, top_k=0.5, checkpoint_every=3,
+                      sample_every=3, net={"g_width": 8, "d_width": 8, "channels": 3})
+    t = Trainer(cfg, tmp_path, progress=False)
+    assert t.top_k_count() == 8  # step 0: the whole batch
+    t.step = 10  # 5 epochs of 16 images: 8 * 0.99 ** 5 = 7.6 -> 8
+    assert t.top_k_count() == math.ceil(8 * TOPK_DECAY ** 5) == 8
+    t.step = 60  # 30 epochs: 8 * 0.74 = 5.9 -> 6
+    assert t.top_k_count() == math.ceil(8 * TOPK_DECAY ** 30) == 6
+    t.step = 10_000  # long past: the floor, half the batch
+    assert t.top_k_count() == 4
+    logits = torch.tensor([3.0, -1.0, 0.5, -5.0, 2.0, -2.0, 0.0, 1.0], requires_grad=True)
+    loss = t.g_loss(logits)
+    assert loss.item() == pytest.approx(torch.nn.functional.softplus(-torch.tensor([3.0, 2.0, 1.0, 0.5])).mean().item())
+    loss.backward()
+    assert (logits.grad != 0).tolist() == [True, False, True, False, True, False, False, True]
+    t.cfg.loss = "hinge"
+    assert t.g_loss(logits).item() == pytest.approx(-(3.0 + 2.0 + 1.0 + 0.5) / 4)
+    t.cfg.top_k, t.cfg.loss = 0.0, "bce"  # off: every image
+    assert t.g_loss(logits).item() == pytest.approx(torch.nn.functional.softplus(-logits).mean().item())
+    t.cfg.top_k, t.step = 0.5, 0
+    assert t.train()["step"] == 3  # it trains
 
 
 def test_the_memorisation_check_catches_a_copying_generator():
