@@ -602,10 +602,10 @@ class Trainer:
 
     def top_k_count(self) -> int:
         """Top-k training: how many of this rank's generated images G learns from at this step, the batch
-        times TOPK_DECAY ** (epochs of the data seen so far), but not under ``top_k`` of it (nor under one)."""
+        times TOPK_DECAY ** (epochs of the data seen so far), but not under ``top_k`` of it, rounded up (so at
+        least one: ``top_k`` is above 0 when on)."""
         epochs = self.step * self.cfg.batch_size * self.dist.world / self.dataset_size
-        share = max(self.cfg.top_k, TOPK_DECAY ** epochs)
-        return max(1, min(self.cfg.batch_size, math.ceil(share * self.cfg.batch_size)))
+        return math.ceil(max(self.cfg.top_k, TOPK_DECAY ** epochs) * self.cfg.batch_size)
 
     def adapt_augmentation(self, signal: float) -> None:
         """ADA: p one step (batch / ada_images) up while the overfitting signal is above the target, down
