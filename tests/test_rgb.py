@@ -22,14 +22,44 @@ def state(seed=7):
     return torch.Generator().manual_seed(seed)
 
 
-@pytest.mark.parametrize("policy", [("translation",), ("cutout",), ("translation", "cutout")])
+@pytest.mark.parametrize("policy", [("translation",), ("cutout",), ("translation", "cutout"), ("scale",),
+                                    ("rotation",), ("translation", "scale", "rotation", "cutout")])
 def test_geometric_augmentation_is_one_transform_for_real_and_fake(policy):
-    """Given the generator's state, translation and cutout are one linear remapping of the pixels, whatever
+    """Given the generator's state, translation, scale, rotation and cutout are one linear remapping of the
+    pixels, whatever
     the batch holds: augmenting real, fake and real + fake gives aug(real) + aug(fake) = aug(real + fake)."""
     real, fake = batch(seed=1), batch(seed=2)
     a, b = aug.augment(real, policy, state()), aug.augment(fake, policy, state())
     assert torch.allclose(a + b, aug.augment(real + fake, policy, state()), atol=1e-6)
     assert not torch.allclose(a, aug.augment(real, policy, state(8)))  # another state, another transform
+
+
+def _centroids(x):
+    """Each image's centre of mass (channel 0) in the sampling grid's coordinates: x, y in (-1, 1), y down."""
+    h, w = x.shape[-2:]
+    ys = (torch.arange(h) + 0.5) / h * 2 - 1
+    xs = (torch.arange(w) + 0.5) / w * 2 - 1
+    m = x[:, 0]
+    total = m.sum((1, 2))
+    return torch.stack([(m * xs).sum((1, 2)) / total, (m * ys[:, None]).sum((1, 2)) / total], 1)
+
+
+def test_scale_and_rotation_move_a_spot_as_their_drawn_parameters_say():
+    """A bright spot off the centre lands where the zoom 2^N(0, 0.2) and the angle U(-30, 30) degrees drawn from
+    the generator's state put it: times the zoom, turned by the angle (bilinear resampling keeps its mass)."""
+    n = 16
+    x = torch.zeros(n, 3, 64, 64)
+    x[:, :, 18:22, 40:44] = 1                          # centre (42, 20) in pixels -> (0.3125, -0.375)
+    spot = _centroids(x)[0]
+    zoom = torch.exp2(torch.randn(n, generator=state()) * 0.2)
+    assert torch.allclose(_centroids(aug.scale(x, state())), spot * zoom[:, None], atol=0.01)
+    angle = (torch.rand(n, generator=state()) * 2 - 1) * math.radians(30)
+    assert angle.abs().max() > math.radians(15)       # the check has turns worth seeing
+    c, s = torch.cos(angle), torch.sin(angle)         # output o samples the input at R o: the spot goes to R^T p
+    turned = torch.stack([c * spot[0] + s * spot[1], -s * spot[0] + c * spot[1]], 1)
+    y = aug.rotation(x, state())
+    assert torch.allclose(_centroids(y), turned, atol=0.01)
+    assert torch.allclose(y[:, 0].sum((1, 2)), x[:, 0].sum((1, 2)), rtol=0.02)
 
 
 def test_colour_augmentation_is_one_transform_for_real_and_fake():
