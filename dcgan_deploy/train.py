@@ -313,7 +313,8 @@ def set_determinism(cfg: "TrainConfig", device: torch.device) -> int:
     if device.type == "cuda":
         torch.backends.cudnn.deterministic = cfg.deterministic
         torch.backends.cudnn.benchmark = not cfg.deterministic
-    # On CUDA some backward kernels (adaptive pooling, upsampling, grid sampling) have no deterministic version: warn there.
+    # On CUDA some backward kernels (adaptive pooling, upsampling, grid sampling) have no deterministic
+    # version: warn there.
     torch.use_deterministic_algorithms(cfg.deterministic, warn_only=device.type == "cuda")
     return threads
 

@@ -26,8 +26,7 @@ def state(seed=7):
                                     ("rotation",), ("translation", "scale", "rotation", "cutout")])
 def test_geometric_augmentation_is_one_transform_for_real_and_fake(policy):
     """Given the generator's state, translation, scale, rotation and cutout are one linear remapping of the
-    pixels, whatever
-    the batch holds: augmenting real, fake and real + fake gives aug(real) + aug(fake) = aug(real + fake)."""
+    pixels, whatever the batch holds: augmenting real, fake and real + fake gives aug(real) + aug(fake) = aug(real + fake)."""
     real, fake = batch(seed=1), batch(seed=2)
     a, b = aug.augment(real, policy, state()), aug.augment(fake, policy, state())
     assert torch.allclose(a + b, aug.augment(real + fake, policy, state()), atol=1e-6)

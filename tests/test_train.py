@@ -173,11 +173,12 @@ def test_lr_decay_schedule_is_applied_and_resumes_exactly(tmp_path):
 
 def test_identical_runs_are_bitwise_identical_under_load(tmp_path):
     """Three fresh runs of one recipe at once (the two cores oversubscribed), and one resumed half-way: the
-    same weights, bit for bit. The 64x64 net with DiffAugment (and ADA's scale and rotation), spectral norm, a minibatch-std layer, R1 and
-    LeCam (whose anchors the checkpoint must carry) covers the convolution kernels whose backward passes reduce
-    across threads."""
+    same weights, bit for bit. The 64x64 net with DiffAugment (and ADA's scale and rotation), spectral norm, a
+    minibatch-std layer, R1 and LeCam (whose anchors the checkpoint must carry) covers the convolution and
+    grid-sampling kernels whose backward passes reduce across threads."""
     r = recipe(tmp_path, arch="dcgan64", steps=4, checkpoint_every=2, batch_size=8, loss="hinge",
-               augment="color,translation,scale,rotation,cutout", spectral_norm=True, minibatch_std=4, r1=1.0, r1_every=2, lecam=0.3, net={"g_width": 8, "d_width": 8, "channels": 3})
+               augment="color,translation,scale,rotation,cutout", spectral_norm=True, minibatch_std=4, r1=1.0,
+               r1_every=2, lecam=0.3, net={"g_width": 8, "d_width": 8, "channels": 3})
     env = {**os.environ}
     env.pop("OMP_NUM_THREADS", None)
     procs = [subprocess.Popen([sys.executable, "-m", "dcgan_deploy", "train", str(r), "--out", str(tmp_path / f"run{i}")]
