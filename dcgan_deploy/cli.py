@@ -546,8 +546,11 @@ EXIT_PARITY = 4
 @click.option("--seed", type=int, default=None)
 @click.option("--threads", type=int, default=None,
               help="Intra-op threads for the run (default: the recipe's, 0 = all cores); a resumed run keeps its own.")
+@click.option("--average-start", type=int, default=None,
+              help="Average the generator's weights from this step on (the recipe's average_start; 0 = off). "
+                   "May be set when resuming, for steps still to come.")
 @friendly_errors
-def train(recipe, resume_dir, data, steps, batch_size, run_dir, device, seed, threads):
+def train(recipe, resume_dir, data, steps, batch_size, run_dir, device, seed, threads, average_start):
     """Train a generator from a recipe (a TOML file in training/).
 
     Writes train_state.pt, generator.safetensors, log.jsonl and sample grids to the
@@ -559,6 +562,7 @@ def train(recipe, resume_dir, data, steps, batch_size, run_dir, device, seed, th
     Examples:
         dcgan-deploy train training/mnist-dcgan.toml --out runs/mnist
         dcgan-deploy train --resume runs/mnist --steps 8000
+        dcgan-deploy train --resume runs/emoji64 --average-start 15000
     """
     need_torch("train")
     import logging
@@ -568,7 +572,7 @@ def train(recipe, resume_dir, data, steps, batch_size, run_dir, device, seed, th
     logging.basicConfig(level=logging.WARNING, format="warning: %(message)s")
     start = time.perf_counter()
     trainer = open_run(recipe, resume_dir, run_dir, progress=sys.stderr.isatty(), data=data, steps=steps,
-                       batch_size=batch_size, device=device, seed=seed, threads=threads)
+                       batch_size=batch_size, device=device, seed=seed, threads=threads, average_start=average_start)
     try:
         record = trainer.train()
     except DivergenceError as e:

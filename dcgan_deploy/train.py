@@ -86,6 +86,11 @@ class TrainConfig:
     beta2: float = 0.999
     seed: int = 0
     ema: float = 0.0  # decay of an EMA of the generator weights; 0 = off
+    # Weight averaging (Polyak averaging of checkpoints): from step average_start on, every average_every steps,
+    # the generator's weights (the EMA's when EMA is on) join a plain mean, and the generator the run deploys
+    # (checkpoints, sample grids) is that mean, BatchNorm re-estimated. 0 = off. It does not change training.
+    average_start: int = 0
+    average_every: int = 1000
     # Linear learning-rate decay: lr until step lr_decay_start, then linearly down to 0 at
     # step lr_decay_end (and 0 after). 0 / 0 = constant lr. Fixed steps, not a share of
     # `steps`, so that resuming with more steps keeps the schedule of the steps already run.
@@ -163,11 +168,11 @@ class TrainConfig:
         """Ranges (types are checked by ``from_dict``)."""
         for name, hi in (("steps", 10**9), ("batch_size", 65536), ("sample_every", 10**9),
                          ("checkpoint_every", 10**9), ("log_every", 10**9), ("r1_every", 10**6),
-                         ("ada_images", 10**12)):
+                         ("ada_images", 10**12), ("average_every", 10**9)):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= hi:
                 raise ValueError(f"{name} must be a positive integer (at most {hi}), got {value!r}")
-        for name in ("seed", "lr_decay_start", "lr_decay_end", "threads", "minibatch_std"):
+        for name in ("seed", "lr_decay_start", "lr_decay_end", "threads", "minibatch_std", "average_start"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 2**63:
                 raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
@@ -432,6 +437,7 @@ class Trainer:
         self.fixed_z = torch.from_numpy(latents(64, 0, self.net.latent_dim, self.net.latent_prior))
         self.step = 0
         self._exported: tuple[int, GeneratorNet | None] = (-1, None)
+        self.average: dict | None = None  # {"sum": float64 copies of the averaged weights, "count": how many}
 
     # ---- checkpoints ----------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -446,6 +452,7 @@ class Trainer:
             "batches": self.batches.state_dict(),
             "augment_p": self.augment_p,
             "lecam_anchors": self.lecam_anchors,
+            "average": self.average,
             "rng": {"torch": torch.get_rng_state(), "z": self.zgen.get_state(), "augment": self.aug_gen.get_state(),
                     "cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else torch.empty(0)},
         }
@@ -464,6 +471,15 @@ class Trainer:
         self.augment_p = float(s.get("augment_p", self.augment_p))
         anchors = s.get("lecam_anchors")
         self.lecam_anchors = None if anchors is None else anchors.to(self.device)
+        average = s.get("average")  # absent in states written before weight averaging existed
+        if average is not None:
+            params = list(self.G.parameters())
+            sums = list(average["sum"])
+            if (len(sums) != len(params) or any(t.shape != p.shape for t, p in zip(sums, params))
+                    or average["count"] < 1):
+                raise ValueError("the weight average does not match the generator")
+            average = {"sum": [t.to(self.device, torch.float64) for t in sums], "count": int(average["count"])}
+        self.average = average
         torch.set_rng_state(s["rng"]["torch"])
         self.zgen.set_state(s["rng"]["z"])
         if "augment" in s["rng"]:
@@ -479,12 +495,21 @@ class Trainer:
         state = load_torch(run_dir / "train_state.pt")
         if state.get("format") != STATE_FORMAT or "train_config" not in state:
             raise CheckpointError(f"{run_dir / 'train_state.pt'}: not a dcgan-deploy training state")
-        allowed = {"steps", "device", "sample_every", "checkpoint_every", "log_every"}
+        allowed = {"steps", "device", "sample_every", "checkpoint_every", "log_every", "average_start"}
         changed = {k for k, v in overrides.items() if v is not None and k not in allowed}
         if changed:
             raise ValueError(f"cannot change {', '.join(sorted(changed))} when resuming (only {', '.join(sorted(allowed))})")
-        cfg = TrainConfig.from_dict(state["train_config"], source=str(run_dir / "train_state.pt"), **overrides)
         step = state.get("step")
+        start = overrides.get("average_start")
+        if start is not None and start != state["train_config"].get("average_start", 0):
+            # Averaging reads the weights and changes nothing in training, so it may be switched on or moved
+            # for the steps still to come; not once it has begun.
+            if state.get("average") is not None:
+                raise ValueError(f"{run_dir} has averaged its generator since step "
+                                 f"{state['train_config'].get('average_start')}; average_start cannot change now")
+            if start and isinstance(step, int) and start <= step:
+                raise ValueError(f"average_start must be after the checkpoint's step ({step}), got {start}")
+        cfg = TrainConfig.from_dict(state["train_config"], source=str(run_dir / "train_state.pt"), **overrides)
         if isinstance(step, int) and step >= cfg.steps:
             raise ValueError(f"{run_dir} is at step {step} already; give --steps above {step} to train further")
         trainer = cls(cfg, run_dir, progress)
@@ -500,18 +525,42 @@ class Trainer:
             return
         save_train_state(self.state_dict(), self.run_dir / "train_state.pt")
         gen = self.export_generator()
-        save_generator(gen.state_dict(), self.net, self.run_dir / "generator.safetensors",
-                       {"train_step": str(self.step), "dataset": self.cfg.data, "ema": str(self.cfg.ema)})
+        extra = {"train_step": str(self.step), "dataset": self.cfg.data, "ema": str(self.cfg.ema)}
+        if self.average is not None:
+            count = self.average["count"]
+            extra["average"] = (f"{count} generator{'s' if count != 1 else ''}, every {self.cfg.average_every} steps "
+                                f"from step {self.cfg.average_start}")
+        save_generator(gen.state_dict(), self.net, self.run_dir / "generator.safetensors", extra)
 
     def export_generator(self) -> GeneratorNet:
-        """The generator to deploy: the EMA weights (BatchNorm re-estimated) when EMA is on."""
-        if self.ema is None:
+        """The generator to deploy: the mean of the averaged weights once averaging has begun, else the EMA
+        weights when EMA is on (either with BatchNorm re-estimated), else G."""
+        if self.average is None and self.ema is None:
             return self.G
         if self._exported[0] != self.step:  # the sample grid and the checkpoint share one re-estimation
-            gen = copy.deepcopy(self.ema)
+            gen = copy.deepcopy(self.ema if self.ema is not None else self.G)
+            if self.average is not None:
+                with torch.no_grad():
+                    for p, total in zip(gen.parameters(), self.average["sum"]):
+                        p.copy_(total / self.average["count"])
             recompute_bn_stats(gen, seed=self.cfg.seed)
             self._exported = (self.step, gen.eval())
         return self._exported[1]
+
+    @torch.no_grad()
+    def accumulate_average(self) -> None:
+        """At the sampled steps (from ``average_start``, every ``average_every``), add the weights the run
+        would deploy (the EMA's, or G's) to the mean, in float64."""
+        cfg = self.cfg
+        if not cfg.average_start or self.step < cfg.average_start or (self.step - cfg.average_start) % cfg.average_every:
+            return
+        weights = (self.ema if self.ema is not None else self.G).parameters()
+        source = [p.detach().to(torch.float64, copy=True) for p in weights]
+        if self.average is None:
+            self.average = {"sum": source, "count": 1}
+        else:
+            torch._foreach_add_(self.average["sum"], source)
+            self.average["count"] += 1
 
     def _truncate_log(self) -> None:
         """On resume, drop log lines past the checkpoint (written by a run that was then killed). A torn last
@@ -710,6 +759,7 @@ class Trainer:
                     logf.flush()
                 bar.set_postfix(d=f"{losses['d_loss']:.3f}", g=f"{losses['g_loss']:.3f}", img_s=f"{rate:.0f}")
                 bar.update(1)
+                self.accumulate_average()
                 if self.dist.main and (self.step % cfg.sample_every == 0 or self.step == cfg.steps):
                     self.sample_grid()
                 if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
@@ -727,13 +777,14 @@ class Trainer:
 def open_run(recipe: str | os.PathLike | None = None, resume_dir: str | os.PathLike | None = None,
              run_dir: str | os.PathLike | None = None, progress: bool = True, **overrides) -> Trainer:
     """A fresh run of ``recipe`` in ``run_dir`` (default ``runs/<recipe name>``), or the run in ``resume_dir``
-    continued. ``overrides``: data, steps, batch_size, device, seed, threads (a resumed run takes steps and device
-    only)."""
+    continued. ``overrides``: data, steps, batch_size, device, seed, threads, average_start (a resumed run takes
+    steps, device and average_start only)."""
     if resume_dir:
         if recipe or run_dir or any(overrides.get(k) is not None for k in ("data", "batch_size", "seed", "threads")):
-            raise ValueError("with --resume only --steps and --device may be given (the recipe is in the checkpoint)")
+            raise ValueError("with --resume only --steps, --device and --average-start may be given "
+                             "(the recipe is in the checkpoint)")
         return Trainer.resume(resume_dir, progress=progress, steps=overrides.get("steps"),
-                              device=overrides.get("device"))
+                              device=overrides.get("device"), average_start=overrides.get("average_start"))
     if not recipe:
         raise ValueError("give a RECIPE file, or --resume RUN_DIR")
     cfg = TrainConfig.from_file(recipe, **overrides)

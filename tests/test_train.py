@@ -12,7 +12,7 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file
 
-from dcgan_deploy.checkpoint import load_generator_file, load_torch
+from dcgan_deploy.checkpoint import CheckpointError, load_generator_file, load_torch
 from dcgan_deploy.cli import EXIT_DIVERGED, main
 from dcgan_deploy.nets import ARCHITECTURES
 from dcgan_deploy.train import DivergenceError, TrainConfig, Trainer
@@ -98,7 +98,7 @@ def test_resume_in_a_new_process_is_bitwise_exact(tmp_path):
     again = cli("train", r, "--out", tmp_path / "split", check=False)
     assert again.returncode == 1 and "--resume" in again.stderr
     changed = cli("train", "--resume", tmp_path / "split", "--batch-size", 4, check=False)
-    assert changed.returncode == 1 and "only --steps and --device" in changed.stderr
+    assert changed.returncode == 1 and "only --steps, --device and --average-start" in changed.stderr
 
 
 KILL_SCRIPT = textwrap.dedent("""
@@ -208,6 +208,66 @@ def test_ema_generator_is_saved_with_recomputed_batchnorm(tmp_path):
     # BatchNorm statistics were re-estimated for the EMA weights, not copied from G
     key = "main.4.running_mean"
     assert not torch.equal(saved[key], state["G"][key]) and torch.isfinite(saved[key]).all()
+
+
+def test_weight_averaging_is_the_mean_of_the_sampled_generators_and_resumes_exactly(tmp_path):
+    """average_start / average_every: the deployed generator is the plain mean of the EMA weights at the sampled
+    steps (BatchNorm re-estimated), training itself is unchanged, and a resume, or averaging switched on when
+    resuming, gives the same result as a straight run."""
+    settings = dict(arch="mnist-dcgan", data="synthetic:32", steps=7, batch_size=8, ema=0.5, sample_every=100,
+                    checkpoint_every=100, log_every=100, average_every=2, net=TINY)  # averaging off: average_start 0
+    plain = Trainer(TrainConfig(**settings), tmp_path / "plain", progress=False)
+    sampled = []
+    while plain.step < 7:  # the train loop by hand, keeping the EMA weights at steps 3, 5 and 7
+        plain.train_step()
+        plain.step += 1
+        if plain.step in (3, 5, 7):
+            sampled.append([p.detach().clone() for p in plain.ema.parameters()])
+    mean = [torch.stack(ws).double().mean(0).float() for ws in zip(*sampled)]
+
+    averaged = Trainer(TrainConfig(**settings, average_start=3), tmp_path / "avg", progress=False)
+    averaged.train()
+    assert averaged.average["count"] == 3
+    for a, b in zip(plain.G.parameters(), averaged.G.parameters()):
+        assert torch.equal(a, b)  # averaging reads the weights, it does not change training
+    saved, _, meta = load_generator_file(tmp_path / "avg" / "generator.safetensors")
+    names = [n for n, _ in averaged.ema.named_parameters()]
+    for name, m in zip(names, mean):
+        assert torch.allclose(saved[name], m, atol=1e-6), name
+    assert not torch.allclose(saved[names[0]], dict(averaged.ema.named_parameters())[names[0]])
+    assert meta["average"] == "3 generators, every 2 steps from step 3"
+    key = "main.4.running_mean"  # BatchNorm statistics re-estimated for the mean weights
+    assert not torch.equal(saved[key], averaged.ema.state_dict()[key]) and torch.isfinite(saved[key]).all()
+
+    def split(out, stop, **resume):
+        first = dict(settings, steps=stop, checkpoint_every=stop)
+        if not resume:
+            first.update(average_start=3)
+        Trainer(TrainConfig(**first), out, progress=False).train()
+        Trainer.resume(out, progress=False, steps=7, **resume).train()
+        return load_generator_file(out / "generator.safetensors")[0]
+
+    for other in (split(tmp_path / "split", 4), split(tmp_path / "late", 2, average_start=3)):
+        for k in saved:
+            assert torch.equal(saved[k], other[k]), k
+    Trainer(TrainConfig(**dict(settings, steps=2, checkpoint_every=2)), tmp_path / "early", progress=False).train()
+    with pytest.raises(ValueError, match=r"average_start must be after the checkpoint's step \(2\), got 2"):
+        Trainer.resume(tmp_path / "early", progress=False, steps=9, average_start=2)
+    r = CliRunner().invoke(main, ["train", "--resume", str(tmp_path / "early"), "--steps", "3", "--average-start", "3"])
+    assert r.exit_code == 0, r.output
+    assert load_generator_file(tmp_path / "early" / "generator.safetensors")[2]["average"] == (
+        "1 generator, every 2 steps from step 3")
+    with pytest.raises(ValueError, match="average_start cannot change now"):
+        Trainer.resume(tmp_path / "split", progress=False, steps=9, average_start=8)
+    state = load_torch(tmp_path / "split" / "train_state.pt")
+    state["average"]["sum"] = state["average"]["sum"][1:]
+    torch.save(state, tmp_path / "split" / "train_state.pt")
+    with pytest.raises(CheckpointError, match="the weight average does not match the generator"):
+        Trainer.resume(tmp_path / "split", progress=False, steps=9)
+    for bad, words in (({"average_every": 0}, "average_every must be a positive integer"),
+                       ({"average_start": -1}, "average_start must be a non-negative integer")):
+        with pytest.raises(ValueError, match=words):
+            TrainConfig.from_dict({"arch": "mnist-dcgan", **bad})
 
 
 def torchrun(*args, out, steps=None, resume=False, timeout=300):
