@@ -126,6 +126,19 @@ class Checkpoint:
     train_step: int = -1
     source: str = ""
     notes: list[str] = field(default_factory=list)
+    average: str = ""  # what the trainer's weight averaging averaged ("" = none)
+
+
+def average_note(count: int, every, start) -> str:
+    """What a weight average holds, as the ``average`` metadata says it."""
+    return f"{count} generator{'s' if count != 1 else ''}, every {every} steps from step {start}"
+
+
+@torch.no_grad()
+def load_mean(model: nn.Module, sums: list, count: int) -> None:
+    """Set ``model``'s parameters to a weight average: its float64 ``sums`` over ``count``."""
+    for p, total in zip(model.parameters(), sums):
+        p.copy_(total / count)
 
 
 def open_checkpoint(ckpt: str | os.PathLike, arch: str | None = None) -> Checkpoint:
@@ -145,7 +158,7 @@ def open_checkpoint(ckpt: str | os.PathLike, arch: str | None = None) -> Checkpo
             raise CheckpointError(f"{path}: holds a {cfg.arch} generator, not {arch}")
         step = meta.get("train_step", "-1")
         return Checkpoint(build_generator(cfg, state, path), cfg, name, meta.get("dataset", "unknown"),
-                          int(step) if step.lstrip("-").isdigit() else -1, str(path))
+                          int(step) if step.lstrip("-").isdigit() else -1, str(path), average=meta.get("average", ""))
     obj = load_torch(path)
     if obj.get("format") == STATE_FORMAT and "net_config" in obj:
         cfg = net_config(obj["net_config"], path)
@@ -154,17 +167,28 @@ def open_checkpoint(ckpt: str | os.PathLike, arch: str | None = None) -> Checkpo
         tcfg, step = obj.get("train_config"), obj.get("step")
         if not isinstance(tcfg, dict) or isinstance(step, bool) or not isinstance(step, int):
             raise CheckpointError(f"{path}: a training state needs a 'train_config' dict and an integer 'step'")
-        ema = obj.get("ema")
+        ema, average = obj.get("ema"), obj.get("average")
         weights = ema if ema else obj.get("G")
         model = build_generator(cfg, weights, path)
-        notes = []
-        if ema:
+        notes, averaged = [], ""
+        if average is not None:  # the trainer deploys the mean of the averaged weights, so export does too
+            params = list(model.parameters())
+            sums, count = (average.get("sum"), average.get("count")) if isinstance(average, dict) else (None, None)
+            if (not isinstance(sums, list) or isinstance(count, bool) or not isinstance(count, int) or count < 1
+                    or len(sums) != len(params) or any(not isinstance(t, torch.Tensor) or t.shape != p.shape
+                                                       for t, p in zip(sums, params))):
+                raise CheckpointError(f"{path}: its weight average does not match the generator")
+            load_mean(model, sums, count)
+            averaged = average_note(count, tcfg.get("average_every"), tcfg.get("average_start"))
+        if ema or averaged:
             seed = tcfg.get("seed", 0)
             recompute_bn_stats(model, seed=seed if isinstance(seed, int) and not isinstance(seed, bool) else 0)
             model.eval()
-            notes.append("EMA weights, BatchNorm statistics re-estimated")
+            notes.append(f"{'the mean of the averaged' if averaged else 'EMA'} weights, BatchNorm statistics "
+                         "re-estimated")
         data = tcfg.get("data")
-        return Checkpoint(model, cfg, name, data if isinstance(data, str) else "unknown", step, str(path), notes)
+        return Checkpoint(model, cfg, name, data if isinstance(data, str) else "unknown", step, str(path), notes,
+                          averaged)
     state = obj.get("state_dict", obj) if isinstance(obj.get("state_dict"), dict) else obj
     cfg = infer_config(state, _need_arch(arch, path), path)
     return Checkpoint(build_generator(cfg, state, path), cfg, name, source=str(path))

@@ -106,7 +106,7 @@ def check_graph(path: str | os.PathLike) -> None:
 
 def base_metadata(c: Checkpoint, opset: int) -> dict[str, str]:
     cfg = c.cfg
-    return {
+    return ({"average": c.average} if c.average else {}) | {
         modelfile.FORMAT_KEY: modelfile.FORMAT,
         "dcgan_deploy.version": __version__,
         "architecture": cfg.arch,

@@ -43,7 +43,8 @@ from torch import nn
 
 from . import data as datasets
 from .augment import augment, parse_policy
-from .checkpoint import STATE_FORMAT, CheckpointError, load_torch, save_generator, save_train_state
+from .checkpoint import (STATE_FORMAT, CheckpointError, average_note, load_mean, load_torch, save_generator,
+                         save_train_state)
 from .runtime import first_line
 from .files import write_bytes
 from .images import grid, save_png, to_uint8
@@ -527,9 +528,7 @@ class Trainer:
         gen = self.export_generator()
         extra = {"train_step": str(self.step), "dataset": self.cfg.data, "ema": str(self.cfg.ema)}
         if self.average is not None:
-            count = self.average["count"]
-            extra["average"] = (f"{count} generator{'s' if count != 1 else ''}, every {self.cfg.average_every} steps "
-                                f"from step {self.cfg.average_start}")
+            extra["average"] = average_note(self.average["count"], self.cfg.average_every, self.cfg.average_start)
         save_generator(gen.state_dict(), self.net, self.run_dir / "generator.safetensors", extra)
 
     def export_generator(self) -> GeneratorNet:
@@ -540,9 +539,7 @@ class Trainer:
         if self._exported[0] != self.step:  # the sample grid and the checkpoint share one re-estimation
             gen = copy.deepcopy(self.ema if self.ema is not None else self.G)
             if self.average is not None:
-                with torch.no_grad():
-                    for p, total in zip(gen.parameters(), self.average["sum"]):
-                        p.copy_(total / self.average["count"])
+                load_mean(gen, self.average["sum"], self.average["count"])
             recompute_bn_stats(gen, seed=self.cfg.seed)
             self._exported = (self.step, gen.eval())
         return self._exported[1]

@@ -332,7 +332,10 @@ def test_a_few_steps_of_the_folder_recipe_on_a_tiny_rgb_folder(tmp_path):
     cfg = TrainConfig.from_file(ROOT / "training" / "dcgan64-folder.toml", data=str(folder), steps=3, batch_size=8)
     cfg.net = {**cfg.net, "g_width": 8, "d_width": 8}  # the recipe, narrow: a few seconds
     cfg.sample_every = cfg.checkpoint_every = 3
+    assert (cfg.average_start, cfg.average_every) == (cfg.lr_decay_start, 1000)  # the mean over the decay ...
+    cfg.average_start, cfg.average_every = 2, 1  # ... here over the last two steps
     trainer = Trainer(cfg, tmp_path / "run", progress=False)
     record = trainer.train()
     assert record["step"] == 3 and trainer.policy == ("color", "translation", "cutout") and trainer.ema is not None
+    assert trainer.average["count"] == 2
     assert (tmp_path / "run" / "generator.safetensors").exists() and (tmp_path / "run" / "samples" / "step_000003.png").exists()

@@ -247,6 +247,18 @@ def test_weight_averaging_is_the_mean_of_the_sampled_generators_and_resumes_exac
         Trainer.resume(out, progress=False, steps=7, **resume).train()
         return load_generator_file(out / "generator.safetensors")[0]
 
+    # export reads either file of the run as the same generator, and says what was averaged
+    from dcgan_deploy.checkpoint import open_checkpoint
+    from dcgan_deploy.export import base_metadata
+    for source in ("train_state.pt", "generator.safetensors"):
+        c = open_checkpoint(tmp_path / "avg" / source)
+        assert base_metadata(c, 18)["average"] == "3 generators, every 2 steps from step 3", source
+        got = c.model.state_dict()
+        for k in saved:  # the weights exactly; BatchNorm's re-estimated statistics to float rounding (the
+            if "running" in k:  # trainer's copy may be channels_last)
+                assert torch.allclose(got[k], saved[k], atol=1e-5), (source, k)
+            elif "num_batches" not in k:
+                assert torch.equal(got[k], saved[k]), (source, k)
     for other in (split(tmp_path / "split", 4), split(tmp_path / "late", 2, average_start=3)):
         for k in saved:
             assert torch.equal(saved[k], other[k]), k
@@ -264,6 +276,8 @@ def test_weight_averaging_is_the_mean_of_the_sampled_generators_and_resumes_exac
     torch.save(state, tmp_path / "split" / "train_state.pt")
     with pytest.raises(CheckpointError, match="the weight average does not match the generator"):
         Trainer.resume(tmp_path / "split", progress=False, steps=9)
+    with pytest.raises(CheckpointError, match="its weight average does not match the generator"):
+        open_checkpoint(tmp_path / "split" / "train_state.pt")
     for bad, words in (({"average_every": 0}, "average_every must be a positive integer"),
                        ({"average_start": -1}, "average_start must be a non-negative integer")):
         with pytest.raises(ValueError, match=words):
