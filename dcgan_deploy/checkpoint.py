@@ -134,6 +134,18 @@ def average_note(count: int, every, start) -> str:
     return f"{count} generator{'s' if count != 1 else ''}, every {every} steps from step {start}"
 
 
+def check_average(average, model: nn.Module, path: Path | str) -> tuple[list, int]:
+    """A training state's weight average (``{"sum": [float64 tensors], "count": n}``), checked against ``model``'s
+    parameters: (sums, count), or ``CheckpointError``."""
+    params = list(model.parameters())
+    sums, count = (average.get("sum"), average.get("count")) if isinstance(average, dict) else (None, None)
+    if (not isinstance(sums, list) or isinstance(count, bool) or not isinstance(count, int) or count < 1
+            or len(sums) != len(params)
+            or any(not isinstance(t, torch.Tensor) or t.shape != p.shape for t, p in zip(sums, params))):
+        raise CheckpointError(f"{path}: its weight average does not match the generator")
+    return sums, count
+
+
 @torch.no_grad()
 def load_mean(model: nn.Module, sums: list, count: int) -> None:
     """Set ``model``'s parameters to a weight average: its float64 ``sums`` over ``count``."""
@@ -172,12 +184,7 @@ def open_checkpoint(ckpt: str | os.PathLike, arch: str | None = None) -> Checkpo
         model = build_generator(cfg, weights, path)
         notes, averaged = [], ""
         if average is not None:  # the trainer deploys the mean of the averaged weights, so export does too
-            params = list(model.parameters())
-            sums, count = (average.get("sum"), average.get("count")) if isinstance(average, dict) else (None, None)
-            if (not isinstance(sums, list) or isinstance(count, bool) or not isinstance(count, int) or count < 1
-                    or len(sums) != len(params) or any(not isinstance(t, torch.Tensor) or t.shape != p.shape
-                                                       for t, p in zip(sums, params))):
-                raise CheckpointError(f"{path}: its weight average does not match the generator")
+            sums, count = check_average(average, model, path)
             load_mean(model, sums, count)
             averaged = average_note(count, tcfg.get("average_every"), tcfg.get("average_start"))
         if ema or averaged:

@@ -43,8 +43,8 @@ from torch import nn
 
 from . import data as datasets
 from .augment import augment, parse_policy
-from .checkpoint import (STATE_FORMAT, CheckpointError, average_note, load_mean, load_torch, save_generator,
-                         save_train_state)
+from .checkpoint import (STATE_FORMAT, CheckpointError, average_note, check_average, load_mean, load_torch,
+                         save_generator, save_train_state)
 from .runtime import first_line
 from .files import write_bytes
 from .images import grid, save_png, to_uint8
@@ -474,12 +474,8 @@ class Trainer:
         self.lecam_anchors = None if anchors is None else anchors.to(self.device)
         average = s.get("average")  # absent in states written before weight averaging existed
         if average is not None:
-            params = list(self.G.parameters())
-            sums = list(average["sum"])
-            if (len(sums) != len(params) or any(t.shape != p.shape for t, p in zip(sums, params))
-                    or average["count"] < 1):
-                raise ValueError("the weight average does not match the generator")
-            average = {"sum": [t.to(self.device, torch.float64) for t in sums], "count": int(average["count"])}
+            sums, count = check_average(average, self.G, self.run_dir / "train_state.pt")
+            average = {"sum": [t.to(self.device, torch.float64) for t in sums], "count": count}
         self.average = average
         torch.set_rng_state(s["rng"]["torch"])
         self.zgen.set_state(s["rng"]["z"])
@@ -502,12 +498,13 @@ class Trainer:
             raise ValueError(f"cannot change {', '.join(sorted(changed))} when resuming (only {', '.join(sorted(allowed))})")
         step = state.get("step")
         start = overrides.get("average_start")
-        if start is not None and start != state["train_config"].get("average_start", 0):
+        recorded = state["train_config"] if isinstance(state["train_config"], dict) else {}
+        if start is not None and start != recorded.get("average_start", 0):
             # Averaging reads the weights and changes nothing in training, so it may be switched on or moved
             # for the steps still to come; not once it has begun.
             if state.get("average") is not None:
                 raise ValueError(f"{run_dir} has averaged its generator since step "
-                                 f"{state['train_config'].get('average_start')}; average_start cannot change now")
+                                 f"{recorded.get('average_start')}; average_start cannot change now")
             if start and isinstance(step, int) and start <= step:
                 raise ValueError(f"average_start must be after the checkpoint's step ({step}), got {start}")
         cfg = TrainConfig.from_dict(state["train_config"], source=str(run_dir / "train_state.pt"), **overrides)
