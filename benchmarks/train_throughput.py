@@ -20,9 +20,15 @@ from pathlib import Path
 import torch
 
 from dcgan_deploy.nets import ARCHITECTURES
-from dcgan_deploy.train import TrainConfig, Trainer
+from dcgan_deploy.train import TrainConfig, Trainer, cpu_has_amx
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def cpu_bf16_units() -> dict:
+    """The CPU's bf16 matrix units as torch sees them: AMX tiles, AVX512-BF16 dot products."""
+    avx512_bf16 = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
+    return {"amx": cpu_has_amx(), "avx512_bf16": bool(avx512_bf16 and avx512_bf16())}
 
 
 def main():
@@ -58,7 +64,8 @@ def main():
         print(f"{name:<18} fp32 {row['fp32_img_per_s']:8.1f} img/s   bf16+channels_last "
               f"{row['bf16_channels_last_img_per_s']:8.1f} img/s")
     print(json.dumps({"device": args.device, "batch_size": args.batch_size, "threads": torch.get_num_threads(),
-                      "torch": torch.__version__, "cpu": platform.processor() or platform.machine(), "results": rows}))
+                      "torch": torch.__version__, "cpu": platform.processor() or platform.machine(),
+                      "cpu_bf16": cpu_bf16_units(), "results": rows}))
 
 
 if __name__ == "__main__":

@@ -103,7 +103,8 @@ class TrainConfig:
     device: str = "auto"
     # bf16 autocast and channels_last: "auto" turns them on for CUDA, and for CPUs with AMX
     # bf16 units (1.2-3.9x faster there: benchmarks/train_throughput.py, BENCHMARKS.md);
-    # without AMX bf16 runs emulated and slower, so "auto" keeps fp32. "on" / "off" force them.
+    # without AMX bf16 ran slower on some CPUs (AVX512-BF16 alone: faster on one, slower on another), so
+    # "auto" keeps fp32 there. "on" / "off" force them.
     amp: str = "auto"
     channels_last: str = "auto"
     # The discriminator's side, for small data sets (the generator and its export do not change):
