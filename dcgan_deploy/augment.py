@@ -11,6 +11,7 @@ Policies (applied in this order, each sample with its own random parameters):
 
 - ``color``: brightness (+U(-0.5, 0.5)), saturation (x U(0, 2) around the pixel's channel
   mean), contrast (x U(0.5, 1.5) around the image mean), then clamped to [-1, 1];
+- ``flip``: mirror left to right, each image with probability 1/2 (ADA's x-flip);
 - ``translation``: shift by up to 1/8 of the side in each direction, filling with 0 (mid grey);
 - ``scale``: zoom about the centre by 2^N(0, 0.2) (ADA's isotropic scaling; two images in three
   within x0.87-x1.15), bilinear, filling with 0;
@@ -38,7 +39,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-POLICIES = ("color", "translation", "scale", "rotation", "cutout")
+POLICIES = ("color", "flip", "translation", "scale", "rotation", "cutout")
 
 
 def parse_policy(text: str) -> tuple[str, ...]:
@@ -80,6 +81,11 @@ def color(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     mean = x.mean((1, 2, 3), keepdim=True)
     x = (x - mean) * (contrast + 0.5) + mean
     return x.clamp(-1, 1)
+
+
+def flip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    mirrored = _rand(generator, x.shape[0], 1, 1, 1, like=x) < 0.5
+    return torch.where(mirrored, x.flip(3), x)
 
 
 def translation(x: torch.Tensor, generator: torch.Generator, ratio: float = 0.125) -> torch.Tensor:
@@ -128,4 +134,4 @@ def cutout(x: torch.Tensor, generator: torch.Generator, ratio: float = 0.5) -> t
     return x * (~inside)[:, None].to(x.dtype)                                            # [N, C, H, W]
 
 
-_FUNCTIONS = {"color": color, "translation": translation, "scale": scale, "rotation": rotation, "cutout": cutout}
+_FUNCTIONS = {"color": color, "flip": flip, "translation": translation, "scale": scale, "rotation": rotation, "cutout": cutout}

@@ -118,6 +118,10 @@ class TrainConfig:
     ada_target: float = 0.0
     ada_images: int = 500_000
     spectral_norm: bool = False  # spectral normalisation on D's weights (its BatchNorms removed)
+    # A BatchNorm D normalises real and generated images together, one forward of both batches in D's update
+    # and in G's, instead of each batch by its own statistics (Radford et al.), which hides from D how a
+    # generated batch differs from a real one on average.
+    joint_batch: bool = False
     minibatch_std: int = 0       # a minibatch standard-deviation layer before D's last, over groups of this many; 0 = none
     r1: float = 0.0              # R1 penalty gamma on real images (0 = off) ...
     r1_every: int = 16           # ... applied every this many steps, scaled by it (lazy regularisation)
@@ -199,6 +203,9 @@ class TrainConfig:
         if self.minibatch_std == 1 or self.minibatch_std > self.batch_size:
             raise ValueError(f"minibatch_std must be 0 (off) or a group size from 2 to batch_size "
                              f"({self.batch_size}), got {self.minibatch_std!r}")
+        if self.joint_batch and self.minibatch_std:
+            raise ValueError("joint_batch and minibatch_std do not go together: a group of the joint batch would "
+                             "mix real and generated images")
         if self.loss not in LOSSES:
             raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
         if not (math.isfinite(self.ada_target) and 0 <= self.ada_target < 1):
@@ -625,7 +632,11 @@ class Trainer:
         self.optG.zero_grad(set_to_none=True)
         self.D.requires_grad_(False)
         with autocast:
-            g_loss = self.g_loss(self.D(self.augmented(fake)))
+            if cfg.joint_batch:  # normalised with a real batch, as in D's update; only the fakes' logits count
+                g_out = self.D(self.augmented(torch.cat([real, fake])))[len(real):]
+            else:
+                g_out = self.D(self.augmented(fake))
+            g_loss = self.g_loss(g_out)
         g_loss.backward()
         self.D.requires_grad_(True)
         self.optG.step()
@@ -668,8 +679,8 @@ class Trainer:
         """D's logits for the real and the fake batch. A D without BatchNorm or a minibatch standard-deviation
         layer sees both in one forward (each logit depends on its own image only); with either, each batch
         normalises by (or measures) its own statistics, as in the Radford et al. recipe, so they go through
-        separately."""
-        if self.D.mixes_batch:
+        separately, unless ``joint_batch`` has BatchNorm normalise them together."""
+        if self.D.mixes_batch and not self.cfg.joint_batch:
             return self.D_train(self.augmented(real)), self.D_train(self.augmented(fake))
         logits = self.D_train(self.augmented(torch.cat([real, fake])))
         return logits[:len(real)], logits[len(real):]

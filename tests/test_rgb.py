@@ -22,15 +22,26 @@ def state(seed=7):
     return torch.Generator().manual_seed(seed)
 
 
-@pytest.mark.parametrize("policy", [("translation",), ("cutout",), ("translation", "cutout"), ("scale",),
-                                    ("rotation",), ("translation", "scale", "rotation", "cutout")])
+@pytest.mark.parametrize("policy", [("flip",), ("translation",), ("cutout",), ("translation", "cutout"), ("scale",),
+                                    ("rotation",), ("flip", "translation", "scale", "rotation", "cutout")])
 def test_geometric_augmentation_is_one_transform_for_real_and_fake(policy):
-    """Given the generator's state, translation, scale, rotation and cutout are one linear remapping of the
+    """Given the generator's state, flip, translation, scale, rotation and cutout are one linear remapping of the
     pixels, whatever the batch holds: augmenting real, fake and real + fake gives aug(real) + aug(fake) = aug(real + fake)."""
     real, fake = batch(seed=1), batch(seed=2)
     a, b = aug.augment(real, policy, state()), aug.augment(fake, policy, state())
     assert torch.allclose(a + b, aug.augment(real + fake, policy, state()), atol=1e-6)
     assert not torch.allclose(a, aug.augment(real, policy, state(8)))  # another state, another transform
+
+
+def test_flip_mirrors_about_half_the_images_left_to_right():
+    """Each image comes back as itself or its mirror image (columns reversed), as drawn from the state:
+    about half of them mirrored, the same ones for any batch of that size."""
+    x = torch.rand(400, 3, 8, 8, generator=state(1)) * 2 - 1
+    y = aug.flip(x, state())
+    mirrored = (y == x.flip(3)).flatten(1).all(1)
+    assert bool((mirrored | (y == x).flatten(1).all(1)).all()) and 0.4 < mirrored.float().mean() < 0.6
+    assert torch.equal(mirrored, torch.rand(400, generator=state()) < 0.5)
+    assert torch.equal(aug.flip(-x, state()), -y)
 
 
 def _centroids(x):
@@ -84,15 +95,41 @@ def test_the_trainer_shows_d_augmented_real_and_fake_images(tmp_path, monkeypatc
         seen.append((len(x), tuple(policy)))
         return real_augment(x, policy, generator, p)
     monkeypatch.setattr(train_mod, "augment", spy)
-    # BatchNorm D: real and fake apart; spectral-norm D: in one forward; with a minibatch-std layer apart again
-    for spectral, mbstd in ((False, 0), (True, 0), (True, 2)):
+    # BatchNorm D: real and fake apart; spectral-norm D: in one forward; with a minibatch-std layer apart again;
+    # BatchNorm D with joint_batch: real and fake in one forward, in D's update and in G's
+    for spectral, mbstd, joint in ((False, 0, False), (True, 0, False), (True, 2, False), (False, 0, True)):
         seen.clear()
         cfg = TrainConfig(arch="dcgan64", data="synthetic:16", steps=1, batch_size=4, augment="color,cutout",
-                          spectral_norm=spectral, minibatch_std=mbstd, net={"g_width": 8, "d_width": 8, "channels": 3})
-        Trainer(cfg, tmp_path / f"{spectral}{mbstd}", progress=False).train_step()
-        d_step = [8] if spectral and not mbstd else [4, 4]
-        assert [n for n, _ in seen] == d_step + [4]  # D's update on real and fake, then G's on fake
+                          spectral_norm=spectral, minibatch_std=mbstd, joint_batch=joint,
+                          net={"g_width": 8, "d_width": 8, "channels": 3})
+        Trainer(cfg, tmp_path / f"{spectral}{mbstd}{joint}", progress=False).train_step()
+        d_step = [8] if (spectral and not mbstd) or joint else [4, 4]
+        assert [n for n, _ in seen] == d_step + [8 if joint else 4]  # D's update on real and fake, then G's
         assert {p for _, p in seen} == {("color", "cutout")}
+
+
+def test_joint_batch_normalises_real_and_generated_images_together(tmp_path):
+    """With joint_batch, a BatchNorm D's logit for a generated image depends on the real batch beside it (they
+    share the batch statistics), in D's update and in G's, and G's loss is over the generated images' logits of
+    that joint forward; without it, a generated image's logit depends on the generated batch alone."""
+    import torch.nn.functional as F
+    net = {"g_width": 8, "d_width": 8, "channels": 3}
+    logits = {}
+    for joint in (False, True):
+        cfg = TrainConfig(arch="dcgan64", data="synthetic:16", steps=1, batch_size=4, joint_batch=joint, net=net)
+        t = Trainer(cfg, tmp_path / str(joint), progress=False)
+        fake = t.G(torch.randn(4, t.net.latent_dim, generator=state(1))).detach()
+        real_a, real_b = batch(4, 1), batch(4, 2)
+        real_a, real_b = (F.interpolate(r, size=64) for r in (real_a, real_b))
+        logits[joint] = [t.discriminate(r, fake)[1] for r in (real_a, real_b)]
+        if joint:  # G's step: its loss is the non-saturating loss of the fakes' logits in the joint forward
+            t.D.requires_grad_(False)
+            expected = F.binary_cross_entropy_with_logits(logits[True][0], torch.ones(4))
+            assert torch.allclose(t.g_loss(t.D(torch.cat([real_a, fake]))[4:]), expected)
+    assert torch.equal(logits[False][0], logits[False][1])          # each batch by its own statistics
+    assert not torch.allclose(logits[True][0], logits[True][1])     # together: the real batch matters
+    with pytest.raises(ValueError, match="joint_batch and minibatch_std do not go together"):
+        TrainConfig(arch="dcgan64", data="synthetic:16", joint_batch=True, minibatch_std=2).check()
 
 
 def test_augmentation_keeps_images_in_range_and_is_differentiable():
