@@ -375,4 +375,7 @@ def test_a_few_steps_of_the_folder_recipe_on_a_tiny_rgb_folder(tmp_path):
     record = trainer.train()
     assert record["step"] == 3 and trainer.policy == ("translation", "cutout") and trainer.ema is not None
     assert trainer.average["count"] == 2
+    # the recipe's two time-scales reach the optimisers: G at twice D's rate (before the decay, at step 15,000)
+    assert cfg.lr == 2 * cfg.lr_d and cfg.lr_decay_start == 15000
+    assert trainer.optG.param_groups[0]["lr"] == cfg.lr and trainer.optD.param_groups[0]["lr"] == cfg.lr_d
     assert (tmp_path / "run" / "generator.safetensors").exists() and (tmp_path / "run" / "samples" / "step_000003.png").exists()
