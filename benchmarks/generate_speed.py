@@ -13,7 +13,8 @@ from pathlib import Path
 
 import torch
 
-from dcgan_deploy.bench import cpu_name, format_table
+from dcgan_deploy import cpu
+from dcgan_deploy.bench import format_table
 from dcgan_deploy.checkpoint import save_generator
 from dcgan_deploy.export import export
 from dcgan_deploy.nets import ARCHITECTURES
@@ -38,7 +39,7 @@ def main():
     ceiling = ceiling_summary(rows, args.threads)
     import onnxruntime
     result = {"onnxruntime": onnxruntime.__version__,
-              "torch": torch.__version__, "threads": args.threads, "ceiling": ceiling, "cpu": cpu_name(),
+              "torch": torch.__version__, "threads": args.threads, "ceiling": ceiling, "cpu": cpu.name(), "cpu_features": cpu.features(),
               "rows": rows}
     print(f"ceiling ({ceiling['backend']}, {ceiling['size']}x{ceiling['size']} float32, measured in each row's rounds): "
           f"median {ceiling['gflops']:.1f} GFLOP/s (rows {ceiling['range'][0]:.1f}-{ceiling['range'][1]:.1f}), best "

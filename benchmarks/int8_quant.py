@@ -24,6 +24,7 @@ import tempfile
 import warnings
 from pathlib import Path
 
+from dcgan_deploy import cpu
 from dcgan_deploy.checkpoint import Checkpoint, open_checkpoint
 from dcgan_deploy.export import base_metadata, deploy_form, quantize_int8, to_onnx
 from dcgan_deploy.modelfile import write_metadata
@@ -51,10 +52,10 @@ def exported_forms(arch: str, tmp: Path, smoke: bool = False) -> tuple[Path, Pat
     return paths[0], paths[1]
 
 
-def quantize(src: Path, dest: Path, activations: str) -> None:
-    """`dcgan-deploy export --int8`'s quantization, activations as given; metadata kept for the runtime."""
+def quantize(src: Path, dest: Path, activations: str, weight_bits: int = 7) -> None:
+    """`dcgan-deploy export --int8`'s quantization, activations and weight bits as given; metadata kept."""
     meta = Generator.load(src, device="cpu").metadata
-    quantize_int8(src, dest, NetConfig.from_dict(json.loads(meta["net_config"])), activations)
+    quantize_int8(src, dest, NetConfig.from_dict(json.loads(meta["net_config"])), activations, weight_bits)
     write_metadata(dest, meta)
 
 
@@ -67,9 +68,9 @@ def main():
         for arch in archs(("dcgan64", "mnist-dcgan", "mnist-dcgan-wide", "mnist-mlp", "mnist-convt"), args.smoke):
             fp32, int8_form = exported_forms(arch, tmp, args.smoke)
             variants = {"fp32": fp32}
-            for name, act in (("int8_u8act", "uint8"), ("int8_s8act", "int8")):
+            for name, act, bits in (("int8_u8act", "uint8", 7), ("int8_8bit_w", "uint8", 8), ("int8_s8act", "int8", 7)):
                 variants[name] = tmp / f"{arch}-{name}.onnx"
-                quantize(int8_form, variants[name], act)
+                quantize(int8_form, variants[name], act, bits)
             ref_gen = Generator.load(fp32, device="cpu", threads=args.threads)
             z = ref_gen.latents(256, 0)
             reference = ref_gen.run(z)
@@ -98,11 +99,11 @@ def main():
     print(f"float32 matmul ceiling: median {ceiling['gflops']:.1f} GFLOP/s ({ceiling['backend']}, {args.threads} threads; "
           f"rows {ceiling['range'][0]}-{ceiling['range'][1]}, best product {ceiling['best_gflops']})")
     for row in rows:
-        print(f"{row['arch']:<17} {row['variant']:<11} {row['images_per_s']:9.1f} img/s  x{row['speedup_vs_fp32']:4.2f} vs fp32  "
+        print(f"{row['arch']:<17} {row['variant']:<12} {row['images_per_s']:9.1f} img/s  x{row['speedup_vs_fp32']:4.2f} vs fp32  "
               f"{100 * row['share_of_fp32_ceiling']:4.0f}% of ceiling  "
               f"PSNR {row['psnr_db']:6.1f} dB  changed {100 * row['changed']:5.1f}%  "
               f"{row['size_mb']:6.2f} MB  {'ships' if row['meets_ship_bar'] else ''}")
-    print(json.dumps({"threads": args.threads, "batch": args.batch_size, "ceiling": ceiling, "rows": rows}))
+    print(json.dumps({"cpu": cpu.features(), "threads": args.threads, "batch": args.batch_size, "ceiling": ceiling, "rows": rows}))
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ import numpy as np
 
 from ceiling import timed_with_ceiling
 from common import SMOKE, archs, trained_like
+from dcgan_deploy import cpu
 from dcgan_deploy.checkpoint import open_checkpoint, save_generator
 from dcgan_deploy.export import INT8_CALIBRATION_BATCH, INT8_CALIBRATION_SEEDS, export
 from dcgan_deploy.images import compare_images
@@ -153,7 +154,7 @@ def main():
         cells.setdefault((r["arch"], r["precision"], r["batch"]), []).append(r["ort_vs_openvino"])
     summary = {f"{a} {p} b{b}": {"median": statistics.median(v), "min": min(v), "max": max(v)}
                for (a, p, b), v in cells.items()}
-    print(json.dumps({"threads": args.threads, "smoke": args.smoke, "tiny": SMOKE if args.smoke else None,
+    print(json.dumps({"cpu": cpu.features(), "threads": args.threads, "smoke": args.smoke, "tiny": SMOKE if args.smoke else None,
                       "summary": summary, "rows": rows}))
 
 

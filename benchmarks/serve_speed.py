@@ -23,7 +23,7 @@ import requests
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from dcgan_deploy import bundled  # noqa: E402
+from dcgan_deploy import bundled, cpu  # noqa: E402
 from dcgan_deploy import serve as server  # noqa: E402
 from dcgan_deploy.runtime import Generator  # noqa: E402
 
@@ -104,7 +104,7 @@ def main():
         server.stop()
     local = {"batch_64": in_process(path, 64, seconds, None), f"batch_{args.n}": in_process(path, args.n, seconds, None)}
     print(f"in-process runtime: {local}")
-    print(json.dumps({"model": name, "n": args.n, "replicas": args.replicas, "seconds": seconds,
+    print(json.dumps({"cpu": cpu.features(), "model": name, "n": args.n, "replicas": args.replicas, "seconds": seconds,
                       "in_process_images_per_s": local, "rows": rows,
                       "median_batched_over_unbatched": statistics.median(
                           a["images_per_s"] / b["images_per_s"] for a, b in

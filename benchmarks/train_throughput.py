@@ -10,7 +10,6 @@ architecture and a JSON summary.
 """
 import argparse
 import json
-import platform
 import tempfile
 import time
 
@@ -19,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from dcgan_deploy import cpu
 from dcgan_deploy.nets import ARCHITECTURES
 from dcgan_deploy.train import TrainConfig, Trainer, cpu_has_amx
 
@@ -64,7 +64,7 @@ def main():
         print(f"{name:<18} fp32 {row['fp32_img_per_s']:8.1f} img/s   bf16+channels_last "
               f"{row['bf16_channels_last_img_per_s']:8.1f} img/s")
     print(json.dumps({"device": args.device, "batch_size": args.batch_size, "threads": torch.get_num_threads(),
-                      "torch": torch.__version__, "cpu": platform.processor() or platform.machine(),
+                      "torch": torch.__version__, "cpu": cpu.name(), "cpu_features": cpu.features(),
                       "cpu_bf16": cpu_bf16_units(), "results": rows}))
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from dcgan_deploy import bundled  # noqa: E402
+from dcgan_deploy import bundled, cpu  # noqa: E402
 from dcgan_deploy import web  # noqa: E402
 from dcgan_deploy.runtime import Generator  # noqa: E402
 
@@ -191,7 +191,7 @@ def main():
         finally:
             script.unlink()
         ceiling = gemm_ceiling(args.gemm, args, Path(tmp)) if args.gemm else None
-    print(json.dumps({"batch": args.batch_size, "rounds": args.rounds, "seconds": args.seconds, "rows": rows,
+    print(json.dumps({"cpu": cpu.features(), "batch": args.batch_size, "rounds": args.rounds, "seconds": args.seconds, "rows": rows,
                       "ceiling": ceiling}))
 
 

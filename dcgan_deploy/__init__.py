@@ -8,6 +8,6 @@ Importing this package never imports torch, onnx, gradio or click.
 """
 __version__ = "0.1.0"
 
-from .runtime import Generator, ModelError, UnverifiedModelWarning  # noqa: E402
+from .runtime import CpuDependentWarning, Generator, ModelError, UnverifiedModelWarning  # noqa: E402
 
-__all__ = ["Generator", "ModelError", "UnverifiedModelWarning", "__version__"]
+__all__ = ["CpuDependentWarning", "Generator", "ModelError", "UnverifiedModelWarning", "__version__"]

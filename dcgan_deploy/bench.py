@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import cpu
 from .runtime import Generator, _open_session, check_threads, first_line
 
 MAX_SECONDS = 600.0
@@ -209,19 +210,8 @@ def measure(models, device: str = "auto", batch_sizes=(1, 8, 64, 256), threads: 
     rows = [r for m in models for r in bench_model(m, device, batch_sizes, threads, seconds, torch_model,
                                                     compile=compile, bound=bound, cuda_graph=cuda_graph,
                                                     peers=peers)]
-    return {"onnxruntime": ort.__version__, "numpy": np.__version__, "threads": threads, "cpu": cpu_name(),
-            "rows": rows}
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-    return platform.processor() or platform.machine()
+    return {"onnxruntime": ort.__version__, "numpy": np.__version__, "threads": threads, "cpu": cpu.name(),
+            "cpu_features": cpu.features(), "rows": rows}
 
 
 def format_table(result: dict, columns: list[tuple[str, str, str]] = ()) -> str:
@@ -230,7 +220,9 @@ def format_table(result: dict, columns: list[tuple[str, str, str]] = ()) -> str:
     has_torch = any("torch_images_per_s" in r for r in rows)
     has_compiled = any("compiled_images_per_s" in r for r in rows)
     modes = [m for m in ("bound", "graph") if any(f"{m}_images_per_s" in r for r in rows)]
-    lines = [f"cpu: {result['cpu']}; threads: {result['threads']}; onnxruntime {result['onnxruntime']}",
+    features = result.get("cpu_features", {}).get("summary")
+    lines = [f"cpu: {result['cpu']}" + (f" ({features})" if features else "")
+             + f"; threads: {result['threads']}; onnxruntime {result['onnxruntime']}",
              f"{'model':<14}{'batch':>6}{'session_s':>10}{'first_s':>9}{'img/s':>11}{'p50_ms':>9}{'p95_ms':>9}"
              f"{'p99_ms':>9}" + "".join(f"{h:>9}" for h, _, _ in columns)
              + (f"{'torch':>11}{'x':>6}" if has_torch else "")

@@ -200,6 +200,9 @@ def format_info(facts: dict) -> str:
     lines = [f"model      {printable(facts['path'])}"]
     lines += [f"  {printable(key, 60):<24} {printable(value, 300)}" for key, value in sorted(facts["metadata"].items())]
     lines.append(f"precision  {facts['precision']} (from the graph)")
+    if "integer_sums" in facts:
+        from .int8 import summary
+        lines.append("int8 sums  " + summary(facts["integer_sums"]))
     lines.append("parity     " + (summarize_parity(facts["parity"]) if facts["parity"] else "no parity report in this file"))
     if "evaluation" in facts:
         lines.append("quality    " + quality_line(facts["evaluation"]))
@@ -207,6 +210,8 @@ def format_info(facts: dict) -> str:
         lines.append("directions " + ", ".join(map(direction_fact, facts["directions"])))
     lines.append(f"providers  active: {', '.join(facts['providers']['active'])}; "
                  f"available: {', '.join(facts['providers']['available'])}")
+    lines.append(f"cpu        {printable(facts['cpu']['name'], 100)} ({facts['cpu']['summary']}; "
+                 f"int8 kernels: {facts['cpu']['int8_kernel']})")
     return "\n".join(lines)
 
 

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from . import __version__, directions, modelfile, parity
+from .int8 import report as integer_sums
 from .checkpoint import Checkpoint, open_checkpoint
 from .files import atomic_path, write_bytes
 from .forms import phase_tail, transposed_forms
@@ -231,12 +232,15 @@ INT8_CALIBRATION_BATCH = 64
 
 
 def quantize_int8(fp32_path: str | os.PathLike, dest: str | os.PathLike, cfg: NetConfig,
-                  activations: str = "uint8") -> None:
+                  activations: str = "uint8", weight_bits: int = 7) -> None:
     """Static int8 quantization of an fp32 export (onnxruntime, QDQ format).
 
-    Weights int8 per output channel; activations ``uint8`` or ``int8`` with MinMax ranges
+    Weights int8 per output channel in 7 bits (``reduce_range``: within +-64, so that no pair of
+    products can pass 16 bits on x86 CPUs without VNNI and the same file gives the same bytes on every
+    CPU -- ``int8.report`` proves it from the file); activations ``uint8`` or ``int8`` with MinMax ranges
     calibrated on the model's own prior (``INT8_CALIBRATION_SEEDS`` x ``INT8_CALIBRATION_BATCH``
     latents through the seed -> latent contract). Deterministic: the same file, the same result.
+    ``weight_bits=8``: the full int8 range, CPU-dependent (only for measuring what 7 bits cost).
     """
     import tempfile
 
@@ -248,6 +252,8 @@ def quantize_int8(fp32_path: str | os.PathLike, dest: str | os.PathLike, cfg: Ne
 
     if activations not in ("uint8", "int8"):
         raise ValueError(f"activations must be uint8 or int8, got {activations!r}")
+    if weight_bits not in (7, 8):
+        raise ValueError(f"weight_bits must be 7 or 8, got {weight_bits!r}")
 
     class Calibration(CalibrationDataReader):
         def __init__(self):
@@ -269,7 +275,7 @@ def quantize_int8(fp32_path: str | os.PathLike, dest: str | os.PathLike, cfg: Ne
             ops = sorted((set(QDQRegistry) | set(QLinearOpsRegistry)) - {"MatMul"})
             quantize_static(str(pre), str(dest), Calibration(), quant_format=QuantFormat.QDQ, per_channel=True,
                             op_types_to_quantize=ops,
-                            weight_type=QuantType.QInt8,
+                            weight_type=QuantType.QInt8, reduce_range=weight_bits == 7,
                             activation_type=QuantType.QUInt8 if activations == "uint8" else QuantType.QInt8)
     finally:
         root.setLevel(level)
@@ -308,6 +314,11 @@ def precision_gate(model: nn.Module, path, thresholds: parity.Thresholds, precis
     if precision == "int8":
         report = parity.run_gate(model, path, thresholds, providers=providers or [parity.CPU],
                                  min_psnr=thresholds.int8_min_psnr)
+        sums = integer_sums(modelfile.read(path))  # the same bytes on every CPU: proved from the file
+        report["integer_sums"] = {k: v for k, v in sums.items() if k != "layers"}
+        if not sums["portable"]:
+            report["passed"] = False
+            report["failures"].append(f"integer sums: {sums['reason']}")
     elif precision == "float16":
         report = parity.run_gate(model, path, thresholds, providers=providers, min_psnr=thresholds.fp16_min_psnr)
     else:

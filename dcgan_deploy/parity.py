@@ -15,6 +15,7 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
+from . import int8
 from .checkpoint import open_checkpoint
 from .evaluate import Extractor, compare_sets
 from .images import compare_images
@@ -134,6 +135,9 @@ def format_gate(report: dict) -> str:
     for inv in report["batch_invariance"]:
         lines.append(f"{inv['provider']:<22} batch invariance max_abs {inv['max_abs']:.3g} "
                      f"(limit {inv['limit']:g}) {'ok' if inv['passed'] else 'MISS'}")
+    sums = report.get("integer_sums")
+    if sums:
+        lines.append("int8 integer sums: " + int8.summary(sums))
     lines += [f"note: {n}" for n in report.get("notes", [])]
     if report["passed"]:
         lines.append("parity: PASSED")

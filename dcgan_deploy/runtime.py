@@ -12,13 +12,13 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from . import bundled, modelfile
+from . import bundled, cpu, int8, modelfile
 from .images import to_uint8
 from .latent import LatentStream, check_count, check_seed, check_truncation, path, random_seed, truncate
 from .directions import Direction, from_metadata
 from .modelfile import ModelError, check_directions, check_metadata, json_entry
 
-__all__ = ["Generator", "ModelError", "UnverifiedModelWarning", "check_threads", "first_line"]
+__all__ = ["CpuDependentWarning", "Generator", "ModelError", "UnverifiedModelWarning", "check_threads", "first_line"]
 
 DEVICES = ("auto", "cpu", "cuda")
 CUDA = "CUDAExecutionProvider"
@@ -32,6 +32,10 @@ MAX_FRAMES = 1000               # frames of one interpolation
 
 class UnverifiedModelWarning(UserWarning):
     """The model's parity was not proven at export time (e.g. fp16 without CUDA)."""
+
+
+class CpuDependentWarning(UserWarning):
+    """An int8 file whose integer sums can saturate on some CPUs: its images depend on the CPU."""
 
 
 class Generator:
@@ -53,6 +57,7 @@ class Generator:
         self.width = int(metadata["width"])
         self.parity: dict = json_entry(metadata, "parity", path) or {}
         self.evaluation: dict | None = json_entry(metadata, "evaluation", path)
+        self.integer_sums: dict | None = None  # an int8 graph's bounds (``int8.report``), set by ``load``
         entry = check_directions(metadata, path)
         self.directions: list[Direction] = from_metadata(entry) if entry else []  # named latent directions
 
@@ -82,6 +87,11 @@ class Generator:
         session = _open_session(path, device, threads)
         _check_graph(session, path, metadata)
         gen = cls(session, path, metadata, graph.precision)
+        if gen.precision == "int8":
+            gen.integer_sums = int8.report(graph)
+            if not gen.integer_sums["portable"]:
+                warnings.warn(f"{path}: its images depend on the CPU: {gen.integer_sums['reason']}",
+                              CpuDependentWarning, stacklevel=2)
         if gen.parity.get("verified") is False:
             warnings.warn(f"{path}: parity of this model is unverified "
                           f"({modelfile.printable(gen.parity.get('reason', 'no reason given'), 300)})",
@@ -190,7 +200,10 @@ class Generator:
             "parity": self.parity,
             "directions": [{k: v for k, v in d.to_json().items() if k != "vector"} for d in self.directions],
             "providers": {"available": ort.get_available_providers(), "active": self.session.get_providers()},
+            "cpu": cpu.features(),
         }
+        if self.integer_sums is not None:
+            facts["integer_sums"] = {k: v for k, v in self.integer_sums.items() if k != "layers"}
         if self.evaluation is not None:
             facts["evaluation"] = self.evaluation
         return facts

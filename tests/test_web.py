@@ -106,7 +106,8 @@ process.stdout.write(JSON.stringify({ float: Buffer.from(out.float.buffer).toStr
 def site(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("web")
     out = tmp / "site"
-    r = CliRunner().invoke(main, ["web", "-m", "mnist", "-o", str(out), "--ort-dist", str(DIST), "--json"])
+    r = CliRunner().invoke(main, ["web", "-m", "mnist", "-m", "mnist-int8", "-o", str(out), "--ort-dist", str(DIST),
+                                  "--json"])
     assert r.exit_code == 0, r.output
     return out, json.loads(r.stdout)
 
@@ -140,6 +141,10 @@ def test_the_site_was_gated_in_the_browser(site):
     assert json.loads((folder / "web-report.json").read_text()) == report
     recorded = Generator.load(folder / "models" / "mnist.onnx").metadata["web_gate"]
     assert json.loads(recorded)["wasm-1-thread"] == "passed"
+    # the int8 model: the same bytes in wasm as in Python (its gate allows no changed pixel)
+    int8 = report["gate"]["models"]["mnist-int8"]["backends"]
+    for backend in ("wasm-1-thread", "wasm-2-threads"):
+        assert int8[backend]["status"] == "passed" and int8[backend]["worst"]["changed"] == 0
 
 
 @needs_browser
@@ -258,3 +263,19 @@ def test_web_refuses_bad_arguments(tmp_path):
         r = CliRunner().invoke(main, ["web", *args])
         assert r.exit_code == 1 and message in r.stderr, r.output
     assert (tmp_path / "full" / "x").read_text() == "keep" and not (tmp_path / "s").exists()
+
+
+def test_the_browser_gate_holds_int8_files_to_the_same_bytes(monkeypatch):
+    """One uint8 pixel in 5,488 moved by one level: within float32's contract, a miss for int8."""
+    monkeypatch.setattr(web_mod, "MAX_ABS", 1.0)  # only the share of changed pixels decides here
+    verdicts = {}
+    for name in ("mnist", "mnist-int8"):
+        gen = Generator.load(name, device="cpu")
+        images = gen.run(gen.latents(7, 0)).copy()
+        images[3, 0, 10, 10] += 2 / 255 * (1 if images[3, 0, 10, 10] < 0 else -1)
+        out = {"n": 7, "seed": 0, "float": base64.b64encode(images.tobytes()).decode(),
+               "uint8": base64.b64encode(web_mod.to_uint8(images).tobytes()).decode()}
+        verdicts[name] = web_mod.judge({"status": "ran", "out": [out]}, gen.path)
+    assert verdicts["mnist"]["status"] == "passed" and 0 < verdicts["mnist"]["worst"]["changed"] <= 1e-3
+    assert verdicts["mnist-int8"]["status"] == "failed"
+    assert "uint8 pixels changed (limit 0.0%)" in verdicts["mnist-int8"]["failures"][0]
