@@ -218,9 +218,9 @@ def format_info(facts: dict) -> str:
 def direction_fact(d: dict) -> str:
     """``sefa-1 (14.5%)``, ``towards-9 (AUC 0.86, raises 93% at step 3)``."""
     if d["method"] == "sefa":
-        return f"{d['name']} ({d['share']:.1%})"
+        return d["name"] + (f" ({d['share']:.1%})" if "share" in d else "")
     raised = f", raises {d['raised']:.0%} at step {d['step']:g}" if "raised" in d and "step" in d else ""
-    return f"{d['name']} (AUC {d['auc']:.2f}{raised})"
+    return d["name"] + (f" (AUC {d['auc']:.2f}{raised})" if "auc" in d else "")
 
 
 def json_safe(value):
@@ -448,16 +448,18 @@ def edit(model, seed, index, latents_file, names, strengths, psi, out, device):
 @click.option("--ckpt", "ckpts", multiple=True, metavar="NAME=CKPT",
               help="Also compare model NAME in the browser with PyTorch, from its checkpoint (needs torch).")
 @click.option("--overwrite", is_flag=True, help="Replace a non-empty folder whole.")
+@click.option("--unchecked", is_flag=True,
+              help="Write the site even where the browser gate cannot run (no Chromium); the page says it is unchecked.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @friendly_errors
-def web(models, out, ort_dist, ckpts, overwrite, as_json):
+def web(models, out, ort_dist, ckpts, overwrite, unchecked, as_json):
     """Write a static site that generates in the browser, parity-gated in headless Chromium.
 
     The page: model facts, seed grids (PNG download), interpolation, latent
     directions. The same seed gives the same images as `generate`. Serve the folder
     from any static host, or `python -m http.server`. The JavaScript runtime
     (dcgan.mjs) works in Node too. Exit code 4 when a model misses the browser gate
-    (then no site is written).
+    (then no site is written); without Chromium, no site unless --unchecked.
 
     \b
     Example:
@@ -465,18 +467,22 @@ def web(models, out, ort_dist, ckpts, overwrite, as_json):
         dcgan-deploy web -o site --ort-dist node_modules/onnxruntime-web/dist
         python -m http.server -d site 8000       # http://127.0.0.1:8000
     """
-    from .web import WebGateError, build, format_report
+    from .web import WebGateError, build, check_references, format_report, resolve_models
 
-    references = {}
+    specs = {}
     for spec in ckpts:
         name, sep, path = spec.partition("=")
         if not sep or not name or not path:
             raise ValueError(f"--ckpt takes NAME=CKPT (a model's name and its checkpoint), got {spec!r}")
+        specs[name] = path
+    check_references(specs, resolve_models(models))
+    references = {}
+    for name, path in specs.items():
         need_torch("--ckpt")
         from .parity import pytorch_reference
         references[name] = pytorch_reference(path)
     try:
-        report = build(models, out, ort_dist, overwrite=overwrite, references=references)
+        report = build(models, out, ort_dist, overwrite=overwrite, references=references, unchecked=unchecked)
     except WebGateError as e:
         click.echo(json.dumps(e.report, indent=2) if as_json else format_report(e.report), err=not as_json)
         click.echo(f"Error: {e}", err=True)
@@ -561,7 +567,8 @@ def train(recipe, resume_dir, data, steps, batch_size, run_dir, device, seed, th
     Writes train_state.pt, generator.safetensors, log.jsonl and sample grids to the
     run folder. Under `torchrun --nproc_per_node N -m dcgan_deploy train ...` it
     trains data-parallel (gloo on CPU, NCCL on GPU). Exit code 3 means the run
-    diverged (the last good checkpoint is kept).
+    diverged (its last checkpoint, if it has one, is kept). One run folder is
+    trained by one process at a time.
 
     \b
     Examples:

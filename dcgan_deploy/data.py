@@ -212,15 +212,28 @@ def read_image(path: Path, channels: int, size: int) -> np.ndarray:
             return square(im, channels, size)
 
 
+def resized_side(width: int, height: int, size: int) -> tuple[int, int]:
+    """The (width, height) an image is scaled to before its centre crop: the shorter side to ``size``; a
+    ``ValueError`` when that is more than ``MAX_IMAGE_PIXELS`` (a 1 x 20,000,000 strip would need ~16 GB)."""
+    scale = size / max(1, min(width, height))
+    w, h = max(size, round(width * scale)), max(size, round(height * scale))
+    if w * h > MAX_IMAGE_PIXELS:
+        raise ValueError(f"a {width}x{height} image would be {w}x{h} pixels with its shorter side at {size}; "
+                         f"at most {MAX_IMAGE_PIXELS:,} (crop it to a less extreme shape)")
+    return w, h
+
+
 def square(im: Image.Image, channels: int, size: int) -> np.ndarray:
-    """A Pillow image -> uint8 ``[channels, size, size]``: shorter side to ``size``, centre crop."""
+    """A Pillow image -> uint8 ``[channels, size, size]``: shorter side to ``size``, centre crop. 16-bit
+    greyscale is scaled to 8 bits (65535 -> 255), not clipped."""
+    w, h = resized_side(im.width, im.height, size)
+    if im.mode.startswith("I;16") or (im.mode == "I" and im.getextrema()[1] <= 65535 and im.getextrema()[0] >= 0):
+        im = Image.fromarray(np.rint(np.asarray(im, np.float64) / 257).astype(np.uint8), "L")
     if im.mode in ("RGBA", "LA", "P", "PA"):
         im = im.convert("RGBA")
         background = Image.new("RGBA", im.size, (255, 255, 255, 255))
         im = Image.alpha_composite(background, im)
     im = im.convert("L" if channels == 1 else "RGB")
-    scale = size / min(im.size)
-    w, h = max(size, round(im.width * scale)), max(size, round(im.height * scale))
     im = im.resize((w, h), Image.BICUBIC)
     left, top = (w - size) // 2, (h - size) // 2
     arr = np.asarray(im.crop((left, top, left + size, top + size)), np.uint8)

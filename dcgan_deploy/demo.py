@@ -13,6 +13,7 @@ import collections
 import logging
 import math
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -24,12 +25,11 @@ import numpy as np
 from . import bundled
 from .directions import Direction, random_directions
 from .images import grid, save_gif, to_uint8
-from .latent import MAX_SEED as LATENT_MAX_SEED
+from .latent import MAX_SEED, random_seed
 from .runtime import Generator
 
 log = logging.getLogger("dcgan_deploy.demo")
 
-MAX_SEED = 2**32 - 1   # the page's seed boxes (the runtime takes up to 2**64 - 1)
 MAX_SIDE = 12          # grid of at most 12 x 12 images
 MAX_FRAMES = 59        # interpolation frames from one seed to the next (60 in all)
 N_SLIDERS = 4          # latent-editing sliders
@@ -40,7 +40,6 @@ QUEUE_SIZE = 16
 CONCURRENCY = 2
 SESSIONS = 64          # Gradio's per-session state kept in memory (its default is 10,000)
 DISPLAY_PIXELS = 512   # images are scaled up (nearest) to about this size for display
-assert MAX_SEED <= LATENT_MAX_SEED
 
 
 class DemoInputError(ValueError):
@@ -48,20 +47,32 @@ class DemoInputError(ValueError):
 
 
 def as_int(value, name: str, lo: int, hi: int) -> int:
-    """An integer in [lo, hi] from what the browser sent (int, integral float or digit string)."""
+    """An integer in [lo, hi] from what the browser sent: an int, digits (exactly, to 2**64 - 1 and beyond), or an
+    integral float no larger than 2**53 (above that a float no longer holds every integer)."""
     if isinstance(value, bool) or value is None:
         raise DemoInputError(f"{name} must be a whole number between {lo} and {hi}")
     if isinstance(value, str):
-        try:
-            value = float(value.strip()[:400])
-        except (ValueError, OverflowError):
-            raise DemoInputError(f"{name} must be a whole number, got {value[:40]!r}") from None
-    if not isinstance(value, (int, float, np.integer, np.floating)) or not math.isfinite(value):
-        raise DemoInputError(f"{name} must be a whole number, got {value!r}")
-    if value != int(value):
-        raise DemoInputError(f"{name} must be a whole number, got {value}")
+        text = value.strip()
+        if re.fullmatch(r"[0-9]{1,40}", text):
+            value = int(text)
+        else:
+            try:
+                value = float(text[:400])
+            except (ValueError, OverflowError):
+                raise DemoInputError(f"{name} must be a whole number, got {value[:40]!r}") from None
+    if isinstance(value, (float, np.floating)):
+        if not math.isfinite(value) or value != int(value):
+            raise DemoInputError(f"{name} must be a whole number, got {value}")
+        if abs(value) > 2**53:
+            raise DemoInputError(f"{name} must be typed as digits above 2**53 (a float cannot hold it exactly), "
+                                 f"got {value:.17g}")
+        value = int(value)
+    if not isinstance(value, (int, np.integer)):
+        raise DemoInputError(f"{name} must be a whole number, got {str(value)[:40]!r}")
     if not lo <= value <= hi:
-        raise DemoInputError(f"{name} must be between {lo} and {hi}, got {int(value)}")
+        shown = str(int(value))
+        raise DemoInputError(f"{name} must be between {lo} and {hi}, got "
+                             f"{shown if len(shown) <= 40 else shown[:20] + f'... ({len(shown)} digits)'}")
     return int(value)
 
 
@@ -270,7 +281,7 @@ class Demo:
                 info = gr.Markdown(self.model_info(names[0]), elem_id="model-info")
             with gr.Tab("Seed grid"):
                 with gr.Row():
-                    seed = gr.Number(0, label="Seed", minimum=0, maximum=MAX_SEED, elem_id="seed")
+                    seed = gr.Textbox("0", label="Seed (0 to 2**64 - 1)", max_lines=1, elem_id="seed")
                     rand = gr.Button("Random seed", elem_id="random-seed")
                     side = gr.Slider(1, MAX_SIDE, 8, step=1, label="Images per side")
                     psi = gr.Slider(0.05, 1.0, 1.0, step=0.05, label="Truncation ψ (1 = off; lower = more typical)")
@@ -281,8 +292,8 @@ class Demo:
                 gr.Markdown("Walk from one seed's first image to another's: *slerp* follows the sphere where "
                             "Gaussian latents live, *lerp* a straight line.")
                 with gr.Row():
-                    seed_a = gr.Number(0, label="From seed", minimum=0, maximum=MAX_SEED)
-                    seed_b = gr.Number(1, label="To seed", minimum=0, maximum=MAX_SEED)
+                    seed_a = gr.Textbox("0", label="From seed", max_lines=1)
+                    seed_b = gr.Textbox("1", label="To seed", max_lines=1)
                     frames = gr.Slider(1, MAX_FRAMES, 9, step=1, label="Frames from one seed to the next")
                     method = gr.Radio(["slerp", "lerp"], value="slerp", label="Method")
                     i_psi = gr.Slider(0.05, 1.0, 1.0, step=0.05, label="Truncation ψ")
@@ -294,7 +305,7 @@ class Demo:
                 gr.Markdown("Pick a sample from a seed's grid (0 = top left) and push its latent along the chosen "
                             "directions.")
                 with gr.Row():
-                    e_seed = gr.Number(0, label="Seed", minimum=0, maximum=MAX_SEED)
+                    e_seed = gr.Textbox("0", label="Seed", max_lines=1)
                     e_index = gr.Slider(0, MAX_SIDE * MAX_SIDE - 1, 0, step=1, label="Sample")
                 pickers, sliders = [], []
                 for i in range(N_SLIDERS):
@@ -314,7 +325,7 @@ class Demo:
             # round 2.5 to 2 or fail on NaN without a message) and validate them themselves.
             raw = {"preprocess": False}
             model.change(safe(self.edit_choices), model, [info, d_note, *pickers], api_name="model_info", **raw)
-            rand.click(lambda: int(np.random.default_rng().integers(0, MAX_SEED)), None, seed, api_name="random_seed")
+            rand.click(lambda: str(random_seed()), None, seed, api_name="random_seed")
             go.click(safe(self.seed_grid), [model, seed, side, psi], [grid_out, grid_note], api_name="grid", **raw)
             interp.click(safe(self.interpolate), [model, seed_a, seed_b, frames, method, i_psi], [gallery, gif],
                          api_name="interpolate", **raw)

@@ -21,6 +21,7 @@ Both are stored in the model file's metadata as one versioned ``directions`` ent
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from . import modelfile
-from .modelfile import ModelError
+from .modelfile import MAX_DIRECTIONS, ModelError
 
 VERSION = 1
 SEFA_COUNT = 10          # SeFa directions stored by default
@@ -50,12 +51,14 @@ class Direction:
 
     def to_json(self) -> dict:
         out = {"name": self.name, "method": self.method, "vector": [round(float(v), 7) for v in self.vector]}
-        if self.method == "sefa":
-            out.update(singular_value=float(self.value), share=float(self.share))
-        elif self.method == "labelled":
-            out.update(auc=float(self.value), label=self.label)
+        facts = {"sefa": (("singular_value", self.value), ("share", self.share)),
+                 "labelled": (("auc", self.value), ("raised", self.raised))}.get(self.method, ())
+        out.update({key: float(v) for key, v in facts if v is not None})  # a file may leave any of them out
+        if self.method == "labelled":
+            if self.label is not None:
+                out["label"] = self.label
             if self.raised is not None:
-                out.update(raised=float(self.raised), step=STEP)
+                out["step"] = STEP
         return out
 
 
@@ -308,14 +311,27 @@ MAX_STRENGTH = 100.0
 MAX_STEPS = 32
 
 
-def parse_strengths(text: str) -> list[float]:
-    """``"-3,-1.5,0,1.5,3"`` -> the steps; each finite and within +-``MAX_STRENGTH``, at most ``MAX_STEPS``."""
+def check_strength(s) -> float:
+    """An edit strength: a finite number within +-``MAX_STRENGTH`` (docs/DESIGN.md, "Input rules")."""
+    ok = not isinstance(s, bool) and isinstance(s, (int, float, np.integer, np.floating))
     try:
-        steps = [float(s) for s in text.split(",")]
+        ok = ok and math.isfinite(s) and abs(s) <= MAX_STRENGTH
+    except OverflowError:  # an int too large for a float
+        ok = False
+    if not ok:
+        raise ValueError(f"a strength must be a finite number within +-{MAX_STRENGTH:g}, got {s!r:.80}")
+    return float(s)
+
+
+def parse_strengths(text: str) -> list[float]:
+    """``"-3,-1.5,0,1.5,3"`` -> the steps; each a strength (``check_strength``), at most ``MAX_STEPS``."""
+    try:
+        steps = [check_strength(float(s)) for s in text.split(",")]
     except ValueError:
-        raise ValueError(f"--strengths must be comma-separated numbers, got {text!r}") from None
-    if not 1 <= len(steps) <= MAX_STEPS or not all(np.isfinite(steps)) or max(map(abs, steps)) > MAX_STRENGTH:
-        raise ValueError(f"--strengths takes 1 to {MAX_STEPS} finite numbers within +-{MAX_STRENGTH:g}, got {text!r}")
+        steps = []
+    if not 1 <= len(steps) <= MAX_STEPS:
+        raise ValueError(f"--strengths takes 1 to {MAX_STEPS} comma-separated numbers, each finite and within "
+                         f"+-{MAX_STRENGTH:g}, got {text!r}")
     return steps
 
 
@@ -325,6 +341,10 @@ def edit_grid(gen, z: np.ndarray, keys, steps: list[float]) -> np.ndarray:
     if not gen.directions:
         raise ValueError(f"{gen.path.name} carries no latent directions; add them with "
                          f"`dcgan-deploy directions {gen.path} [--labelled]`")
+    if len(keys) > MAX_DIRECTIONS:
+        raise ValueError(f"{len(keys)} directions to edit along; at most {MAX_DIRECTIONS} (one row each)")
+    from .images import check_grid_size
+    check_grid_size(len(keys) * len(steps), gen.height, gen.width, shape=(len(keys), len(steps)))
     chosen = [find(gen.directions, k) for k in keys]
     rows = [z[None] + np.asarray(steps, np.float32)[:, None] * d.vector[None] for d in chosen]   # [S, D] each
     return np.concatenate(list(gen.images(np.concatenate(rows).astype(np.float32))))

@@ -122,10 +122,15 @@ class Extractor:
         except Exception as e:
             raise ModelError(f"{path}: not a valid ONNX feature extractor ({str(e).strip().splitlines()[0][:200]})") \
                 from None
-        if not 1 <= len(session.get_outputs()) <= 2 or len(session.get_inputs()) != 1:
-            raise ModelError(f"{path}: a feature extractor takes one input (the images) and returns features and "
-                             "optionally class probabilities")
-        return cls(session, path, dict(session.get_modelmeta().custom_metadata_map))
+        meta = dict(session.get_modelmeta().custom_metadata_map)
+        if "dcgan_deploy.format" in meta:
+            raise ModelError(f"{path}: a generator, not a feature extractor; --features takes an ONNX extractor: "
+                             "image [N,C,H,W] in [-1,1] -> features [N,D] (, probs [N,K])")
+        inputs = session.get_inputs()
+        if not 1 <= len(session.get_outputs()) <= 2 or len(inputs) != 1 or len(inputs[0].shape) != 4:
+            raise ModelError(f"{path}: a feature extractor takes one input (the images, [N,C,H,W]) and returns "
+                             "features and optionally class probabilities")
+        return cls(session, path, meta)
 
     @property
     def class_names(self) -> list[str] | None:

@@ -45,9 +45,10 @@ def grid_shape(n: int, nrow: int | None = None) -> tuple[int, int]:
     return math.ceil(n / cols), cols
 
 
-def check_grid_size(n: int, height: int, width: int, pad: int = 2) -> None:
-    """Raise ValueError when a grid of ``n`` images would be unreasonably large."""
-    rows, cols = grid_shape(n)
+def check_grid_size(n: int, height: int, width: int, pad: int = 2, shape: tuple[int, int] | None = None) -> None:
+    """Raise ValueError when a grid of ``n`` images (``shape``: its rows and columns, else ``grid_shape``'s)
+    would be unreasonably large."""
+    rows, cols = shape or grid_shape(n)
     pixels = (rows * (height + pad) + pad) * (cols * (width + pad) + pad)
     if pixels > MAX_GRID_PIXELS:
         raise ValueError(

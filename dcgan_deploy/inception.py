@@ -35,7 +35,7 @@ from torch import nn
 
 from .evaluate import file_sha256, inception_cache_path
 from .files import atomic_path
-from .runtime import ModelError
+from .runtime import ModelError, first_line
 
 INPUT_SIZE = 299
 NUM_CLASSES = 1008
@@ -206,10 +206,12 @@ class InceptionExtractor(nn.Module):
 def load_weights(path: str | os.PathLike) -> FIDInception:
     """The network with the weights of ``path`` (strict: every tensor named and shaped as the FID file's)."""
     path = Path(path)
+    if path.is_file() and path.stat().st_size == 0:
+        raise ModelError(f"{path}: not a readable PyTorch weights file (an empty file)")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise ModelError(f"{path}: not a readable PyTorch weights file ({str(e).strip().splitlines()[0][:200]})") from None
+        raise ModelError(f"{path}: not a readable PyTorch weights file ({first_line(e)})") from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict):

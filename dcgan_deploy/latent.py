@@ -44,10 +44,11 @@ def check_seed(seed) -> int:
 
 
 def check_truncation(psi) -> float:
-    """A truncation psi with 0 < psi <= 1 (1 = off)."""
+    """A truncation psi with 0 < psi <= 1 (1 = off), whose float32 value -- the one ``truncate`` multiplies
+    by -- is above 0 (1e-50 is not: every latent would become 0)."""
     if isinstance(psi, bool) or not isinstance(psi, (int, float, np.floating, np.integer)) \
-            or not math.isfinite(psi) or not 0 < psi <= 1:
-        raise ValueError(f"truncation must be a number with 0 < psi <= 1 (1 = off), got {psi!r}")
+            or not math.isfinite(psi) or not 0 < psi <= 1 or not np.float32(psi) > 0:
+        raise ValueError(f"truncation must be a number with 0 < psi <= 1 (1 = off; as float32 above 0), got {psi!r}")
     return float(psi)
 
 

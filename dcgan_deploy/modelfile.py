@@ -318,8 +318,11 @@ def check_ops(model: ModelFile) -> None:
 
 def write_metadata(path: str | os.PathLike, meta: dict[str, str]) -> None:
     """Replace the file's ``metadata_props`` with ``meta`` (string keys and values), atomically; every other
-    byte of the file is copied as it is."""
+    byte of the file is copied as it is. A symbolic link is followed: the file it points to is rewritten,
+    and the link stays a link."""
     path = Path(path)
+    if path.is_symlink():
+        path = path.resolve()
     data = path.read_bytes()
     read(path, data)  # refuse what is not an ONNX file before writing anything
     kept = bytearray()
@@ -380,10 +383,7 @@ def json_entry(meta: dict[str, str], key: str, path: Path | str) -> dict | None:
     """A JSON metadata entry, parsed and checked against its schema; ``None`` when absent."""
     if key not in meta:
         return None
-    try:
-        value = json.loads(meta[key], parse_constant=_no_constant)
-    except ValueError as e:
-        raise ModelError(f"{path}: metadata {key!r} is not valid JSON ({e})") from None
+    value = _json(meta[key], key, path)
     if not isinstance(value, dict):
         raise ModelError(f"{path}: metadata {key!r} must be a JSON object, is a {type(value).__name__}")
     required, optional = JSON_ENTRIES[key]
@@ -399,15 +399,31 @@ def json_entry(meta: dict[str, str], key: str, path: Path | str) -> dict | None:
 MAX_DIRECTIONS = 64
 
 
+def check_direction_name(name) -> str:
+    """A direction's name: a letter or digit, then up to 63 of letters, digits, ``.``, ``_``, ``-``; not all
+    digits (docs/DESIGN.md, "Input rules")."""
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", name) or name.isdigit():
+        raise ValueError(f"a direction's name must be 1-64 letters, digits, '.', '_' or '-' (not all digits), "
+                         f"got {printable(repr(name), 80)}")
+    return name
+
+
+def check_direction_vector(vector, dim: int) -> list:
+    """A direction's vector: ``dim`` finite numbers of unit norm (within 1e-3)."""
+    if not isinstance(vector, list) or len(vector) != dim or not all(_is(v, NUMBER) for v in vector):
+        raise ValueError(f"vector must be {dim} finite numbers")
+    norm = math.sqrt(math.fsum(float(v) ** 2 for v in vector)) if max(map(abs, vector), default=0) < 1e150 else math.inf
+    if not math.isfinite(norm) or abs(norm - 1) > 1e-3:
+        raise ValueError(f"vector is not a unit vector (norm {norm:.6g})")
+    return vector
+
+
 def check_directions(meta: dict[str, str], path: Path | str) -> dict | None:
     """The ``directions`` entry (see ``directions.py``): version 1, at most ``MAX_DIRECTIONS`` uniquely
     named unit vectors of ``latent_dim`` finite numbers; ``None`` when absent."""
     if "directions" not in meta:
         return None
-    try:
-        entry = json.loads(meta["directions"], parse_constant=_no_constant)
-    except ValueError as e:
-        raise ModelError(f"{path}: metadata 'directions' is not valid JSON ({e})") from None
+    entry = _json(meta["directions"], "directions", path)
     where = f"{path}: metadata 'directions'"
     if not isinstance(entry, dict) or entry.get("version") != 1 or not isinstance(entry.get("directions"), list):
         raise ModelError(f"{where} must be an object with version 1 and a list of directions")
@@ -419,20 +435,33 @@ def check_directions(meta: dict[str, str], path: Path | str) -> dict | None:
         if not isinstance(d, dict) or not isinstance(d.get("name"), str) or d.get("method") not in ("sefa", "labelled"):
             raise ModelError(f"{where}: direction {i + 1} needs a name and a method (sefa or labelled)")
         name = d["name"]
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", name) or name in names or name.isdigit():
-            raise ModelError(f"{where}: direction {i + 1} has a bad or repeated name {printable(name, 80)!r}")
+        try:
+            check_direction_name(name)
+        except ValueError:
+            raise ModelError(f"{where}: direction {i + 1} has a bad name {printable(name, 80)!r}") from None
+        if name in names:
+            raise ModelError(f"{where}: direction {i + 1} repeats the name {name!r}")
         names.add(name)
-        vector = d.get("vector")
-        if not isinstance(vector, list) or len(vector) != dim or not all(_is(v, NUMBER) for v in vector):
-            raise ModelError(f"{where}: {name}'s vector must be {dim} finite numbers")
-        if abs(math.sqrt(sum(v * v for v in vector)) - 1) > 1e-3:
-            raise ModelError(f"{where}: {name}'s vector is not a unit vector")
+        try:
+            check_direction_vector(d.get("vector"), dim)
+        except ValueError as e:
+            raise ModelError(f"{where}: {name}'s {e}") from None
         for key in ("singular_value", "share", "auc", "raised", "step"):
             if key in d and not _is(d[key], NUMBER):
                 raise ModelError(f"{where}: {name}'s {key} must be a finite number")
         if "label" in d and not isinstance(d["label"], str):
             raise ModelError(f"{where}: {name}'s label must be a string")
     return entry
+
+
+def _json(text: str, key: str, path: Path | str):
+    """A metadata entry's JSON; one ModelError naming the file and key for anything else (NaN, a number
+    too long to read, nesting deeper than the parser's recursion)."""
+    try:
+        return json.loads(text, parse_constant=_no_constant)
+    except (ValueError, RecursionError) as e:
+        why = "nested too deeply" if isinstance(e, RecursionError) else printable(str(e), 200)
+        raise ModelError(f"{path}: metadata {key!r} is not valid JSON ({why})") from None
 
 
 def _no_constant(name: str):
@@ -442,6 +471,10 @@ def _no_constant(name: str):
 def _is(value, types) -> bool:
     types = types if isinstance(types, tuple) else (types,)
     if isinstance(value, bool) and bool not in types:
+        return False
+    if isinstance(value, int) and float not in types and int in types:
+        return True
+    if isinstance(value, int) and abs(value) >= 2**1023:  # a JSON number no float can hold
         return False
     return isinstance(value, types) and not (isinstance(value, float) and not math.isfinite(value))
 

@@ -26,16 +26,19 @@ import io
 import json
 import math
 import os
+import re
 import time
 
 import numpy as np
 
 from . import bundled, modelfile
 from .latent import MAX_SEED, check_truncation
+from .modelfile import printable
 
 MAX_IMAGES = 4096              # images per request
 MAX_BODY_BYTES = 64 * 1024**2  # request body
 MAX_GRID = 256                 # images in a grid.png
+MAX_RANK = 8                   # dimensions of an input tensor
 BATCH_WAIT_S = 0.005           # how long a replica waits to fill a batch
 QUEUE_PER_REPLICA = 32         # requests waiting per replica before a 503
 DATATYPES = {"FP32": np.float32, "FP64": np.float64, "INT64": np.int64, "UINT64": np.uint64, "INT32": np.int32,
@@ -77,7 +80,7 @@ def split_body(body: bytes, header_length: str | None) -> tuple[dict, bytes]:
     if len(body) > MAX_BODY_BYTES:
         raise RequestError(f"the request body is {len(body)} bytes; at most {MAX_BODY_BYTES}", 413)
     if header_length is not None:
-        if not header_length.isdigit() or int(header_length) > len(body):
+        if not whole(header_length, 12) or int(header_length) > len(body):
             raise RequestError("Inference-Header-Content-Length must be the length of the JSON part of the body")
         n = int(header_length)
         head, tail = body[:n], body[n:]
@@ -85,11 +88,24 @@ def split_body(body: bytes, header_length: str | None) -> tuple[dict, bytes]:
         head, tail = body, b""
     try:
         request = json.loads(head, parse_constant=lambda c: (_ for _ in ()).throw(ValueError(f"{c} is not JSON")))
+    except RecursionError:
+        raise RequestError("the request is not valid JSON (nested too deeply)") from None
     except (ValueError, UnicodeDecodeError) as e:
-        raise RequestError(f"the request is not valid JSON ({str(e)[:100]})") from None
+        raise RequestError(f"the request is not valid JSON ({printable(str(e), 100)})") from None
     if not isinstance(request, dict):
         raise RequestError("the request must be a JSON object with 'inputs'")
+    if not isinstance(request.get("parameters") or {}, dict):
+        raise RequestError("the request's 'parameters' must be an object")
+    outputs = request.get("outputs") or []
+    if not isinstance(outputs, list) or not all(isinstance(o, dict) and isinstance(o.get("parameters") or {}, dict)
+                                                for o in outputs):
+        raise RequestError("the request's 'outputs' must be a list of objects (each with an object 'parameters')")
     return request, tail
+
+
+def whole(text: str, digits: int) -> bool:
+    """``text`` is 1 to ``digits`` ASCII digits (not any character ``str.isdigit`` accepts, such as '²')."""
+    return re.fullmatch(f"[0-9]{{1,{digits}}}", text) is not None
 
 
 def read_inputs(request: dict, tail: bytes) -> dict[str, np.ndarray]:
@@ -107,14 +123,16 @@ def read_inputs(request: dict, tail: bytes) -> dict[str, np.ndarray]:
             raise RequestError(f"input {name!r} is given twice")
         if datatype not in DATATYPES:
             raise RequestError(f"input {name!r}: unknown datatype {str(datatype)[:20]!r}")
-        if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d <= 10**7
-                                                  for d in shape):
-            raise RequestError(f"input {name!r}: 'shape' must be a list of non-negative integers")
+        if not isinstance(shape, list) or len(shape) > MAX_RANK or not all(
+                isinstance(d, int) and not isinstance(d, bool) and 0 <= d <= 10**7 for d in shape):
+            raise RequestError(f"input {name!r}: 'shape' must be a list of at most {MAX_RANK} non-negative integers")
         count = math.prod(shape)
         if count > MAX_IMAGES * 4096:
             raise RequestError(f"input {name!r}: {count} values is more than a request may hold")
         dtype = np.dtype(DATATYPES[datatype])
         params = tensor.get("parameters") or {}
+        if not isinstance(params, dict):
+            raise RequestError(f"input {name!r}: 'parameters' must be an object")
         if "binary_data_size" in params:
             size = params["binary_data_size"]
             if not isinstance(size, int) or size != count * dtype.itemsize or offset + size > len(tail):
@@ -364,7 +382,7 @@ def build_app(models: dict[str, str], replicas: int = 1, max_batch_size: int = 2
         async def infer(self, name: str, request: Request):
             info = self._info(name)
             length = request.headers.get("content-length")
-            if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
+            if length is not None and (not whole(length, 12) or int(length) > MAX_BODY_BYTES):
                 raise RequestError(f"the request body is over {MAX_BODY_BYTES} bytes", 413)
             body = await request.body()
             parsed, tail = split_body(body, request.headers.get("inference-header-content-length"))
@@ -376,8 +394,9 @@ def build_app(models: dict[str, str], replicas: int = 1, max_batch_size: int = 2
         @app.get("/v2/models/{name}/grid.png")
         async def grid_png(self, name: str, seed: str = "0", n: str = "16", truncation: str = "1"):
             info = self._info(name)
-            if not seed.isdigit() or not n.isdigit():
-                raise RequestError("seed and n must be whole numbers")
+            if not whole(seed, 20) or not whole(n, 6):
+                raise RequestError("seed and n must be whole numbers (seed 0 to 2**64 - 1, n from 1 to "
+                                   f"{MAX_GRID}), in digits")
             try:
                 psi = float(truncation)
             except ValueError:

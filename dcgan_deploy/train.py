@@ -71,7 +71,7 @@ def _of_type(value, annotation: str) -> bool:
 
 
 class DivergenceError(RuntimeError):
-    """Losses or weights became non-finite; the last good checkpoint was kept."""
+    """Losses or weights became non-finite; the run's last checkpoint, if it has one, was kept."""
 
 
 @dataclass
@@ -445,6 +445,7 @@ class Trainer:
         # The fixed sample batch: the latents of `dcgan-deploy generate -n 64 --seed 0`.
         self.fixed_z = torch.from_numpy(latents(64, 0, self.net.latent_dim, self.net.latent_prior))
         self.step = 0
+        self.saved_step: int | None = None  # the step of the run folder's checkpoint (None: it has none yet)
         self._exported: tuple[int, GeneratorNet | None] = (-1, None)
         self.average: dict | None = None  # {"sum": float64 copies of the averaged weights, "count": how many}
 
@@ -492,6 +493,7 @@ class Trainer:
         if self.device.type == "cuda" and s["rng"]["cuda"].numel():
             torch.cuda.set_rng_state(s["rng"]["cuda"], self.device)
         self.step = int(s["step"])
+        self.saved_step = self.step
 
     @classmethod
     def resume(cls, run_dir: str | os.PathLike, progress: bool = True, **overrides) -> "Trainer":
@@ -722,15 +724,38 @@ class Trainer:
         Owns the run's lifecycle: prepares the run folder (stale temp files of a killed save swept, the
         log cut back to the checkpoint), trains, checks that every rank holds the same weights, and
         tears the process group down however the run ends."""
-        ok = False
+        ok, lock = False, None
         try:
             if self.dist.main:
+                lock = self._lock_folder()  # before anything in the folder changes
                 self._prepare_folder()
             record = self._loop()
             ok = True
             return record
         finally:
+            if lock is not None:
+                lock.close()
             self.dist.close(ok)
+
+    def _lock_folder(self):
+        """An exclusive lock on the run folder for as long as this process trains in it: a second ``train`` of
+        the same folder (a ``--resume`` twice, say) gets one line and changes nothing."""
+        import fcntl
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        lock = open(self.run_dir / ".lock", "a+")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            lock.close()
+            raise ValueError(f"{self.run_dir} is being trained by another process; nothing was changed "
+                             "(wait for it to end, or stop it)") from None
+        return lock
+
+    def _kept(self) -> str:
+        """What of the run survives a failure now, in words."""
+        if self.saved_step is None:
+            return f"no checkpoint had been written in {self.run_dir} yet, so there is none to resume from"
+        return f"the last good checkpoint (step {self.saved_step}) in {self.run_dir} was kept"
 
     def _prepare_folder(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -756,7 +781,7 @@ class Trainer:
                 if not (math.isfinite(losses["d_loss"]) and math.isfinite(losses["g_loss"]) and finite):
                     raise DivergenceError(
                         f"training diverged at step {self.step} (d_loss={losses['d_loss']}, g_loss={losses['g_loss']}, "
-                        f"or non-finite weights); the last good checkpoint in {self.run_dir} was kept")
+                        f"or non-finite weights); {self._kept()}")
                 rate = seen / (time.perf_counter() - t0)
                 record = {"step": self.step, **{k: round(v, 5) for k, v in losses.items() if k != "lr"},
                           "lr": float(f"{losses['lr']:.4g}"), "img_per_s": round(rate, 1)}
@@ -769,7 +794,12 @@ class Trainer:
                 if self.dist.main and (self.step % cfg.sample_every == 0 or self.step == cfg.steps):
                     self.sample_grid()
                 if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
-                    self.save()
+                    try:
+                        self.save()
+                    except OSError as e:
+                        raise OSError(f"could not write the checkpoint of step {self.step} ({e.strerror or e}); "
+                                      f"{self._kept()}") from None
+                    self.saved_step = self.step
         self.dist.sync_buffers(self.G)
         record["ranks"] = self.dist.gather_digests(weights_digest(self.G))
         if len(set(record["ranks"])) != 1:

@@ -56,15 +56,20 @@ class WebGateError(RuntimeError):
 
 
 def build(models, out: str | Path, ort_dist: str | Path | None = None, gate: bool = True,
-          overwrite: bool = False, references: dict | None = None) -> dict:
+          overwrite: bool = False, references: dict | None = None, unchecked: bool = False) -> dict:
     """Write the site to ``out`` (a new or empty folder, or any with ``overwrite``) and return its report.
 
     ``models``: paths or bundled names (default: every bundled model). ``ort_dist``: a local
     onnxruntime-web ``dist/`` folder to copy (else the page loads it from a pinned public CDN, and the
     gate needs a local copy: ``node_modules/onnxruntime-web/dist`` is used when present).
     ``references``: {model name: callable z -> PyTorch's float images} to also compare the browser with
-    PyTorch (the command line makes them from checkpoints, with torch)."""
+    PyTorch (the command line makes them from checkpoints, with torch).
+
+    A site is written only once the gate has passed; where the gate cannot run (no Chromium, no local
+    onnxruntime-web), only with ``unchecked`` (or ``gate=False``), and then ``site.json`` says so and
+    the page shows it."""
     chosen = resolve_models(models)
+    check_references(references or {}, chosen)
     dist = check_dist(ort_dist) if ort_dist else None
     gate_dist = dist or local_dist()
     with atomic_folder(out, overwrite) as stage:
@@ -81,8 +86,15 @@ def build(models, out: str | Path, ort_dist: str | Path | None = None, gate: boo
         report = {"onnxruntime_web": ORT_VERSION, "ort_source": "local copy (ort/)" if dist else CDN, "models": {}}
         site = site_json(chosen, dist is not None, report)
         write_bytes(stage / "site.json", json.dumps(site, indent=2).encode())
-        if gate:
-            report["gate"] = run_gate(stage, chosen, gate_dist, references or {}, local_ort=dist is not None)
+        report["gate"] = (run_gate(stage, chosen, gate_dist, references or {}, local_ort=dist is not None) if gate
+                          else {"status": "not run", "reason": "not asked for"})
+        if report["gate"]["status"] != "ran":
+            if gate and not unchecked:
+                raise ValueError(f"the browser gate could not run ({report['gate']['reason']}); no site was written "
+                                 "(--unchecked writes one that says on the page that it is unchecked)")
+            site["unchecked"] = report["gate"]["reason"]
+            write_bytes(stage / "site.json", json.dumps(site, indent=2).encode())
+        else:
             failures = [f for m in report["gate"]["models"].values() for f in m["failures"]]
             if failures:
                 raise WebGateError(f"browser parity gate failed ({failures[0]}); no site was written", report)
@@ -91,8 +103,6 @@ def build(models, out: str | Path, ort_dist: str | Path | None = None, gate: boo
                 m["browser_gate"] = statuses
                 record_gate(stage / m["file"], statuses)
             write_bytes(stage / "site.json", json.dumps(site, indent=2).encode())
-        else:
-            report["gate"] = {"status": "not run"}
         write_bytes(stage / "web-report.json", (json.dumps(report, indent=2) + "\n").encode())
     return report
 
@@ -110,9 +120,21 @@ def resolve_models(models) -> dict[str, Path]:
     return chosen
 
 
+def check_references(references: dict, chosen: dict) -> None:
+    """Every PyTorch reference names a model of the site."""
+    unknown = sorted(set(references) - set(chosen))
+    if unknown:
+        raise ValueError(f"--ckpt {unknown[0]}=...: no model named {unknown[0]!r} in this site "
+                         f"(its models: {', '.join(chosen)})")
+
+
 def check_dist(path) -> Path:
-    """A local onnxruntime-web ``dist/`` folder holding the files the site needs."""
+    """A local onnxruntime-web ``dist/`` folder holding the files the site needs, as regular files: a site
+    is published, so a link (to anything on this machine) is never followed into it."""
     path = Path(path)
+    links = [f for f in ORT_FILES if (path / f).is_symlink()]
+    if links:
+        raise ValueError(f"--ort-dist {path}: {links[0]} is a symbolic link; the site copies regular files only")
     missing = [f for f in ORT_FILES if not (path / f).is_file()]
     if missing:
         raise ValueError(f"--ort-dist {path}: not an onnxruntime-web dist/ folder (no {missing[0]}); after "

@@ -71,6 +71,10 @@ def files(tmp_path_factory):
         "evaluation_json": model_with(tmp, "evaluation_json", {"evaluation": "{not json"}),
         "directions_bad": model_with(tmp, "directions_bad", {"directions": json.dumps(
             {"version": 1, "directions": [{"name": "a", "method": "sefa", "vector": [1.0, 0.0]}]})}),
+        "directions_huge_number": model_with(tmp, "directions_huge_number", {"directions": json.dumps(
+            {"version": 1, "directions": [{"name": "a", "method": "sefa", "vector": [10**400] + [0.0] * 7}]})}),
+        "parity_deep": model_with(tmp, "parity_deep", {"parity": "[" * 100000 + "]" * 100000}),
+        "directions_deep": model_with(tmp, "directions_deep", {"directions": '{"a":' * 100000 + "1" + "}" * 100000}),
         "huge_latent": model_with(tmp, "huge_latent", {"latent_dim": "1000000000"}),
         "channels_7": model_with(tmp, "channels_7", {"channels": "7"}),
         "escape_codes": model_with(tmp, "escape_codes", {"dataset": "evil\x1b[2J\rname\nline"}),
@@ -89,6 +93,8 @@ def files(tmp_path_factory):
     f["huge_header"] = big
     f["empty"] = tmp / "empty.onnx"
     f["empty"].write_bytes(b"")
+    f["empty_pth"] = tmp / "empty.pth"
+    f["empty_pth"].write_bytes(b"")
     f["garbage"] = tmp / "garbage.onnx"
     f["garbage"].write_bytes(os.urandom(3000))
     good_z = tmp / "z.npy"
@@ -135,6 +141,11 @@ CASES = [
     ("evaluation missing keys", ["info", "{evaluation_keys}"], "'evaluation' lacks"),
     ("evaluation not JSON", ["generate", "-m", "{evaluation_json}", "-o", "x.png"], "'evaluation' is not valid JSON"),
     ("directions wrong size", ["info", "{directions_bad}"], "vector must be 8 finite numbers"),
+    ("directions 400-digit number", ["info", "{directions_huge_number}"], "a's vector must be 8 finite numbers"),
+    ("parity nested deep: info", ["info", "{parity_deep}"], "metadata 'parity' is not valid JSON (nested too deeply)"),
+    ("parity nested deep: generate", ["generate", "-m", "{parity_deep}", "-o", "x.png"], "nested too deeply"),
+    ("directions nested deep: edit", ["edit", "-m", "{directions_deep}", "--seed", 1, "--direction", "a", "-o", "e.png"],
+     "metadata 'directions' is not valid JSON (nested too deeply)"),
     ("latent_dim huge", ["info", "{huge_latent}"], "latent_dim='1000000000' is not a whole number from 1 to 4096"),
     ("channels 7", ["info", "{channels_7}"], "channels='7' is not a whole number from 1 to 3"),
     ("empty file", ["info", "{empty}"], "not a valid ONNX model"),
@@ -154,6 +165,10 @@ CASES = [
      "an empty file"),
     ("features garbage", ["evaluate", "{good}", "--data", "synthetic:400", "-n", 200, "--features", "{garbage}"],
      "not a valid ONNX feature extractor"),
+    ("features a generator", ["evaluate", "{good}", "--data", "synthetic:400", "-n", 200, "--features", "{good}"],
+     "a generator, not a feature extractor"),
+    ("features empty .pth", ["evaluate", "{good}", "--data", "synthetic:400", "-n", 200, "--features", "{empty_pth}"],
+     "not a readable PyTorch weights file (an empty file)"),
     # seeds
     ("seed 2**70", ["generate", "-m", "{good}", "--seed", 2**70, "-o", "x.png"], "from 0 to 2**64 - 1"),
     ("seed 10**400", ["generate", "-m", "{good}", "--seed", 10**400, "-o", "x.png"], "from 0 to 2**64 - 1"),
@@ -161,6 +176,9 @@ CASES = [
     ("truncation 0", ["generate", "-m", "{good}", "--truncation", 0, "-o", "x.png"], "0 < psi <= 1"),
     ("truncation 2", ["generate", "-m", "{good}", "--truncation", 2, "-o", "x.png"], "0 < psi <= 1"),
     ("truncation nan", ["generate", "-m", "{good}", "--truncation", "nan", "-o", "x.png"], "0 < psi <= 1"),
+    ("truncation 0 in float32", ["generate", "-m", "{good}", "--truncation", "1e-50", "-o", "x.png"], "as float32 above 0"),
+    ("truncation 0 in float32: interpolate", ["interpolate", "-m", "{good}", "--truncation", "1e-50", "-o", "walk"],
+     "as float32 above 0"),
     # outputs
     ("folder not empty", ["generate", "-m", "{good}", "-n", 3, "-o", "full/"], "is not empty; pass --overwrite"),
     ("export to png", ["export", str(ROOT / "training" / "mnist" / "generator.safetensors"), "-o", "x.png"],
@@ -172,6 +190,8 @@ CASES = [
     ("edit bad strengths", ["edit", "-m", "{good}", "--seed", 1, "--direction", "1", "--strengths", "1,nan",
                             "-o", "e.png"], "--strengths takes"),
     ("edit not png", ["edit", "-m", "{good}", "--seed", 1, "--direction", "1", "-o", "e.gif"], "ending in .png"),
+    ("edit 400 rows", ["edit", "-m", "mnist", "--seed", 1, *["--direction", "sefa-1"] * 400, "--strengths",
+                       ",".join(["1"] * 32), "-o", "e.png"], "400 directions to edit along; at most 64"),
     ("directions on garbage", ["directions", "{garbage}"], "not a valid ONNX model"),
 ]
 
@@ -190,6 +210,16 @@ def test_refused_with_one_line_and_nothing_written(files, tmp_path, case, argv, 
     assert "Traceback" not in err
     assert after == before  # nothing written, nothing left behind
     assert (tmp_path / "full" / "000000.png").read_bytes() == b"an earlier run"
+
+
+def test_directions_without_their_optional_facts_still_show(files, tmp_path):
+    bare = model_with(tmp_path, "bare", {"directions": json.dumps(
+        {"version": 1, "directions": [{"name": "a", "method": "sefa", "vector": [1.0] + [0.0] * 7},
+                                      {"name": "b", "method": "labelled", "vector": [0.0, 1.0] + [0.0] * 6}]})})
+    code, err, _ = run(["info", bare], tmp_path)
+    assert code == 0, err
+    r = CliRunner().invoke(main, ["info", str(bare), "--json"])
+    assert r.exit_code == 0 and [d["name"] for d in json.loads(r.output)["directions"]] == ["a", "b"]
 
 
 def test_garbage_files_are_left_as_they_were(files):
@@ -433,7 +463,7 @@ def test_a_killed_saves_leftovers_are_swept_on_resume(tmp_path):
     for name in (".tmpA1b2C3", ".generator.safetensors.x1y2.part", ".train_state.pt.abcd.part"):
         (tmp_path / "run" / name).write_bytes(b"half a save")
     assert run(["train", "--resume", tmp_path / "run", "--steps", 3], tmp_path)[0] == 0
-    assert not [p for p in (tmp_path / "run").iterdir() if p.name.startswith(".")]
+    assert [p.name for p in (tmp_path / "run").iterdir() if p.name.startswith(".")] == [".lock"]  # the run's lock
 
 
 def test_verify_picks_the_gate_from_the_graph_not_the_metadata(tmp_path):

@@ -79,6 +79,27 @@ def test_a_decompression_bomb_is_counted_as_unreadable(tmp_path, caplog):
     assert len(images) == 1 and "skipped 1 unreadable image file(s) of 2" in caplog.text
 
 
+def test_a_strip_too_long_to_resize_is_refused_before_it_is_resized(tmp_path, caplog):
+    Image.new("L", (8, 8), 128).save(tmp_path / "ok.png")
+    Image.new("L", (20_000_000, 1)).save(tmp_path / "strip.png")  # 20 M pixels in 19 kB; resized: 1.3 G pixels
+    with caplog.at_level(logging.WARNING):
+        images = data.load(str(tmp_path), 1, 8)
+    assert len(images) == 1 and "skipped 1 unreadable image file(s) of 2" in caplog.text
+    with pytest.raises(ValueError, match="a 20000000x1 image would be 160000000x8 pixels"):
+        data.read_image(tmp_path / "strip.png", 1, 8)
+    (tmp_path / "ok.png").unlink()
+    with pytest.raises(data.DataError, match="none of the 1 image files could be read"):
+        data.load(str(tmp_path), 1, 8)
+
+
+def test_16_bit_images_are_scaled_not_clipped(tmp_path):
+    ramp = np.linspace(0, 65535, 64 * 64).reshape(64, 64).astype(np.uint16)
+    Image.fromarray(ramp).save(tmp_path / "ramp16.png")
+    Image.fromarray(np.rint(ramp / 257).astype(np.uint8)).save(tmp_path / "ramp8.png")
+    sixteen, eight = (data.read_image(tmp_path / f"ramp{b}.png", 1, 64) for b in (16, 8))
+    assert np.abs(sixteen.astype(int) - eight.astype(int)).max() <= 1 and 120 < sixteen.mean() < 135
+
+
 def test_labelled_sources_split_by_group(tmp_path):
     d = data.load_dataset("mnist-sample", 1, 28)
     assert d.labels is not None and len(d.classes) == 10 and d.groups is None and d.heldout is None

@@ -55,14 +55,17 @@ def call(url, api, data, timeout=60):
 
 
 # ---- validation and handlers -------------------------------------------------------------
-@pytest.mark.parametrize("value", [2.5, float("nan"), float("inf"), "abc", None, True, -1, 10**12, [1]])
+@pytest.mark.parametrize("value", [2.5, float("nan"), float("inf"), "abc", None, True, -1, 10**12, [1], 10**400,
+                                   "1" * 400, 2.0**60])
 def test_as_int_rejects(value):
-    with pytest.raises(DemoInputError):
+    with pytest.raises(DemoInputError) as e:
         as_int(value, "seed", 0, 2**32 - 1)
+    assert len(str(e.value)) < 200  # one readable line, not Python's "int too large to convert to float"
 
 
 def test_as_int_and_as_float_accept():
     assert as_int(3.0, "x", 0, 5) == 3 and as_int("4", "x", 0, 5) == 4 and as_int(np.int64(2), "x", 0, 5) == 2
+    assert as_int(str(2**64 - 1), "seed", 0, 2**64 - 1) == 2**64 - 1 and as_int(2**64 - 1, "seed", 0, 2**64 - 1) == 2**64 - 1
     assert as_float(-1.5, "s", -5, 5) == -1.5
     for bad in (float("nan"), 6.0, "1"):
         with pytest.raises(DemoInputError):
@@ -157,6 +160,8 @@ EDIT = ["random-1", 0, "random-2", 0, "random-3", 0, "random-4", 0]
     ("grid", ["tiny", 2.5, 2, 1.0], "seed must be a whole number, got 2.5"),
     ("grid", ["tiny", -4, 2, 1.0], "seed must be between"),
     ("grid", ["tiny", "1e400", 2, 1.0], "seed must be a whole number"),
+    ("grid", ["tiny", str(2**64), 2, 1.0], "seed must be between 0 and 18446744073709551615, got 18446744073709551616"),
+    ("grid", ["tiny", 2.0**60, 2, 1.0], "typed as digits above 2**53"),
     ("grid", ["tiny", 1, 0, 1.0], "grid size must be between 1 and 12"),
     ("grid", ["tiny", 1, 500, 1.0], "grid size must be between 1 and 12"),
     ("grid", ["tiny", 1, 2, 0.0], "truncation must be a number between 0.05 and 1.0"),
@@ -191,7 +196,7 @@ def test_rejected_inputs_log_one_line_each(server, caplog):
     with caplog.at_level("WARNING", logger="dcgan_deploy.demo"):
         assert call(url, "grid", ["tiny", -4, 2, 1.0])[0] == "error"
     lines = [r.getMessage() for r in caplog.records if r.name == "dcgan_deploy.demo"]
-    assert lines == ["rejected seed_grid: seed must be between 0 and 4294967295, got -4"]
+    assert lines == ["rejected seed_grid: seed must be between 0 and 18446744073709551615, got -4"]
 
 
 def test_gradios_cache_is_pruned_to_its_bound(models):

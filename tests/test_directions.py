@@ -133,6 +133,20 @@ def test_directions_command_writes_in_place_and_refuses_what_it_cannot_read(tmp_
     assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.onnx", "foreign.onnx", "m.onnx"]
 
 
+def test_directions_on_a_link_write_the_file_it_points_to(tmp_path):
+    (tmp_path / "models").mkdir()
+    target = tmp_path / "models" / "m.onnx"
+    shutil.copy(bundled_models()["mnist"], target)
+    modelfile.write_metadata(target, {k: v for k, v in modelfile.read(target).metadata.items() if k != "directions"})
+    link = tmp_path / "link.onnx"
+    link.symlink_to(target)
+    r = CliRunner().invoke(main, ["directions", str(link), "--count", "2"])
+    assert r.exit_code == 0, r.output
+    assert link.is_symlink() and link.resolve() == target.resolve()
+    assert [d.name for d in Generator.load(target).directions] == ["sefa-1", "sefa-2"]
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["m.onnx"]  # no temp file left
+
+
 def test_store_checks_what_it_writes(tmp_path):
     model = tmp_path / "m.onnx"
     shutil.copy(bundled_models()["mnist"], model)

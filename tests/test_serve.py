@@ -130,6 +130,11 @@ Z100 = {"name": "z", "datatype": "FP32", "shape": [1, 100], "data": [0.0] * 100}
     ([1, 2], 400, "must be a JSON object"),
     ({"inputs": [{**Z100, "datatype": "COMPLEX"}]}, 400, "unknown datatype"),
     ({"inputs": [{**Z100, "parameters": {"binary_data_size": 400}}]}, 400, "binary_data_size does not match"),
+    ({"inputs": [{**Z100, "parameters": [1]}]}, 400, "input 'z': 'parameters' must be an object"),
+    ({"inputs": [Z100], "parameters": "binary"}, 400, "the request's 'parameters' must be an object"),
+    ({"inputs": [Z100], "outputs": "image"}, 400, "'outputs' must be a list of objects"),
+    ({"inputs": [Z100], "outputs": [{"name": "image", "parameters": 5}]}, 400, "'outputs' must be a list of objects"),
+    ({"inputs": [{**Z100, "shape": [1] * 65}]}, 400, "'shape' must be a list of at most 8"),
 ])
 def test_bad_inputs_get_400_and_what_was_wrong(cluster, body, status, message):
     r = requests.post(f"{cluster['url']}v2/models/mnist/infer", data=json.dumps(body), timeout=60)
@@ -148,6 +153,17 @@ def test_unknown_models_oversized_bodies_and_broken_json(cluster):
     assert r.status_code == 413
     r = requests.get(f"{cluster['url']}v2/models/mnist/grid.png?seed=1&n=100000", timeout=60)
     assert r.status_code == 400 and "n must be from 1 to 256" in r.json()["error"]
+    # digits Python's isdigit() accepts but int() does not, numbers past int()'s 4,300 digits, deep nesting
+    for query in ("seed=%C2%B2&n=4", "seed=1&n=%C2%B2", "seed=" + "9" * 5000 + "&n=4"):
+        r = requests.get(f"{cluster['url']}v2/models/mnist/grid.png?{query}", timeout=60)
+        assert r.status_code == 400 and "seed and n must be whole numbers" in r.json()["error"], query
+    for length in ("²", "9" * 5000):
+        r = requests.post(f"{cluster['url']}v2/models/mnist/infer", data=json.dumps({"inputs": seed_inputs(1, 1)}),
+                          headers={"Inference-Header-Content-Length": length.encode("latin-1")}, timeout=60)
+        assert r.status_code == 400 and "Inference-Header-Content-Length" in r.json()["error"]
+    for body in (b"[" * 100000 + b"]" * 100000, b'{"inputs": [{"name": "seed", "data": [' + b"9" * 5000 + b"]}]}"):
+        r = requests.post(f"{cluster['url']}v2/models/mnist/infer", data=body, timeout=60)
+        assert r.status_code == 400 and "not valid JSON" in r.json()["error"] and "Traceback" not in r.text
 
 
 def test_a_burst_is_answered_exactly_and_batched(cluster):

@@ -133,6 +133,7 @@ def test_divergence_exits_with_its_own_code(tmp_path):
     res = cli("train", recipe(tmp_path, lr=1e30, steps=20), "--out", tmp_path / "run", check=False)
     assert res.returncode == EXIT_DIVERGED, res.stderr
     assert "diverged at step 1" in res.stderr and "Traceback" not in res.stderr
+    assert "no checkpoint had been written" in res.stderr and "was kept" not in res.stderr
 
 
 def test_divergence_keeps_the_last_good_checkpoint(tmp_path):
@@ -143,10 +144,38 @@ def test_divergence_keeps_the_last_good_checkpoint(tmp_path):
     good = (tmp_path / "train_state.pt").read_bytes()
     trainer.cfg.steps = 10
     trainer.cfg.lr = 1e30  # blow the weights up
-    with pytest.raises(DivergenceError, match="diverged at step 3"):
+    with pytest.raises(DivergenceError, match=r"diverged at step 3 .*the last good checkpoint \(step 2\)"):
         trainer.train()
     assert (tmp_path / "train_state.pt").read_bytes() == good
     assert load_torch(tmp_path / "train_state.pt")["step"] == 2
+
+
+def test_a_failed_first_checkpoint_says_there_is_none(tmp_path, monkeypatch):
+    cfg = TrainConfig(arch="mnist-dcgan", data="synthetic:32", steps=2, batch_size=8, checkpoint_every=2,
+                      sample_every=100, net=TINY)
+    trainer = Trainer(cfg, tmp_path / "run", progress=False)
+
+    def full_disk():
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(trainer, "save", full_disk)
+    with pytest.raises(OSError, match="could not write the checkpoint of step 2 \\(No space left on device\\); no "
+                                      "checkpoint had been written"):
+        trainer.train()
+
+
+def test_one_run_folder_is_trained_by_one_process_at_a_time(tmp_path):
+    import fcntl
+    run = tmp_path / "run"
+    cli("train", recipe(tmp_path, steps=2), "--out", run)
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    with open(run / ".lock", "a+") as held:  # another process training this folder
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        res = cli("train", "--resume", run, "--steps", 4, check=False)
+        assert res.returncode == 1 and "is being trained by another process; nothing was changed" in res.stderr
+        assert len(res.stderr.strip().splitlines()) == 1
+        assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+    cli("train", "--resume", run, "--steps", 4)  # once it is free, the resume runs
+    assert load_torch(run / "train_state.pt")["step"] == 4
 
 
 def test_lr_decay_schedule_is_applied_and_resumes_exactly(tmp_path):

@@ -175,6 +175,7 @@ def wait_idle(browser, seconds=60):
 @needs_browser
 @pytest.mark.parametrize("field, value, message", [
     ("seed", "abc", "seed must be a whole number"),
+    ("seed", "", "seed must be a whole number"),
     ("seed", "-1", "seed must be a whole number"),
     ("seed", "1e400", "seed must be a whole number"),
     ("seed", str(2**64), "seed must be from 0 to 18446744073709551615"),
@@ -259,7 +260,9 @@ def test_web_refuses_bad_arguments(tmp_path):
     for args, message in ((["-o", str(tmp_path / "full")], "is not empty"),
                           (["-o", str(tmp_path / "s"), "--ort-dist", str(tmp_path)], "not an onnxruntime-web dist/"),
                           (["-o", str(tmp_path / "s"), "-m", "nope"], "no model file or bundled model"),
-                          (["-o", str(tmp_path / "s"), "--ckpt", "mnist"], "--ckpt takes NAME=CKPT")):
+                          (["-o", str(tmp_path / "s"), "--ckpt", "mnist"], "--ckpt takes NAME=CKPT"),
+                          (["-o", str(tmp_path / "s"), "-m", "mnist", "--ckpt", "emoji64=x.pt"],
+                           "no model named 'emoji64' in this site (its models: mnist)")):
         r = CliRunner().invoke(main, ["web", *args])
         assert r.exit_code == 1 and message in r.stderr, r.output
     assert (tmp_path / "full" / "x").read_text() == "keep" and not (tmp_path / "s").exists()
@@ -279,3 +282,50 @@ def test_the_browser_gate_holds_int8_files_to_the_same_bytes(monkeypatch):
     assert verdicts["mnist"]["status"] == "passed" and 0 < verdicts["mnist"]["worst"]["changed"] <= 1e-3
     assert verdicts["mnist-int8"]["status"] == "failed"
     assert "uint8 pixels changed (limit 0.0%)" in verdicts["mnist-int8"]["failures"][0]
+
+
+needs_dist = pytest.mark.skipif(not DIST.is_dir(), reason="needs onnxruntime-web (npm ci)")
+
+
+@needs_dist
+def test_without_a_browser_no_site_unless_an_unchecked_one_is_asked_for(tmp_path, monkeypatch):
+    monkeypatch.setattr(web_mod, "find_browser", lambda: None)
+    args = ["web", "-m", "mnist", "-o", str(tmp_path / "site"), "--ort-dist", str(DIST)]
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 1 and "the browser gate could not run (no chromium" in r.stderr and "--unchecked" in r.stderr
+    assert not (tmp_path / "site").exists()
+    r = CliRunner().invoke(main, [*args, "--unchecked"])
+    assert r.exit_code == 0 and "browser gate NOT RUN" in r.output
+    site = json.loads((tmp_path / "site" / "site.json").read_text())
+    assert site["unchecked"].startswith("no chromium") and "browser_gate" not in site["models"][0]
+    assert "site.unchecked" in (tmp_path / "site" / "index.html").read_text()  # the page shows it
+
+
+@needs_dist
+def test_an_ort_dist_of_links_is_refused(tmp_path):
+    links = tmp_path / "dist"
+    links.mkdir()
+    for f in web_mod.ORT_FILES:
+        (links / f).symlink_to(DIST / f)
+    (links / web_mod.ORT_FILES[0]).unlink()
+    (links / web_mod.ORT_FILES[0]).symlink_to("/etc/passwd")
+    r = CliRunner().invoke(main, ["web", "-m", "mnist", "-o", str(tmp_path / "site"), "--ort-dist", str(links)])
+    assert r.exit_code == 1 and "is a symbolic link; the site copies regular files only" in r.stderr
+    assert not (tmp_path / "site").exists()
+
+
+@needs_browser
+def test_an_unchecked_site_says_so_on_the_page(page, tmp_path):
+    browser, url = page
+    web_mod.build(["mnist"], tmp_path / "unchecked", ort_dist=DIST, gate=False)
+    try:
+        with web_mod.serve_folder(tmp_path / "unchecked") as other:
+            browser.get(other + "index.html")
+            deadline = time.time() + 60
+            while not browser.execute_script("return document.body.dataset.ready") and time.time() < deadline:
+                time.sleep(0.2)
+            banner = browser.find_element("id", "unchecked")
+            assert banner.is_displayed() and "Unchecked site" in banner.text and "not asked for" in banner.text
+    finally:
+        browser.get(url + "index.html")
+    assert not browser.find_element("id", "unchecked").is_displayed()  # the gated site shows none

@@ -149,17 +149,73 @@ export class LatentStream {
   }
 }
 
+// ---- the input rules (docs/DESIGN.md, "Input rules"; tests/data/input_contract.json holds their test vectors,
+// which the Python and the JavaScript runtimes both run) -------------------------------------------------
+export const MAX_STRENGTH = 100;
+export const MAX_DIRECTIONS = 64;
+const NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
+
+/** A seed: a BigInt or a safe-integer Number from 0 to 2**64 - 1 (no strings, booleans or arrays). */
 export function checkSeed(seed) {
-  let s;
-  try { s = BigInt(seed); } catch { throw new RangeError(`seed must be a whole number from 0 to 2**64 - 1, got ${seed}`); }
-  if (typeof seed === "number" && !Number.isSafeInteger(seed)) throw new RangeError(`seed must be a whole number, got ${seed}`);
-  if (s < 0n || s > MAX_SEED) throw new RangeError(`seed must be a whole number from 0 to 2**64 - 1, got ${seed}`);
+  const whole = typeof seed === "bigint" || (typeof seed === "number" && Number.isSafeInteger(seed));
+  if (!whole) throw new RangeError(`seed must be a whole number from 0 to 2**64 - 1, got ${describe(seed)}`);
+  const s = BigInt(seed);
+  if (s < 0n || s > MAX_SEED) throw new RangeError(`seed must be from 0 to 2**64 - 1, got ${s}`);
   return s;
 }
 
+/** A truncation psi: a number with 0 < psi <= 1 whose float32 value (the one used) is above 0. */
 export function checkTruncation(psi) {
-  if (typeof psi !== "number" || !(psi > 0 && psi <= 1)) throw new RangeError(`truncation must be 0 < psi <= 1, got ${psi}`);
+  if (typeof psi !== "number" || !(psi > 0 && psi <= 1) || !(Math.fround(psi) > 0))
+    throw new RangeError(`truncation must be a number with 0 < psi <= 1 (1 = off; as float32 above 0), got ${describe(psi)}`);
   return psi;
+}
+
+/** An edit strength: a finite number within +-MAX_STRENGTH. */
+export function checkStrength(s) {
+  if (typeof s !== "number" || !Number.isFinite(s) || Math.abs(s) > MAX_STRENGTH)
+    throw new RangeError(`a strength must be a finite number within +-${MAX_STRENGTH}, got ${describe(s)}`);
+  return s;
+}
+
+/** A direction's name: a letter or digit, then up to 63 of letters, digits, '.', '_', '-'; not all digits. */
+export function checkDirectionName(name) {
+  if (typeof name !== "string" || !NAME.test(name) || /^[0-9]+$/.test(name))
+    throw new RangeError(`a direction's name must be 1-64 letters, digits, '.', '_' or '-' (not all digits), got ${describe(name)}`);
+  return name;
+}
+
+/** A direction's vector: ``latentDim`` finite numbers of unit norm (within 1e-3). */
+export function checkDirectionVector(vector, latentDim) {
+  if (!Array.isArray(vector) || vector.length !== latentDim || !vector.every((v) => typeof v === "number" && Number.isFinite(v)))
+    throw new RangeError(`a direction's vector must be ${latentDim} finite numbers`);
+  const norm = Math.sqrt(vector.reduce((a, v) => a + v * v, 0));
+  if (Math.abs(norm - 1) > 1e-3) throw new RangeError(`a direction's vector is not a unit vector (norm ${norm})`);
+  return vector;
+}
+
+/** The model file's ``directions`` entry: version 1, at most MAX_DIRECTIONS uniquely named sefa/labelled unit vectors. */
+export function checkDirections(entry, latentDim) {
+  if (!entry || typeof entry !== "object" || entry.version !== 1 || !Array.isArray(entry.directions))
+    throw new RangeError("directions must be an object with version 1 and a list of directions");
+  if (entry.directions.length > MAX_DIRECTIONS)
+    throw new RangeError(`${entry.directions.length} directions; at most ${MAX_DIRECTIONS}`);
+  const names = new Set();
+  for (const d of entry.directions) {
+    if (!d || typeof d !== "object" || !["sefa", "labelled"].includes(d.method))
+      throw new RangeError("each direction needs a name and a method (sefa or labelled)");
+    checkDirectionName(d.name);
+    if (names.has(d.name)) throw new RangeError(`direction ${d.name} is named twice`);
+    names.add(d.name);
+    checkDirectionVector(d.vector, latentDim);
+  }
+  return entry;
+}
+
+function describe(v) {
+  if (typeof v === "string") return JSON.stringify(v.length > 80 ? v.slice(0, 80) + "..." : v);
+  if (typeof v === "bigint") return `${v}`;
+  try { return JSON.stringify(v) ?? String(v); } catch { return String(v); }
 }
 
 /** The truncation contract: float32(psi) * z, in float32 (z itself for psi = 1). */
@@ -176,8 +232,9 @@ export function latents(n, seed, latentDim, prior = "normal", truncation = 1) {
   return truncate(new LatentStream(seed, latentDim, prior).take(n), truncation);
 }
 
-function checkCount(n, what) {
-  if (!Number.isSafeInteger(n) || n < 1) throw new RangeError(`${what} must be a whole number >= 1, got ${n}`);
+/** A count (n, frames, batchSize): a whole Number >= 1. */
+export function checkCount(n, what = "n") {
+  if (!Number.isSafeInteger(n) || n < 1) throw new RangeError(`${what} must be a whole number >= 1, got ${describe(n)}`);
   return n;
 }
 
@@ -257,6 +314,56 @@ export function readMetadata(bytes) {
   return meta;
 }
 
+// ---- the graph: no random or training-only ops, in subgraphs and local functions too (as the Python runtime) -----
+const FORBIDDEN_OPS = new Set(["RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Multinomial",
+                               "Bernoulli", "Dropout"]);
+
+function* graphNodes(buf, start, end, depth) {
+  if (depth > 32) throw new Error("subgraphs nested more than 32 deep");
+  for (const [number, wire, span] of fields(buf, start, end)) if (number === 1 && wire === 2) yield* node(buf, span, depth);
+}
+
+function* node(buf, span, depth) {
+  const text = new TextDecoder();
+  let op = "", domain = "", training = false;
+  const subgraphs = [];
+  for (const [n, w, v] of fields(buf, span[0], span[1])) {
+    if (n === 4 && w === 2) op = text.decode(buf.subarray(v[0], v[1]));
+    else if (n === 7 && w === 2) domain = text.decode(buf.subarray(v[0], v[1]));
+    else if (n === 5 && w === 2) {
+      let name = "", int = 0;
+      for (const [an, aw, av] of fields(buf, v[0], v[1])) {
+        if (an === 1 && aw === 2) name = text.decode(buf.subarray(av[0], av[1]));
+        else if (an === 3 && aw === 0) int = av;
+        else if ((an === 6 || an === 11) && aw === 2) subgraphs.push(av);
+      }
+      if (name === "training_mode" && int) training = true;
+    }
+  }
+  yield { op, domain, training };
+  for (const g of subgraphs) yield* graphNodes(buf, g[0], g[1], depth + 1);
+}
+
+/** Refuse a graph that holds random or training-only ops: the same seed must give the same bytes. */
+export function checkGraph(bytes, where = "model") {
+  const buf = bytes instanceof Uint8Array ? bytes : new Uint8Array(bytes);
+  const found = new Set();
+  for (const [number, wire, span] of fields(buf, 0, buf.length)) {
+    if (wire !== 2) continue;
+    let nodes = [];
+    if (number === 7) nodes = graphNodes(buf, span[0], span[1], 0);
+    else if (number === 25) nodes = (function* () {  // FunctionProto: node = 7
+      for (const [n, w, v] of fields(buf, span[0], span[1])) if (n === 7 && w === 2) yield* node(buf, v, 1);
+    })();
+    for (const nd of nodes) {
+      if ((nd.domain === "" || nd.domain === "ai.onnx") && FORBIDDEN_OPS.has(nd.op)) found.add(nd.op);
+      if (nd.op === "BatchNormalization" && nd.training) found.add("training-mode BatchNormalization");
+    }
+  }
+  if (found.size) throw new Error(`${where}: the graph holds random or training-only ops (${[...found].sort().join(", ")}); ` +
+                                  "a generator must compute the same image for the same latent every time");
+}
+
 const REQUIRED = ["architecture", "latent_dim", "latent_prior", "channels", "height", "width"];
 
 function checkMetadata(meta, where) {
@@ -281,8 +388,11 @@ export class Generator {
     this.height = +metadata.height;
     this.width = +metadata.width;
     this.parity = metadata.parity ? JSON.parse(metadata.parity) : {};
-    const d = metadata.directions ? JSON.parse(metadata.directions) : null;
-    this.directions = d && Array.isArray(d.directions) ? d.directions.map((x) => ({ ...x, vector: Float32Array.from(x.vector) })) : [];
+    let d = null;
+    try {
+      d = metadata.directions ? checkDirections(JSON.parse(metadata.directions), this.latentDim) : null;
+    } catch (e) { throw new Error(`${source}: metadata 'directions': ${e.message}`); }
+    this.directions = d ? d.directions.map((x) => ({ ...x, vector: Float32Array.from(x.vector) })) : [];
   }
 
   latents(n, seed, truncation = 1) { return latents(n, seed, this.latentDim, this.prior, truncation); }
@@ -338,8 +448,8 @@ export class Generator {
     const out = Float32Array.from(z);
     for (const [name, s] of moves) {
       const dir = this.directions.find((x) => x.name === name);
-      if (!dir) throw new RangeError(`unknown direction ${name}`);
-      if (!Number.isFinite(s)) throw new RangeError(`strength of ${name} must be a finite number`);
+      if (!dir) throw new RangeError(`unknown direction ${describe(name)}`);
+      checkStrength(s);
       for (let i = 0; i < out.length; i++) out[i] = Math.fround(out[i] + Math.fround(s * dir.vector[i]));
     }
     return out;
@@ -384,6 +494,7 @@ export async function loadGenerator(source, options = {}) {
   const where = typeof source === "string" ? source : "model";
   const metadata = readMetadata(u8);
   checkMetadata(metadata, where);
+  checkGraph(u8, where);
   const providers = options.executionProviders || ["wasm"];
   const gate = metadata.web_gate ? JSON.parse(metadata.web_gate) : {};
   for (const ep of providers) {
