@@ -27,7 +27,9 @@ import json
 import math
 import os
 import re
+import threading
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -39,6 +41,9 @@ MAX_IMAGES = 4096              # images per request
 MAX_BODY_BYTES = 64 * 1024**2  # request body
 MAX_GRID = 256                 # images in a grid.png
 MAX_RANK = 8                   # dimensions of an input tensor
+# Latent values a request may send: the seed contract's draws stay within +-14 (the ziggurat's tail from
+# 53-bit uniforms), and 64 directions at the strength rule's +-100 move a latent by at most 6,400.
+MAX_LATENT = 10_000.0
 BATCH_WAIT_S = 0.005           # how long a replica waits to fill a batch
 QUEUE_PER_REPLICA = 32         # requests waiting per replica before a 503
 DATATYPES = {"FP32": np.float32, "FP64": np.float64, "INT64": np.int64, "UINT64": np.uint64, "INT32": np.int32,
@@ -194,6 +199,9 @@ def latents_for(info: ModelInfo, inputs: dict[str, np.ndarray]) -> np.ndarray:
                                f"got {list(z.shape)}")
         if not np.isfinite(z).all():
             raise RequestError("input 'z' holds NaN or infinite values")
+        if np.abs(z).max() > MAX_LATENT:
+            raise RequestError(f"input 'z' holds values beyond +-{MAX_LATENT:g}; no latent of the model's prior, nor an "
+                               "edit of one, is that large")
         return np.ascontiguousarray(z)
     if "seed" not in inputs or "n" not in inputs:
         raise RequestError("give z (FP32 [n, latent_dim]), or seed and n (INT64 [1])")
@@ -245,6 +253,16 @@ def encode_response(info: ModelInfo, images: np.ndarray, request: dict) -> tuple
     return json.dumps(head).encode(), {"content-type": "application/json"}
 
 
+def describe_failure(e: BaseException) -> str:
+    """One clean line for an unexpected failure: a replica's exception arrives wrapped in Ray's task error,
+    whose text holds the actor's repr and terminal colour codes; the line names the cause alone."""
+    from .runtime import first_line
+    cause = getattr(e, "cause", None)
+    cause = cause if isinstance(cause, BaseException) else e
+    text = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", first_line(cause))
+    return f"{type(cause).__name__}: {printable(text, 300)}"
+
+
 def png_grid(images: np.ndarray) -> bytes:
     from .images import grid, to_pil
     buffer = io.BytesIO()
@@ -287,13 +305,25 @@ def build_app(models: dict[str, str], replicas: int = 1, max_batch_size: int = 2
 
         @serve.batch(max_batch_size=256, batch_wait_timeout_s=BATCH_WAIT_S,
                      batch_size_fn=lambda requests: sum(len(z) for z in requests))
-        async def run_batch(self, requests: list[np.ndarray]) -> list[np.ndarray]:
-            images = self.run_now(np.concatenate(requests), len(requests))
+        async def run_batch(self, requests: list[np.ndarray]) -> list:
+            try:
+                images = self.run_now(np.concatenate(requests), len(requests))
+            except Exception:
+                if len(requests) == 1:
+                    raise
+                # one request's latents may fail the whole batch: each alone, so only that request fails
+                return [self._alone(r) for r in requests]
             out, start = [], 0
             for r in requests:
                 out.append(images[start:start + len(r)])
                 start += len(r)
             return out
+
+        def _alone(self, z: np.ndarray):
+            try:
+                return self.run_now(z)
+            except Exception as e:  # handed back as the result of this request alone, raised in __call__
+                return e
 
         def run_now(self, z: np.ndarray, requests: int = 1) -> np.ndarray:
             images = np.concatenate(list(self.gen.images(z, batch_size=len(z))))
@@ -304,7 +334,10 @@ def build_app(models: dict[str, str], replicas: int = 1, max_batch_size: int = 2
         async def __call__(self, z: np.ndarray) -> np.ndarray:
             if len(z) >= self.max_images:  # a request that fills a batch alone runs alone
                 return self.run_now(z)
-            return await self.run_batch(z)
+            result = await self.run_batch(z)
+            if isinstance(result, Exception):
+                raise result
+            return result
 
         def stats(self) -> dict:
             import ray
@@ -313,15 +346,33 @@ def build_app(models: dict[str, str], replicas: int = 1, max_batch_size: int = 2
 
     app = FastAPI(title="dcgan-deploy", docs_url=None, redoc_url=None, openapi_url=None)
 
+    @app.middleware("http")
+    async def in_flight(request, call_next):
+        """Count the requests being answered; once draining (a stop), refuse new model requests with 503."""
+        state = ingress_state()
+        if state["draining"] and request.url.path.startswith("/v2/models/"):
+            return JSONResponse({"error": "the server is stopping; retry shortly"}, status_code=503,
+                                headers={"Retry-After": "1"})
+        state["in_flight"] += 1
+        try:
+            return await call_next(request)
+        finally:
+            state["in_flight"] -= 1
+
     @app.exception_handler(RequestError)
     async def refused(request, e: RequestError):
         return JSONResponse({"error": str(e)}, status_code=e.status)
 
     @app.exception_handler(Exception)
-    async def failed(request, e: Exception):  # no traceback to the client
-        from .runtime import first_line
-        return JSONResponse({"error": f"the server could not answer: {type(e).__name__}: {first_line(e)}"},
-                            status_code=500)
+    async def failed(request, e: Exception):  # no traceback, Ray internals or escape codes to the client
+        from ray.exceptions import RayActorError
+        from ray.serve.exceptions import DeploymentUnavailableError, ReplicaUnavailableError
+        if isinstance(e, (RayActorError, ReplicaUnavailableError, DeploymentUnavailableError)):
+            # a replica stopped (killed, restarting) with this request in flight: nothing is wrong with the
+            # request, so the client may send it again
+            return JSONResponse({"error": "a replica stopped while answering this request; retry it"}, status_code=503,
+                                headers={"Retry-After": "1"})
+        return JSONResponse({"error": f"the server could not answer: {describe_failure(e)}"}, status_code=500)
 
     @serve.deployment(max_ongoing_requests=1000, num_replicas=1, ray_actor_options={"num_cpus": 0})
     @serve.ingress(app)
@@ -347,7 +398,15 @@ def build_app(models: dict[str, str], replicas: int = 1, max_batch_size: int = 2
 
         @app.get("/v2/health/ready")
         def ready(self):
+            if ingress_state()["draining"]:  # a load balancer sends no more here
+                return JSONResponse({"ready": False}, status_code=503)
             return {"ready": True}
+
+        def drain(self) -> int:
+            """Stop taking model requests; how many are still being answered."""
+            state = ingress_state()
+            state["draining"] = True
+            return state["in_flight"]
 
         @app.get("/v2")
         def server(self):
@@ -434,22 +493,52 @@ def start(models=(), host: str = "127.0.0.1", port: int = 8000, replicas: int = 
         raise ValueError(f"--replicas must be from 1 to 1024, got {replicas}")
     if not 1 <= max_batch_size <= MAX_IMAGES:
         raise ValueError(f"--max-batch-size must be from 1 to {MAX_IMAGES} images, got {max_batch_size}")
-    chosen = resolve(models)
+    if threads is not None:
+        from .runtime import check_threads
+        try:
+            check_threads(threads)
+        except ValueError as e:
+            raise ValueError(f"--threads: {e}") from None
+    chosen = resolve(models)  # every option and model checked before anything starts
     app = build_app(chosen, replicas, max_batch_size, threads, replica_resources, max_per_node=max_per_node)
     # A busy or small machine can take longer than Ray Serve's 5 s to start its HTTP proxy; then the
     # controller would restart the proxy in a loop. Give it a minute (inherited by Ray's processes).
     for key in ("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", "RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S"):
         os.environ.setdefault(key, "60")
+    global _own_session
     if not ray.is_initialized():
         ray.init(address=address, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+        node = getattr(ray._private.worker, "_global_node", None)
+        if address is None and node is not None and node.head:
+            _own_session = node.get_session_dir_path()  # a local Ray this process began: its folder is ours
+    _catch_stop_signals()  # ray.init installs its own SIGTERM handler (a stack dump, then abort)
     serve.start(http_options={"host": host, "port": port}, logging_config={"log_level": "ERROR"})
     serve.run(app, name="dcgan-deploy", route_prefix="/")
     return f"http://{host}:{port}/"
 
 
-def stop() -> None:
+_ingress = {"in_flight": 0, "draining": False}  # in the ingress's process
+
+
+def ingress_state() -> dict:
+    """The ingress's count of requests being answered and whether it is draining (a module-level object, so
+    that the app's middleware and the ingress's methods, shipped to the ingress's process, share it)."""
+    return _ingress
+
+
+DRAIN_S = 30.0  # how long a stop waits for the requests being answered
+
+
+def stop(drain_s: float = DRAIN_S) -> None:
+    """Drain (no new model requests; those being answered finish, for up to ``drain_s``), then stop Serve
+    and Ray."""
     import ray
     from ray import serve
+    with _suppress():
+        handle = serve.get_app_handle("dcgan-deploy")
+        deadline = time.monotonic() + drain_s
+        while handle.drain.remote().result(timeout_s=10) > 0 and time.monotonic() < deadline:
+            time.sleep(0.1)
     with _suppress():
         serve.shutdown()
     with _suppress():
@@ -464,10 +553,43 @@ class _suppress:
         return exc[0] is not None and issubclass(exc[0], Exception)
 
 
+_own_session: str | None = None  # the session folder of a local Ray that ``start`` began
+
+
+_stopping = threading.Event()  # set by SIGTERM or Ctrl-C once ``start`` has begun Ray
+
+
+def _catch_stop_signals() -> None:
+    """SIGTERM and SIGINT set ``_stopping`` (in place of Ray's handler): a signal that arrives while the
+    app is still starting stops it as soon as it has started."""
+    import signal
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda signum, frame: _stopping.set())
+
+
 def serve_forever(url: str) -> None:
-    """Block until Ctrl-C or SIGTERM (which the command line turns into an exception), then stop."""
+    """Serve until SIGTERM (what container runtimes and service managers send) or Ctrl-C, then stop
+    cleanly: Serve drains its replicas, Ray shuts down, and the session folder of a local Ray is removed."""
+    _catch_stop_signals()
     try:
-        while True:
-            time.sleep(3600)
+        while not _stopping.wait(1.0):
+            pass
     finally:
         stop()
+        remove_session()
+
+
+def remove_session() -> None:
+    """Remove the session folder of the local Ray that ``start`` began (logs, sockets; ~100 MB), and Ray's
+    ``session_latest`` link when it points there."""
+    global _own_session
+    if not _own_session:
+        return
+    import shutil
+    session = Path(_own_session)
+    latest = session.parent / "session_latest"
+    if latest.is_symlink() and latest.resolve() == session.resolve():
+        latest.unlink()
+    shutil.rmtree(session, ignore_errors=True)
+    _own_session = None

@@ -27,8 +27,9 @@ from dcgan_deploy.images import grid  # noqa: E402
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     from ray.cluster_utils import Cluster
-    rgb = make_model(tmp_path_factory.mktemp("m") / "rgb.onnx", latent_dim=5, channels=3, height=4, width=5,
-                     prior="uniform")
+    folder = tmp_path_factory.mktemp("m")
+    rgb = make_model(folder / "rgb.onnx", latent_dim=5, channels=3, height=4, width=5, prior="uniform")
+    fragile = fragile_model(folder / "fragile.onnx")
     os.environ.setdefault("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", "60")
     os.environ.setdefault("RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S", "60")
     c = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "resources": {"node_a": 1}})
@@ -36,17 +37,38 @@ def cluster(tmp_path_factory):
     ray.init(address=c.address, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
     port = free_port()
     try:
-        url = server.start([str(bundled_models()["mnist"])], port=port, replicas=2, max_batch_size=64,
+        url = server.start([str(bundled_models()["mnist"]), str(fragile)], port=port, replicas=2, max_batch_size=64,
                            address=c.address, threads=1, max_per_node=1)
         # a second app on the same proxy: one replica per model, one request in flight, a queue of 1 (for the
         # overload), and another model (RGB, uniform prior)
         small = server.build_app({"mnist": str(bundled_models()["mnist"]), "rgb": str(rgb)}, replicas=1,
                                  max_batch_size=1, threads=1, queue_per_replica=1)
         serve.run(small, name="small", route_prefix="/small")
-        yield {"url": url, "host": f"127.0.0.1:{port}", "rgb": rgb, "cluster": c}
+        yield {"url": url, "host": f"127.0.0.1:{port}", "rgb": rgb, "fragile": fragile, "cluster": c}
     finally:
         server.stop()
         c.shutdown()
+
+
+def fragile_model(path):
+    """A contract-following model whose images are NaN where the latent's first value is below -50 (far
+    outside its prior, inside the server's latent bound): it fails any batch that holds such a latent."""
+    from onnx import helper, numpy_helper
+    import onnx
+    make_model(path)
+    m = onnx.load(str(path))
+    reshape = m.graph.node[-1]
+    reshape.input[0] = "t_nan"
+    m.graph.initializer.extend([numpy_helper.from_array(np.array(v, dtype), name) for v, dtype, name in (
+        ([0], np.int64, "s0"), ([1], np.int64, "s1"), ([1], np.int64, "ax"), (50.0, np.float32, "fifty"),
+        (0.0, np.float32, "zero"))])
+    m.graph.node.insert(len(m.graph.node) - 1, helper.make_node("Slice", ["z", "s0", "s1", "ax"], ["z0"]))
+    m.graph.node.insert(len(m.graph.node) - 1, helper.make_node("Add", ["z0", "fifty"], ["z0p"]))
+    m.graph.node.insert(len(m.graph.node) - 1, helper.make_node("Sqrt", ["z0p"], ["root"]))
+    m.graph.node.insert(len(m.graph.node) - 1, helper.make_node("Mul", ["root", "zero"], ["nothing"]))
+    m.graph.node.insert(len(m.graph.node) - 1, helper.make_node("Add", ["t", "nothing"], ["t_nan"]))
+    onnx.save(m, str(path))
+    return path
 
 
 def infer(url, model, inputs, binary=False, timeout=60):
@@ -189,6 +211,29 @@ def batch_calls(cluster) -> dict:
     return total
 
 
+def test_one_clients_bad_latents_fail_only_that_client(cluster):
+    url = cluster["url"]
+    huge = [{"name": "z", "datatype": "FP32", "shape": [1, 100], "data": [3e38] * 100}]  # finite, overflows the model
+    nan_for_fragile = [{"name": "z", "datatype": "FP32", "shape": [1, 8], "data": [-100.0] + [0.0] * 7}]
+    jobs = [("mnist", seed_inputs(i, 2)) for i in range(40)] + [("mnist", huge)] * 10
+    jobs += [("fragile", seed_inputs(i, 2)) for i in range(40)] + [("fragile", nan_for_fragile)] * 10
+    order = np.random.default_rng(0).permutation(len(jobs))
+    with concurrent.futures.ThreadPoolExecutor(24) as pool:
+        results = dict(zip(order, pool.map(lambda k: infer(url, *jobs[k], timeout=120), order)))
+    gens = {"mnist": Generator.load("mnist"), "fragile": Generator.load(cluster["fragile"])}
+    for k, (model, inputs) in enumerate(jobs):
+        r = results[k]
+        if inputs is huge:
+            assert r.status_code == 400 and "beyond +-10000" in r.json()["error"]
+        elif inputs is nan_for_fragile:
+            error = r.json()["error"]
+            assert r.status_code == 500 and "ModelError" in error and "NaN" in error, error
+            assert "Traceback" not in error and "\x1b" not in error and "ray::" not in error and "Ray" not in error
+        else:  # every honest request answered, with its own bytes, however its batch was made up
+            assert r.status_code == 200, (model, r.text)
+            assert np.array_equal(as_images(r), gens[model].generate(2, inputs[0]["data"][0]))
+
+
 def test_an_overload_is_shed_with_503_and_the_server_answers_afterwards(cluster):
     url = cluster["url"] + "small/"
     with concurrent.futures.ThreadPoolExecutor(30) as pool:
@@ -229,7 +274,8 @@ def test_a_replica_killed_under_load_loses_no_answered_request(cluster):
         concurrent.futures.wait(futures, timeout=300)
     for i, r in answered:  # every answer the client was told succeeded is right
         assert np.array_equal(as_images(r), gen.generate(4, 1000 + i)), i
-    assert all(r.status_code >= 500 for _, r in failed)  # the rest were told they failed
+    # the rest were told to retry: the request was fine, its replica stopped
+    assert all(r.status_code == 503 and "retry" in r.json()["error"] for _, r in failed), [r.text for _, r in failed]
     print(f"killed replica {victim}: {len(answered)} answered, {len(failed)} failed")
     deadline = time.time() + 180
     while time.time() < deadline:  # Ray restarts the replica
