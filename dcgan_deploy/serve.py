@@ -29,6 +29,7 @@ import os
 import re
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -238,8 +239,13 @@ def wants_binary(request: dict) -> bool:
                for o in request.get("outputs") or [])
 
 
-def encode_response(info: ModelInfo, images: np.ndarray, request: dict) -> tuple[bytes, dict]:
-    """(body, headers) of an infer response: JSON, or JSON + the image bytes with Triton's binary extension."""
+JSON_CHUNK = 1 << 20  # image values per piece of a streamed JSON answer (a few MB of text)
+
+
+def encode_response(info: ModelInfo, images: np.ndarray, request: dict) -> tuple[Iterator[bytes], dict]:
+    """(body pieces, headers) of an infer response: JSON, or JSON + the image bytes with Triton's binary
+    extension. A JSON answer is made a piece at a time: its text (3.6 bytes per value) never exists whole,
+    so a large answer costs the server its image bytes and one piece."""
     out = {"name": "image", "datatype": "UINT8", "shape": list(images.shape)}
     head = {"model_name": info.name, "model_version": "1", "outputs": [out]}
     if isinstance(request.get("id"), str):
@@ -248,9 +254,42 @@ def encode_response(info: ModelInfo, images: np.ndarray, request: dict) -> tuple
         raw = np.ascontiguousarray(images).tobytes()
         out["parameters"] = {"binary_data_size": len(raw)}
         text = json.dumps(head).encode()
-        return text + raw, {"Inference-Header-Content-Length": str(len(text)), "content-type": "application/octet-stream"}
-    out["data"] = images.reshape(-1).tolist()
-    return json.dumps(head).encode(), {"content-type": "application/json"}
+        return iter((text, raw)), {"Inference-Header-Content-Length": str(len(text)),
+                                   "content-type": "application/octet-stream"}
+    out["data"] = "@DATA@"
+    before, after = json.dumps(head).encode().split(b'"@DATA@"')
+    flat = images.reshape(-1)
+
+    def pieces() -> Iterator[bytes]:
+        yield before + b"["
+        for start in range(0, len(flat), JSON_CHUNK):
+            yield (b"," if start else b"") + ",".join(map(str, flat[start:start + JSON_CHUNK].tolist())).encode()
+        yield b"]" + after
+    return pieces(), {"content-type": "application/json"}
+
+
+BODY_STALL_S = 10.0  # the longest a request's body may pause; a client that stalls longer is sent away (408)
+
+
+async def read_body(chunks, limit: int = MAX_BODY_BYTES, stall_s: float = BODY_STALL_S) -> bytes:
+    """A request's body from its stream, refused (413) as soon as it passes ``limit`` bytes: a chunked body
+    (no Content-Length) is bounded while it is read, not after. A body that stops arriving for ``stall_s``
+    is refused (408), so a slow client holds its slot for seconds, not for ever."""
+    import asyncio
+    parts, size = [], 0
+    stream = chunks.__aiter__()
+    while True:
+        try:
+            chunk = await asyncio.wait_for(stream.__anext__(), stall_s)
+        except StopAsyncIteration:
+            break
+        except asyncio.TimeoutError:
+            raise RequestError(f"the request body stopped arriving for {stall_s:g} s", 408) from None
+        size += len(chunk)
+        if size > limit:
+            raise RequestError(f"the request body is over {limit} bytes", 413)
+        parts.append(chunk)
+    return b"".join(parts)
 
 
 def describe_failure(e: BaseException) -> str:
@@ -279,7 +318,7 @@ def build_app(models: dict[str, str], replicas: int = 1, max_batch_size: int = 2
     the server answers 503). ``replica_resources``: Ray resources each replica needs;
     ``max_per_node``: at most this many replicas of a model on one node (to spread them)."""
     from fastapi import FastAPI, Request
-    from fastapi.responses import JSONResponse, Response
+    from fastapi.responses import JSONResponse, Response, StreamingResponse
     from ray import serve
     from ray.serve.exceptions import BackPressureError
 
@@ -287,7 +326,9 @@ def build_app(models: dict[str, str], replicas: int = 1, max_batch_size: int = 2
 
     placement = {"max_replicas_per_node": max_per_node} if max_per_node else {}
 
-    @serve.deployment(max_ongoing_requests=2 * max_batch_size, max_queued_requests=queue_per_replica * replicas,
+    # A replica takes up to ``queue_per_replica`` requests at once (gathered into batches); as many again may
+    # wait in the handle's queue per replica; beyond that a request is refused at once with 503.
+    @serve.deployment(max_ongoing_requests=queue_per_replica, max_queued_requests=queue_per_replica * replicas,
                       num_replicas=replicas, health_check_period_s=2, health_check_timeout_s=30, **placement,
                       ray_actor_options={"num_cpus": 0, **({"resources": replica_resources} if replica_resources
                                                             else {})})
@@ -443,12 +484,12 @@ def build_app(models: dict[str, str], replicas: int = 1, max_batch_size: int = 2
             length = request.headers.get("content-length")
             if length is not None and (not whole(length, 12) or int(length) > MAX_BODY_BYTES):
                 raise RequestError(f"the request body is over {MAX_BODY_BYTES} bytes", 413)
-            body = await request.body()
+            body = await read_body(request.stream())
             parsed, tail = split_body(body, request.headers.get("inference-header-content-length"))
             z = latents_for(info, read_inputs(parsed, tail))
             images = await self._images(name, z)
-            payload, headers = encode_response(info, images, parsed)
-            return Response(payload, headers=headers)
+            pieces, headers = encode_response(info, images, parsed)
+            return StreamingResponse(pieces, headers=headers)
 
         @app.get("/v2/models/{name}/grid.png")
         async def grid_png(self, name: str, seed: str = "0", n: str = "16", truncation: str = "1"):

@@ -202,6 +202,23 @@ def test_a_burst_is_answered_exactly_and_batched(cluster):
     assert batched, sizes  # several clients' requests went through one onnxruntime call
 
 
+def test_a_flood_gets_503_at_once_beyond_the_queue_bound(cluster):
+    """200 clients at once, 64 images each, on two replicas: 32 requests in a replica and 32 waiting per
+    replica are answered; the rest are told at once to retry (503), not kept waiting."""
+    gen = Generator.load("mnist")
+    with concurrent.futures.ThreadPoolExecutor(200) as pool:
+        results = list(pool.map(lambda s: (s, infer(cluster["url"], "mnist", seed_inputs(s, 64), timeout=300)),
+                                range(200)))
+    codes = [r.status_code for _, r in results]
+    # (more than 2 x 64 are answered: slots free up while the flood is still arriving)
+    assert set(codes) == {200, 503}, codes
+    for seed, r in results:
+        if r.status_code == 200:
+            assert np.array_equal(as_images(r), gen.generate(64, seed)), seed
+        else:
+            assert "queue is full" in r.json()["error"]
+
+
 def batch_calls(cluster) -> dict:
     stats = requests.get(f"{cluster['url']}v2/models/mnist/stats", timeout=60).json()["model_stats"][0]["replicas"]
     total = {}
@@ -294,3 +311,59 @@ def test_the_serve_benchmark_measures_this_server(cluster):
     bench = load_script("benchmarks/serve_speed.py", "serve_speed")
     row = bench.load(cluster["url"], "mnist", clients=2, n=1, seconds=0.5)
     assert row["requests"] > 0 and row["errors"] == 0 and row["p50_ms"] <= row["p99_ms"]
+
+
+def test_a_body_is_bounded_while_it_is_read():
+    import asyncio
+    consumed = []
+
+    async def chunks():
+        for i in range(100):  # 400 bytes offered, 4 at a time
+            consumed.append(i)
+            yield b"abcd"
+    with pytest.raises(server.RequestError, match="over 10 bytes") as e:
+        asyncio.run(server.read_body(chunks(), limit=10))
+    assert e.value.status == 413 and len(consumed) == 3  # refused at the third piece, the rest never read
+    assert asyncio.run(server.read_body(chunks(), limit=400)) == b"abcd" * 100
+
+    async def stalls():  # a slow client: one byte, then nothing
+        yield b"{"
+        await asyncio.sleep(3600)
+        yield b"}"
+    with pytest.raises(server.RequestError, match="stopped arriving for 0.2 s") as e:
+        asyncio.run(server.read_body(stalls(), stall_s=0.2))
+    assert e.value.status == 408
+
+
+def test_a_json_answer_is_made_a_piece_at_a_time(monkeypatch):
+    monkeypatch.setattr(server, "JSON_CHUNK", 7)
+    info = server.ModelInfo("mnist", str(bundled_models()["mnist"]))
+    images = Generator.load("mnist").generate(3, 0)
+    pieces, headers = server.encode_response(info, images, {"id": "r1"})
+    pieces = list(pieces)
+    assert headers["content-type"] == "application/json" and len(pieces) == 2 + -(-images.size // 7)
+    assert max(len(p) for p in pieces[1:-1]) <= 7 * 4  # 7 values of at most 3 digits and a comma
+    answer = json.loads(b"".join(pieces))
+    out = answer["outputs"][0]
+    assert answer["id"] == "r1" and np.array_equal(np.array(out["data"], np.uint8).reshape(out["shape"]), images)
+
+
+def test_a_stalled_body_is_sent_away_and_honest_clients_are_answered_meanwhile(cluster):
+    import socket
+    host, port = cluster["host"].split(":")
+    slow = []
+    for _ in range(20):  # clients that send their headers and one byte of a declared 100-byte body, then stall
+        s = socket.create_connection((host, int(port)), timeout=60)
+        s.sendall(b"POST /v2/models/mnist/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
+        slow.append(s)
+    try:
+        r = infer(cluster["url"], "mnist", seed_inputs(5, 2))  # an honest client, while they hang on
+        assert r.status_code == 200 and np.array_equal(as_images(r), Generator.load("mnist").generate(2, 5))
+        for s in slow:  # each is answered 408 once its body has stalled for BODY_STALL_S
+            answer = b""
+            while b"stopped arriving" not in answer and (piece := s.recv(4096)):
+                answer += piece
+            assert answer.startswith(b"HTTP/1.1 408") and b"stopped arriving" in answer, answer[:300]
+    finally:
+        for s in slow:
+            s.close()
