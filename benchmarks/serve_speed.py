@@ -57,6 +57,32 @@ def load(url: str, model: str, clients: int, n: int, seconds: float) -> dict:
             "p99_ms": round(float(np.percentile(ms, 99)), 2)}
 
 
+def with_stalled_clients(url: str, host: str, port: int, model: str, stalled: int, n: int, seconds: float) -> dict:
+    """One honest client's latency while ``stalled`` clients hold connections open: each sends its headers
+    and one byte of a declared 100-byte body, then nothing (loopback only; all closed at the end)."""
+    import socket
+    sockets, opened_at = [], time.perf_counter()
+    try:
+        for _ in range(stalled):
+            s = socket.create_connection((host, port), timeout=60)
+            s.sendall(b"POST /v2/models/" + model.encode() + b"/infer HTTP/1.1\r\nHost: x\r\n"
+                      b"Content-Length: 100\r\n\r\n{")
+            sockets.append(s)
+        honest = load(url, model, 1, n, seconds)
+        sent_away = 0
+        for s in sockets:  # how many the server has answered by now (408 after the stall limit)
+            s.setblocking(False)
+            try:
+                sent_away += s.recv(16).startswith(b"HTTP/1.1 408")
+            except BlockingIOError:
+                pass
+    finally:
+        for s in sockets:
+            s.close()
+    return {"stalled_clients": stalled, "held_for_s": round(time.perf_counter() - opened_at, 1),
+            "stalled_sent_away_408": sent_away, **{f"honest_{k}": v for k, v in honest.items()}}
+
+
 def in_process(model, batch: int, seconds: float, threads: int | None) -> float:
     gen = Generator.load(model, device="cpu", threads=threads)
     gen.generate(batch, 0, batch_size=batch)
@@ -76,6 +102,9 @@ def main():
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--replicas", type=int, default=1)
     ap.add_argument("--clients", default="1,8,64")
+    ap.add_argument("--stalled", default="",
+                    help="comma-separated counts of stalled clients (headers and one byte of a body, then nothing) "
+                         "to hold open while one honest client measures its latency, e.g. 1000,3000")
     ap.add_argument("--smoke", action="store_true", help="a short run at 1 and 2 clients: checks the script")
     args = ap.parse_args()
     clients = [1, 2] if args.smoke else [int(c) for c in args.clients.split(",")]
@@ -100,11 +129,19 @@ def main():
                 print(f"{mode:<9} {c:>3} clients: {row['images_per_s']:9.1f} img/s, p50 {row['p50_ms']:7.2f} ms, "
                       f"p95 {row['p95_ms']:7.2f}, p99 {row['p99_ms']:7.2f} ({row['requests']} requests, "
                       f"{row['errors']} errors {row['error_statuses']})", flush=True)
+        stalled_rows = []
+        for count in ([2] if args.smoke else [int(c) for c in args.stalled.split(",") if c]):
+            row = with_stalled_clients(url, "127.0.0.1", port, name, count, args.n, seconds)
+            stalled_rows.append(row)
+            print(f"{count} stalled clients: the honest client's p50 {row['honest_p50_ms']:.2f} ms, p99 "
+                  f"{row['honest_p99_ms']:.2f} ms ({row['honest_requests']} requests, {row['honest_errors']} errors); "
+                  f"{row['stalled_sent_away_408']} stalled sent away with 408 after {row['held_for_s']} s", flush=True)
     finally:
         server.stop()
     local = {"batch_64": in_process(path, 64, seconds, None), f"batch_{args.n}": in_process(path, args.n, seconds, None)}
     print(f"in-process runtime: {local}")
     print(json.dumps({"cpu": cpu.features(), "model": name, "n": args.n, "replicas": args.replicas, "seconds": seconds,
+                      "stalled": stalled_rows,
                       "in_process_images_per_s": local, "rows": rows,
                       "median_batched_over_unbatched": statistics.median(
                           a["images_per_s"] / b["images_per_s"] for a, b in

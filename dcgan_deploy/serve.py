@@ -396,9 +396,20 @@ def build_app(models: dict[str, str], replicas: int = 1, max_batch_size: int = 2
                                 headers={"Retry-After": "1"})
         state["in_flight"] += 1
         try:
-            return await call_next(request)
-        finally:
+            response = await call_next(request)
+        except BaseException:
             state["in_flight"] -= 1
+            raise
+        body = response.body_iterator  # a request is in flight until its last byte has gone (answers stream)
+
+        async def counted():
+            try:
+                async for piece in body:
+                    yield piece
+            finally:
+                state["in_flight"] -= 1
+        response.body_iterator = counted()
+        return response
 
     @app.exception_handler(RequestError)
     async def refused(request, e: RequestError):
@@ -580,6 +591,7 @@ def stop(drain_s: float = DRAIN_S) -> None:
         deadline = time.monotonic() + drain_s
         while handle.drain.remote().result(timeout_s=10) > 0 and time.monotonic() < deadline:
             time.sleep(0.1)
+        time.sleep(0.5)  # the proxy relays the last bytes the ingress has sent
     with _suppress():
         serve.shutdown()
     with _suppress():

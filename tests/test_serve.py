@@ -311,6 +311,9 @@ def test_the_serve_benchmark_measures_this_server(cluster):
     bench = load_script("benchmarks/serve_speed.py", "serve_speed")
     row = bench.load(cluster["url"], "mnist", clients=2, n=1, seconds=0.5)
     assert row["requests"] > 0 and row["errors"] == 0 and row["p50_ms"] <= row["p99_ms"]
+    host, port = cluster["host"].split(":")
+    row = bench.with_stalled_clients(cluster["url"], host, int(port), "mnist", 5, n=1, seconds=0.5)
+    assert row["stalled_clients"] == 5 and row["honest_requests"] > 0 and row["honest_errors"] == 0
 
 
 def test_a_body_is_bounded_while_it_is_read():
