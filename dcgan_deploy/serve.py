@@ -268,6 +268,7 @@ def encode_response(info: ModelInfo, images: np.ndarray, request: dict) -> tuple
     return pieces(), {"content-type": "application/json"}
 
 
+MAX_CONNECTIONS = 10_000  # requests the ingress holds at once (most of a flood of slow clients waits on its body)
 BODY_STALL_S = 10.0  # the longest a request's body may pause; a client that stalls longer is sent away (408)
 
 
@@ -426,7 +427,8 @@ def build_app(models: dict[str, str], replicas: int = 1, max_batch_size: int = 2
                                 headers={"Retry-After": "1"})
         return JSONResponse({"error": f"the server could not answer: {describe_failure(e)}"}, status_code=500)
 
-    @serve.deployment(max_ongoing_requests=1000, num_replicas=1, ray_actor_options={"num_cpus": 0})
+    # requests waiting on their bodies are coroutines here: cheap, so many may wait without blocking the rest
+    @serve.deployment(max_ongoing_requests=MAX_CONNECTIONS, num_replicas=1, ray_actor_options={"num_cpus": 0})
     @serve.ingress(app)
     class Ingress:
         def __init__(self, handles: dict):
