@@ -239,7 +239,7 @@ def wants_binary(request: dict) -> bool:
                for o in request.get("outputs") or [])
 
 
-JSON_CHUNK = 1 << 20  # image values per piece of a streamed JSON answer (a few MB of text)
+JSON_CHUNK = 1 << 18  # image values per piece of a streamed JSON answer (about 1 MB of text)
 
 
 def encode_response(info: ModelInfo, images: np.ndarray, request: dict) -> tuple[Iterator[bytes], dict]:

@@ -37,7 +37,8 @@ def cluster(tmp_path_factory):
     ray.init(address=c.address, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
     port = free_port()
     try:
-        url = server.start([str(bundled_models()["mnist"]), str(fragile)], port=port, replicas=2, max_batch_size=64,
+        url = server.start([str(bundled_models()["mnist"]), str(fragile), str(bundled_models()["emoji64"])], port=port,
+                           replicas=2, max_batch_size=64,
                            address=c.address, threads=1, max_per_node=1)
         # a second app on the same proxy: one replica per model, one request in flight, a queue of 1 (for the
         # overload), and another model (RGB, uniform prior)
@@ -370,3 +371,36 @@ def test_a_stalled_body_is_sent_away_and_honest_clients_are_answered_meanwhile(c
     finally:
         for s in slow:
             s.close()
+
+
+def test_a_large_json_answer_keeps_the_servers_memory_bounded(cluster):
+    """One n = 4,096 emoji64 answer as JSON: 50 M values, ~180 MB of text. The ingress and the HTTP proxy
+    each grow by less than MAX_GROWTH while it streams (the text was built whole before: +1.3 GB)."""
+    import threading
+    psutil = pytest.importorskip("psutil")
+    from ray.util.state import list_actors
+    actors = [a for a in list_actors(filters=[("state", "=", "ALIVE")], limit=1000)
+              if "Ingress" in a.class_name or "ProxyActor" in a.class_name]
+    procs = [psutil.Process(a.pid) for a in actors]
+    base = {p.pid: p.memory_info().rss for p in procs}
+    peak, done = dict(base), threading.Event()
+
+    def sample():
+        while not done.is_set():
+            for p in procs:
+                peak[p.pid] = max(peak[p.pid], p.memory_info().rss)
+            time.sleep(0.005)
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        r = infer(cluster["url"], "emoji64", seed_inputs(0, 4096), timeout=300)
+    finally:
+        done.set()
+        sampler.join()
+    assert r.status_code == 200 and len(r.content) > 150e6 and r.content.endswith(b"]}]}")
+    growth = {p.pid: (peak[p.pid] - base[p.pid]) / 2**20 for p in procs}
+    print(f"peak growth while answering, MB: {growth}")
+    assert max(growth.values()) < MAX_GROWTH_MB, growth
+
+
+MAX_GROWTH_MB = 256
