@@ -475,14 +475,15 @@ def web(models, out, ort_dist, ckpts, overwrite, unchecked, as_json):
         if not sep or not name or not path:
             raise ValueError(f"--ckpt takes NAME=CKPT (a model's name and its checkpoint), got {spec!r}")
         specs[name] = path
-    check_references(specs, resolve_models(models))
+    chosen = resolve_models(models)  # checked once, before any checkpoint is loaded
+    check_references(specs, chosen)
     references = {}
     for name, path in specs.items():
         need_torch("--ckpt")
         from .parity import pytorch_reference
         references[name] = pytorch_reference(path)
     try:
-        report = build(models, out, ort_dist, overwrite=overwrite, references=references, unchecked=unchecked)
+        report = build(chosen, out, ort_dist, overwrite=overwrite, references=references, unchecked=unchecked)
     except WebGateError as e:
         click.echo(json.dumps(e.report, indent=2) if as_json else format_report(e.report), err=not as_json)
         click.echo(f"Error: {e}", err=True)

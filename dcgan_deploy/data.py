@@ -227,7 +227,9 @@ def square(im: Image.Image, channels: int, size: int) -> np.ndarray:
     """A Pillow image -> uint8 ``[channels, size, size]``: shorter side to ``size``, centre crop. 16-bit
     greyscale is scaled to 8 bits (65535 -> 255), not clipped."""
     w, h = resized_side(im.width, im.height, size)
-    if im.mode.startswith("I;16") or (im.mode == "I" and im.getextrema()[1] <= 65535 and im.getextrema()[0] >= 0):
+    if im.mode == "I":
+        low, high = im.getextrema()
+    if im.mode.startswith("I;16") or (im.mode == "I" and 0 <= low and high <= 65535):
         im = Image.fromarray(np.rint(np.asarray(im, np.float64) / 257).astype(np.uint8), "L")
     if im.mode in ("RGBA", "LA", "P", "PA"):
         im = im.convert("RGBA")

@@ -108,18 +108,20 @@ def layers(model: ModelFile) -> list[Layer]:
     return out
 
 
-def report(model: ModelFile) -> dict:
+def report(model: ModelFile, per_layer: bool = True) -> dict:
     """``{"portable": bool, "pair_sum": worst 16-bit pair, "pair_limit", "layers": [...], "reason"}`` for an
     int8 graph: portable when no integer sum can saturate or wrap on any kernel path (a graph with no
-    integer product, such as a float32 one, has none to)."""
+    integer product, such as a float32 one, has none to). ``per_layer=False``: without ``layers`` (what a
+    model's parity report and ``info`` carry)."""
     try:
         found = layers(model)
     except (ValueError, KeyError) as e:
-        return {"portable": False, "reason": str(e), "layers": []}
+        return {"portable": False, "reason": str(e), **({"layers": []} if per_layer else {})}
     bad = [layer for layer in found if not layer.portable]
     result = {"portable": not bad, "pair_sum": max((layer.pair_sum for layer in found), default=0),
-              "pair_limit": PAIR_LIMIT, "dot_sum": max((layer.dot_sum for layer in found), default=0), "dot_limit": SUM_LIMIT,
-              "layers": [layer.to_json() for layer in found]}
+              "pair_limit": PAIR_LIMIT, "dot_sum": max((layer.dot_sum for layer in found), default=0),
+              "dot_limit": SUM_LIMIT,
+              **({"layers": [layer.to_json() for layer in found]} if per_layer else {})}
     if bad:
         first = bad[0]
         result["reason"] = (f"{len(bad)} of {len(found)} integer products can saturate: {first.op} weight "

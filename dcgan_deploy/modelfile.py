@@ -472,9 +472,7 @@ def _is(value, types) -> bool:
     types = types if isinstance(types, tuple) else (types,)
     if isinstance(value, bool) and bool not in types:
         return False
-    if isinstance(value, int) and float not in types and int in types:
-        return True
-    if isinstance(value, int) and abs(value) >= 2**1023:  # a JSON number no float can hold
+    if isinstance(value, int) and float in types and abs(value) >= 2**1023:  # a JSON number no float can hold
         return False
     return isinstance(value, types) and not (isinstance(value, float) and not math.isfinite(value))
 

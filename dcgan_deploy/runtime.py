@@ -88,7 +88,7 @@ class Generator:
         _check_graph(session, path, metadata)
         gen = cls(session, path, metadata, graph.precision)
         if gen.precision == "int8":
-            gen.integer_sums = int8.report(graph)
+            gen.integer_sums = int8.report(graph, per_layer=False)
             if not gen.integer_sums["portable"]:
                 warnings.warn(f"{path}: its images depend on the CPU: {gen.integer_sums['reason']}",
                               CpuDependentWarning, stacklevel=2)
@@ -203,7 +203,7 @@ class Generator:
             "cpu": cpu.features(),
         }
         if self.integer_sums is not None:
-            facts["integer_sums"] = {k: v for k, v in self.integer_sums.items() if k != "layers"}
+            facts["integer_sums"] = self.integer_sums
         if self.evaluation is not None:
             facts["evaluation"] = self.evaluation
         return facts

@@ -108,6 +108,9 @@ def build(models, out: str | Path, ort_dist: str | Path | None = None, gate: boo
 
 
 def resolve_models(models) -> dict[str, Path]:
+    """{name: path} of the site's models, each checked by the runtime; a dict from an earlier call is kept."""
+    if isinstance(models, dict):
+        return models
     if not models:
         return bundled.bundled_models()
     chosen = {}
