@@ -49,7 +49,7 @@ def main():
         row = {"arch": name}
         for label, fast in (("fp32", "off"), ("bf16_channels_last", "on")):
             recipe = recipes[name]
-            cfg = TrainConfig(**{**recipe, "net": {**recipe["net"], **tiny}}, data=f"synthetic:{args.batch_size * 4}",
+            cfg = TrainConfig.of(**{**recipe, "net": {**recipe["net"], **tiny}}, data=f"synthetic:{args.batch_size * 4}",
                               steps=10**6, batch_size=args.batch_size, device=args.device, amp=fast, channels_last=fast)
             with tempfile.TemporaryDirectory() as tmp:
                 t = Trainer(cfg, tmp, progress=False)

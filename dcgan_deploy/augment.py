@@ -13,18 +13,11 @@ Policies (applied in this order, each sample with its own random parameters):
   mean), contrast (x U(0.5, 1.5) around the image mean), then clamped to [-1, 1];
 - ``flip``: mirror left to right, each image with probability 1/2 (ADA's x-flip);
 - ``translation``: shift by up to 1/8 of the side in each direction, filling with 0 (mid grey);
-- ``scale``: zoom about the centre by 2^N(0, 0.2) (ADA's isotropic scaling; two images in three
-  within x0.87-x1.15), bilinear, filling with 0;
-- ``rotation``: turn about the centre by U(-30, 30) degrees, bilinear, filling with 0;
 - ``cutout``: zero (mid grey) one square of half the side, at a random place.
 
 The random parameters come from a ``torch.Generator`` (drawn on the CPU), so a run that
 checkpoints the generator's state resumes exactly; the same generator state gives the
 same transforms, whatever the batch holds. Images stay in [-1, 1].
-
-``scale`` and ``rotation`` are ADA's geometric transforms, not DiffAugment's: applied to every image
-they can leak (a generator whose images are turned or zoomed a little is hard for D to tell), so ADA
-keeps their probability under ~0.8; they are options, not in the recipe.
 
 Adaptive strength (ADA, Karras et al. 2020): with ``p < 1`` each image gets each transform
 with probability ``p``; the trainer raises ``p`` while D calls too many real images real (its
@@ -33,13 +26,12 @@ it learns fastest, and augments as much as D's overfitting needs.
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 
-POLICIES = ("color", "flip", "translation", "scale", "rotation", "cutout")
+POLICIES = ("color", "flip", "translation", "cutout")
 
 
 def parse_policy(text: str) -> tuple[str, ...]:
@@ -101,27 +93,6 @@ def translation(x: torch.Tensor, generator: torch.Generator, ratio: float = 0.12
     return padded.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2)             # [N, C, H, W]
 
 
-def scale(x: torch.Tensor, generator: torch.Generator, sigma: float = 0.2) -> torch.Tensor:
-    n = x.shape[0]
-    zoom = torch.exp2(torch.randn(n, generator=generator) * sigma)            # > 1 enlarges the image
-    eye = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
-    return _warp(x, eye[None] / zoom[:, None, None])
-
-
-def rotation(x: torch.Tensor, generator: torch.Generator, degrees: float = 30.0) -> torch.Tensor:
-    n = x.shape[0]
-    angle = (torch.rand(n, generator=generator) * 2 - 1) * math.radians(degrees)
-    c, s, zero = torch.cos(angle), torch.sin(angle), torch.zeros(n)
-    return _warp(x, torch.stack([torch.stack([c, -s, zero], 1), torch.stack([s, c, zero], 1)], 1))
-
-
-def _warp(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
-    """Each image resampled (bilinear) at ``theta`` [N, 2, 3] applied to its output pixels' coordinates
-    (centre 0, sides +-1); outside the image reads 0. Linear in ``x`` and differentiable."""
-    grid = F.affine_grid(theta.to(x.device, x.dtype), list(x.shape), align_corners=False)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-
-
 def cutout(x: torch.Tensor, generator: torch.Generator, ratio: float = 0.5) -> torch.Tensor:
     n, _, h, w = x.shape
     ch, cw = int(h * ratio + 0.5), int(w * ratio + 0.5)
@@ -134,4 +105,4 @@ def cutout(x: torch.Tensor, generator: torch.Generator, ratio: float = 0.5) -> t
     return x * (~inside)[:, None].to(x.dtype)                                            # [N, C, H, W]
 
 
-_FUNCTIONS = {"color": color, "flip": flip, "translation": translation, "scale": scale, "rotation": rotation, "cutout": cutout}
+_FUNCTIONS = {"color": color, "flip": flip, "translation": translation, "cutout": cutout}

@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from . import cpu
-from .runtime import Generator, _open_session, check_threads, first_line
+from .runtime import Generator, check_threads, first_line
+from .session import OrtSession
 
 MAX_SECONDS = 600.0
 MAX_BENCH_BATCH = 1 << 20
@@ -55,12 +56,15 @@ def why(e: Exception) -> str:
     return f"{type(e).__name__}: {first_line(e)[:200]}" if str(e).strip() else type(e).__name__
 
 
-def _bound(gen: Generator, z: np.ndarray, session=None) -> tuple:
+def bound_run(gen: Generator, z: np.ndarray, session=None) -> tuple:
     """IO binding: ``z`` and an image buffer placed once in the memory of the session's device and
     bound to ``session`` (default: ``gen``'s), so a run copies nothing to or from the host:
     (callable for one batch, which waits for the outputs; the bound image ``OrtValue``)."""
     import onnxruntime as ort
-    session = session or gen.session
+    if session is None:
+        if not isinstance(gen.session, OrtSession):
+            raise ValueError(f"IO binding is onnxruntime's; this model runs on {gen.session.engine}")
+        session = gen.session.ort
     where = gen.device
     latents = ort.OrtValue.ortvalue_from_numpy(z, where, 0)
     image = ort.OrtValue.ortvalue_from_shape_and_type([len(z), gen.channels, gen.height, gen.width], np.float32,
@@ -75,11 +79,11 @@ def _bound(gen: Generator, z: np.ndarray, session=None) -> tuple:
     return run, image
 
 
-def _graphed(gen: Generator, z: np.ndarray, threads: int) -> tuple:
-    """A session of ``gen``'s model with the CUDA provider's graph capture on, bound like ``_bound``
+def graphed_run(gen: Generator, z: np.ndarray, threads: int) -> tuple:
+    """A session of ``gen``'s model with the CUDA provider's graph capture on, bound like ``bound_run``
     (one session per batch size: a captured graph has fixed shapes and buffer addresses): its first
     runs capture the graph, later ones replay it. (callable, the bound image ``OrtValue``)."""
-    run, image = _bound(gen, z, _open_session(gen.path, "cuda", threads, {"enable_cuda_graph": "1"}))
+    run, image = bound_run(gen, z, OrtSession.open(gen.path, "cuda", threads, {"enable_cuda_graph": "1"}).ort)
     run(), run()
     return run, image
 
@@ -121,11 +125,11 @@ def bench_model(model, device: str, batch_sizes, threads: int, seconds: float = 
         first = timed(lambda: gen.run(z))
         runners = {"ort": (lambda: gen.run(z), seconds / rounds, 5 // rounds + 1)}
         if bound:
-            runners["bound"] = (_bound(gen, z)[0], seconds / rounds, 2)
+            runners["bound"] = (bound_run(gen, z)[0], seconds / rounds, 2)
         extra = {}
         if cuda_graph:
             try:
-                runners["graph"] = (_graphed(gen, z, threads)[0], seconds / rounds, 2)
+                runners["graph"] = (graphed_run(gen, z, threads)[0], seconds / rounds, 2)
             except Exception as e:  # noqa: BLE001 -- a graph that cannot be captured is reported in the row
                 extra["graph_error"] = why(e)
         if torch_model is not None:

@@ -1,4 +1,5 @@
-"""The models that ship with the package (``exports/`` in the source tree)."""
+"""The models that ship with the package (``exports/`` in the source tree), and the one way the front
+ends pick models by name or path."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -36,3 +37,26 @@ def resolve(model: str | Path | None) -> Path:
         return Path(text)
     known = ", ".join(models) or "none are installed"
     raise FileNotFoundError(f"no model file or bundled model named {text!r} (bundled: {known})")
+
+
+def pick(models=(), with_bundled: bool = False) -> dict[str, Path]:
+    """The one model picker of the front ends (``serve``, ``web``, the demo): model arguments (paths or
+    bundled names) -> {name: path}, named by file stem, in the order given; none given: every bundled
+    model. ``with_bundled`` (the demo's picker) adds the bundled models after the given ones, each
+    unless its name is taken. Two given models with one name are refused."""
+    chosen: dict[str, Path] = {}
+    for path in map(resolve, models):
+        if path.stem in chosen and chosen[path.stem].resolve() != path.resolve():
+            raise ValueError(f"two models are named {path.stem!r}; rename one")
+        chosen[path.stem] = path
+    if not models or with_bundled:
+        chosen.update({k: v for k, v in bundled_models().items() if k not in chosen})
+    return chosen
+
+
+LOOPBACK_NAMES = ("localhost", "::1")
+
+
+def is_loopback(host: str) -> bool:
+    """Whether binding to ``host`` keeps a server on this machine (127.0.0.0/8, ::1, localhost)."""
+    return host in LOOPBACK_NAMES or host.startswith("127.")

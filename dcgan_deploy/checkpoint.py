@@ -16,6 +16,7 @@ from __future__ import annotations
 import errno
 import io
 import json
+import logging
 import os
 import pickle
 from dataclasses import dataclass, field
@@ -186,7 +187,8 @@ def open_checkpoint(ckpt: str | os.PathLike, arch: str | None = None) -> Checkpo
         if average is not None:  # the trainer deploys the mean of the averaged weights, so export does too
             sums, count = check_average(average, model, path)
             load_mean(model, sums, count)
-            averaged = average_note(count, tcfg.get("average_every"), tcfg.get("average_start"))
+            side = tcfg.get("generator") if isinstance(tcfg.get("generator"), dict) else tcfg  # tabled or flat recipe
+            averaged = average_note(count, side.get("average_every"), side.get("average_start"))
         if ema or averaged:
             seed = tcfg.get("seed", 0)
             recompute_bn_stats(model, seed=seed if isinstance(seed, int) and not isinstance(seed, bool) else 0)
@@ -261,3 +263,31 @@ def check_batchnorm(model: nn.Module, path: Path | str = "model") -> None:
     for name, p in model.named_parameters():
         if not torch.isfinite(p).all():
             raise CheckpointError(f"{path}: weight {name} has non-finite values")
+
+
+def truncate_log(log: Path, step: int) -> None:
+    """On resume, drop the lines of a run's ``log.jsonl`` past its checkpoint at ``step`` (written by a run
+    that was then killed). A torn last line (a write cut short by a crash or a full disk) is dropped too;
+    any other unreadable line is an error naming the file and the line."""
+    if not log.exists():
+        return
+    lines = [(i, line) for i, line in enumerate(log.read_text(errors="replace").splitlines(), 1) if line.strip()]
+    rows = []
+    for k, (number, line) in enumerate(lines):
+        try:
+            row = json.loads(line)
+        except ValueError:
+            if k == len(lines) - 1:  # torn by the crash that ended the last run
+                logging.getLogger(__name__).warning("%s: dropped a torn last line (%d)", log, number)
+                continue
+            raise CheckpointError(f"{log}: line {number} is not valid JSON; fix or remove it, then resume") from None
+        if not isinstance(row, dict) or not isinstance(row.get("step", 0), int) \
+                or not isinstance(row.get("resumed_from", 0), int):
+            raise CheckpointError(f"{log}: line {number} is not a log record; fix or remove it, then resume")
+        rows.append(row)
+    # rows past the checkpoint, and resume markers at or past it, belong to the discarded stretch
+    keep = [r for r in rows if "done" not in r
+            and (r["step"] <= step if "step" in r else r.get("resumed_from", 0) < step)]
+    if step:
+        keep.append({"resumed_from": step})
+    write_bytes(log, "".join(json.dumps(r) + "\n" for r in keep).encode())

@@ -121,14 +121,13 @@ def generate(model, count, seed, out, device, batch_size, latents_file, psi, ove
         dcgan-deploy generate --latents latent.npy -o edited.png
     """
     from .images import check_output, write_images
-    from .latent import check_count, read_latents, seed_or_random
+    from .latent import check_count, chosen_rows, seed_or_random
 
     gen = load_generator(model, device, threads)
     batch_size = gen.check_batch_size(batch_size, "--batch-size")
-    if latents_file:
-        if count is not None or seed is not None or psi != 1.0:
-            raise ValueError("--latents gives the images' latents: -n, --seed and --truncation do not apply to it")
-        z = read_latents(latents_file, gen.latent_dim)
+    z = chosen_rows(latents_file, gen.latent_dim, {"-n": count is not None, "--seed": seed is not None,
+                                                   "--truncation": psi != 1.0})
+    if z is not None:
         count, source, images = len(z), f"latents from {latents_file}", gen.images(z, batch_size)
     else:
         count, seed = check_count(64 if count is None else count, "-n"), seed_or_random(seed)
@@ -258,11 +257,11 @@ def demo(models, host, port, share, auth, device):
         import gradio  # noqa: F401
     except ImportError:
         raise click.ClickException("the demo needs Gradio: pip install 'dcgan-deploy[demo]'") from None
-    from .demo import launch_warnings, serve
+    from .demo import launch, launch_warnings
 
     for warning in launch_warnings(host, share, auth):
         click.echo(f"warning: {warning}", err=True)
-    serve(models, host=host, port=port, share=share, auth=auth, device=device)
+    launch(models, host=host, port=port, share=share, auth=auth, device=device)
 
 
 @main.command()
@@ -415,24 +414,22 @@ def edit(model, seed, index, latents_file, names, strengths, psi, out, device):
         dcgan-deploy edit --seed 3 --index 5 --direction towards-7 --direction sefa-2 --strengths -4,-2,0,2,4 -o grid.png
         dcgan-deploy edit --latents latent.npy --direction 1 -o strip.png
     """
-    from .directions import edit_grid, parse_strengths
+    from .edits import edit_grid, parse_strengths
     from .images import grid, save_png
-    from .latent import read_latents, seed_or_random
+    from .latent import chosen_rows, seed_or_random
 
     steps = parse_strengths(strengths)
     if not out.lower().endswith(".png"):
         raise ValueError(f"-o {out}: edit writes a PNG strip or grid; give a path ending in .png")
     gen = load_generator(model, device)
-    if latents_file:
-        if seed is not None or psi != 1.0:
-            raise ValueError("--latents gives the latent: --seed and --truncation do not apply to it")
-        rows = read_latents(latents_file, gen.latent_dim)
+    rows = chosen_rows(latents_file, gen.latent_dim, {"--seed": seed is not None, "--truncation": psi != 1.0})
+    if rows is not None:
         if index >= len(rows):
             raise ValueError(f"--index {index}: {latents_file} has {len(rows)} row(s)")
         z, source = rows[index], f"row {index} of {latents_file}"
     else:
         seed = seed_or_random(seed)
-        z, source = gen.latents(index + 1, seed, psi)[index], f"image {index} of seed {seed}"
+        z, source = gen.latent(seed, index, psi), f"image {index} of seed {seed}"
     images = edit_grid(gen, z, names, steps)
     save_png(grid(images, nrow=len(steps)), out)
     click.echo(f"wrote {out}: {source} along {', '.join(names)} at {', '.join(f'{s:g}' for s in steps)}", err=True)
@@ -467,7 +464,8 @@ def web(models, out, ort_dist, ckpts, overwrite, unchecked, as_json):
         dcgan-deploy web -o site --ort-dist node_modules/onnxruntime-web/dist
         python -m http.server -d site 8000       # http://127.0.0.1:8000
     """
-    from .web import WebGateError, build, check_references, format_report, resolve_models
+    from .gate import GateError
+    from .web import build, check_references, format_report, resolve_models
 
     specs = {}
     for spec in ckpts:
@@ -484,7 +482,7 @@ def web(models, out, ort_dist, ckpts, overwrite, unchecked, as_json):
         references[name] = pytorch_reference(path)
     try:
         report = build(chosen, out, ort_dist, overwrite=overwrite, references=references, unchecked=unchecked)
-    except WebGateError as e:
+    except GateError as e:
         click.echo(json.dumps(e.report, indent=2) if as_json else format_report(e.report), err=not as_json)
         click.echo(f"Error: {e}", err=True)
         sys.exit(EXIT_PARITY)
@@ -522,7 +520,8 @@ def serve(models, host, port, replicas, max_batch_size, address, threads):
         raise click.ClickException("serve needs Ray Serve: pip install 'dcgan-deploy[serve]'") from None
     from .serve import serve_forever, start
 
-    if host not in ("127.0.0.1", "localhost", "::1") and not host.startswith("127."):
+    from .bundled import is_loopback
+    if not is_loopback(host):
         click.echo(f"warning: serving on {host}: anyone who can reach it can use it (no authentication)", err=True)
     url = start(models, host, port, replicas, max_batch_size, address, threads)
     click.echo(f"serving on {url} (Ctrl-C to stop); try: curl '{url}v2/models/{{name}}/grid.png?seed=0&n=16' "
@@ -561,8 +560,9 @@ EXIT_PARITY = 4
 @click.option("--average-start", type=int, default=None,
               help="Average the generator's weights from this step on (the recipe's average_start; 0 = off). "
                    "May be set when resuming, for steps still to come.")
+@click.option("--dry-run", is_flag=True, help="Print the resolved recipe (every key, as TOML) and exit.")
 @friendly_errors
-def train(recipe, resume_dir, data, steps, batch_size, run_dir, device, seed, threads, average_start):
+def train(recipe, resume_dir, data, steps, batch_size, run_dir, device, seed, threads, average_start, dry_run):
     """Train a generator from a recipe (a TOML file in training/).
 
     Writes train_state.pt, generator.safetensors, log.jsonl and sample grids to the
@@ -576,11 +576,18 @@ def train(recipe, resume_dir, data, steps, batch_size, run_dir, device, seed, th
         dcgan-deploy train training/mnist-dcgan.toml --out runs/mnist
         dcgan-deploy train --resume runs/mnist --steps 8000
         dcgan-deploy train --resume runs/emoji64 --average-start 15000
+        dcgan-deploy train training/dcgan64-folder.toml --data photos/ --dry-run
     """
     need_torch("train")
     import logging
 
     from .train import DivergenceError, open_run
+    from .train import dry_run as resolved
+
+    if dry_run:
+        click.echo(resolved(recipe, resume_dir, run_dir, data=data, steps=steps, batch_size=batch_size, device=device,
+                            seed=seed, threads=threads, average_start=average_start), nl=False)
+        return
 
     logging.basicConfig(level=logging.WARNING, format="warning: %(message)s")
     start = time.perf_counter()
@@ -606,7 +613,7 @@ def threshold_options(fn):
 
 
 def thresholds_from(max_abs_cpu, max_abs_cuda, max_changed_cuda):
-    from .parity import Thresholds
+    from .gate import Thresholds
     t = Thresholds()
     for name, value in (("cpu_max_abs", max_abs_cpu), ("cuda_max_abs", max_abs_cuda), ("cuda_changed", max_changed_cuda)):
         if value is not None:
@@ -652,14 +659,14 @@ def export(ckpt, out, arch, opset, fp16, int8, plain, labelled, triton, attribut
         dcgan-deploy export training/mnist/generator.safetensors -o exports/mnist.onnx --int8
     """
     need_torch("export")
-    from .export import ParityError
     from .export import export as run_export
+    from .gate import GateError
 
     thresholds = thresholds_from(max_abs_cpu, max_abs_cuda, max_changed_cuda)
     try:
         result = run_export(ckpt, out, arch=arch, opset=opset, fp16=fp16, int8=int8, triton=triton,
                             thresholds=thresholds, forms=not plain, labelled=labelled, attribution=attribution)
-    except ParityError as e:
+    except GateError as e:
         report_gate(e.report, as_json, error=str(e))
         sys.exit(EXIT_PARITY)
     click.echo(json.dumps(json_safe(result), indent=2) if as_json else format_export(result))

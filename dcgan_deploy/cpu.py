@@ -18,28 +18,32 @@ ARM = (("NEON", ("asimd", "neon")), ("dot product", ("asimddp",)), ("i8mm", ("i8
 KEY = {"x86_64": ("AVX2", "FMA", "AVX-512", "VNNI", "AMX"), "aarch64": ("NEON", "dot product", "i8mm")}
 
 
-def _cpuinfo() -> list[str]:
+def cpuinfo() -> list[str]:
+    """The lines of ``/proc/cpuinfo`` (none where the system has no such file)."""
     try:
         return Path("/proc/cpuinfo").read_text().splitlines()
     except OSError:
         return []
 
 
-def name() -> str:
-    """The CPU's model name (``AMD EPYC 7B13``), or the machine type where the system does not say."""
-    for line in _cpuinfo():
+def name(lines: list[str] | None = None) -> str:
+    """The CPU's model name (``AMD EPYC 7B13``), or the machine type where the system does not say.
+    ``lines``: cpuinfo's lines (default: this machine's)."""
+    for line in cpuinfo() if lines is None else lines:
         if line.startswith("model name"):
             return line.split(":", 1)[1].strip()
     return platform.processor() or platform.machine()
 
 
-def features() -> dict:
+def features(lines: list[str] | None = None, machine: str | None = None) -> dict:
     """``{"name", "machine", "has": [...], "lacks": [...], "summary", "int8_kernel"}``; ``has``/``lacks``
-    are empty where the system does not list its CPU flags."""
-    machine = platform.machine().lower()
+    are empty where the system does not list its CPU flags. ``lines`` and ``machine``: another CPU's
+    cpuinfo lines and machine type (default: this machine's)."""
+    lines = cpuinfo() if lines is None else lines
+    machine = (machine or platform.machine()).lower()
     machine = {"amd64": "x86_64", "arm64": "aarch64"}.get(machine, machine)
     flags = set()
-    for line in _cpuinfo():
+    for line in lines:
         if line.startswith(("flags", "Features")):
             flags |= set(line.split(":", 1)[1].split())
     table = X86 if machine == "x86_64" else ARM if machine == "aarch64" else ()
@@ -51,7 +55,7 @@ def features() -> dict:
         summary = ", ".join(has) or "none of " + ", ".join(label for label, _ in table)
         if lacks:
             summary += "; no " + ", ".join(lacks)
-    return {"name": name(), "machine": machine, "has": has, "lacks": lacks, "summary": summary,
+    return {"name": name(lines), "machine": machine, "has": has, "lacks": lacks, "summary": summary,
             "int8_kernel": _int8_kernel(machine, has, bool(flags))}
 
 

@@ -23,17 +23,17 @@ from pathlib import Path
 import numpy as np
 
 from . import bundled
-from .directions import Direction, random_directions
+from .edits import Direction, random_directions
 from .images import grid, save_gif, to_uint8
 from .latent import MAX_SEED, random_seed
 from .runtime import Generator
 
 log = logging.getLogger("dcgan_deploy.demo")
 
-MAX_SIDE = 12          # grid of at most 12 x 12 images
-MAX_FRAMES = 59        # interpolation frames from one seed to the next (60 in all)
+GRID_SIDE = 12          # grid of at most 12 x 12 images
+WALK_FRAMES = 59        # interpolation frames from one seed to the next (60 in all)
 N_SLIDERS = 4          # latent-editing sliders
-MAX_STRENGTH = 5.0
+SLIDER_STRENGTH = 5.0
 KEEP_FILES = 64        # demo output files kept on disk at once
 MAX_CACHE_BYTES = 64 * 1024**2  # Gradio's cache of served files, pruned oldest first
 QUEUE_SIZE = 16
@@ -158,7 +158,7 @@ class Demo:
     def seed_grid(self, name, seed, side, psi=1.0):
         """-> (grid image, caption) for ``side * side`` images of ``seed``."""
         seed = as_int(seed, "seed", 0, MAX_SEED)
-        side = as_int(side, "grid size", 1, MAX_SIDE)
+        side = as_int(side, "grid size", 1, GRID_SIDE)
         psi = as_float(psi, "truncation", 0.05, 1.0)
         gen = self.generator(name)
         n = side * side
@@ -172,7 +172,7 @@ class Demo:
         ``dcgan-deploy interpolate --frames``; the walk shows ``frames + 1`` images."""
         seed_a = as_int(seed_a, "start seed", 0, MAX_SEED)
         seed_b = as_int(seed_b, "end seed", 0, MAX_SEED)
-        frames = as_int(frames, "frames", 1, MAX_FRAMES)
+        frames = as_int(frames, "frames", 1, WALK_FRAMES)
         psi = as_float(psi, "truncation", 0.05, 1.0)
         if method not in ("slerp", "lerp"):
             raise DemoInputError(f"method must be slerp or lerp, got {str(method)[:40]!r}")
@@ -186,7 +186,7 @@ class Demo:
         """Move image ``index`` of ``seed``'s grid along the chosen directions -> (image, latent .npy, caption).
         ``picks``: (direction name, strength) for each slider."""
         seed = as_int(seed, "seed", 0, MAX_SEED)
-        index = as_int(index, "sample", 0, MAX_SIDE * MAX_SIDE - 1)
+        index = as_int(index, "sample", 0, GRID_SIDE * GRID_SIDE - 1)
         if len(picks) != 2 * N_SLIDERS:
             raise DemoInputError(f"expected {N_SLIDERS} directions and strengths, got {len(picks)} values")
         available = {d.name: d for d in self.directions(name)}
@@ -196,9 +196,9 @@ class Demo:
             if key not in available:
                 raise DemoInputError(f"slider {i + 1}: unknown direction {str(key)[:60]!r}; this model has "
                                      f"{', '.join(available)}")
-            moves.append((available[key], as_float(strength, f"slider {i + 1}", -MAX_STRENGTH, MAX_STRENGTH)))
+            moves.append((available[key], as_float(strength, f"slider {i + 1}", -SLIDER_STRENGTH, SLIDER_STRENGTH)))
         gen = self.generator(name)
-        z = gen.latents(index + 1, seed)[index] + sum(s * d.vector for d, s in moves)  # [D]
+        z = gen.latent(seed, index) + sum(s * d.vector for d, s in moves)  # [D]
         z = z[None].astype(np.float32)                                                # [1, D]
         image = to_uint8(gen.run(z))[0]
         npy = self._new_file(f"latent-seed{seed}-sample{index}.npy")
@@ -283,7 +283,7 @@ class Demo:
                 with gr.Row():
                     seed = gr.Textbox("0", label="Seed (0 to 2**64 - 1)", max_lines=1, elem_id="seed")
                     rand = gr.Button("Random seed", elem_id="random-seed")
-                    side = gr.Slider(1, MAX_SIDE, 8, step=1, label="Images per side")
+                    side = gr.Slider(1, GRID_SIDE, 8, step=1, label="Images per side")
                     psi = gr.Slider(0.05, 1.0, 1.0, step=0.05, label="Truncation ψ (1 = off; lower = more typical)")
                 go = gr.Button("Generate grid", variant="primary", elem_id="grid-button")
                 grid_out = gr.Image(label="Samples", type="numpy", format="png", interactive=False, elem_id="grid-image")
@@ -294,7 +294,7 @@ class Demo:
                 with gr.Row():
                     seed_a = gr.Textbox("0", label="From seed", max_lines=1)
                     seed_b = gr.Textbox("1", label="To seed", max_lines=1)
-                    frames = gr.Slider(1, MAX_FRAMES, 9, step=1, label="Frames from one seed to the next")
+                    frames = gr.Slider(1, WALK_FRAMES, 9, step=1, label="Frames from one seed to the next")
                     method = gr.Radio(["slerp", "lerp"], value="slerp", label="Method")
                     i_psi = gr.Slider(0.05, 1.0, 1.0, step=0.05, label="Truncation ψ")
                 interp = gr.Button("Interpolate", variant="primary", elem_id="interp-button")
@@ -306,13 +306,13 @@ class Demo:
                             "directions.")
                 with gr.Row():
                     e_seed = gr.Textbox("0", label="Seed", max_lines=1)
-                    e_index = gr.Slider(0, MAX_SIDE * MAX_SIDE - 1, 0, step=1, label="Sample")
+                    e_index = gr.Slider(0, GRID_SIDE * GRID_SIDE - 1, 0, step=1, label="Sample")
                 pickers, sliders = [], []
                 for i in range(N_SLIDERS):
                     with gr.Row():
                         pickers.append(gr.Dropdown(first_directions, value=first_directions[i % len(first_directions)],
                                                    label=f"Direction {i + 1}", elem_id=f"direction-{i + 1}"))
-                        sliders.append(gr.Slider(-MAX_STRENGTH, MAX_STRENGTH, 0, step=0.1, label="Strength",
+                        sliders.append(gr.Slider(-SLIDER_STRENGTH, SLIDER_STRENGTH, 0, step=0.1, label="Strength",
                                                  elem_id=f"strength-{i + 1}"))
                 apply = gr.Button("Apply", variant="primary", elem_id="edit-button")
                 with gr.Row():
@@ -348,20 +348,11 @@ def _short(text: str, limit: int = 60) -> str:
     return text if len(text) <= limit else "…" + text[-limit:]
 
 
-def demo_models(given: tuple[str, ...] | list[str] = ()) -> dict[str, Path]:
-    """The picker's models: those given (by path or bundled name) first, then the bundled ones."""
-    shipped = bundled.bundled_models()
-    chosen = {}
-    for path in map(bundled.resolve, given):
-        chosen[path.stem if shipped.get(path.stem, path) == path else str(path)] = path
-    return {**chosen, **{k: v for k, v in shipped.items() if v not in chosen.values()}}
-
-
-def serve(models=(), host: str = "127.0.0.1", port: int = 7860, share: bool = False, auth: str | None = None,
+def launch(models=(), host: str = "127.0.0.1", port: int = 7860, share: bool = False, auth: str | None = None,
           device: str = "auto") -> None:
     """``dcgan-deploy demo``: check the models now (not in the browser), then serve until stopped."""
     credentials = parse_auth(auth)
-    picked = demo_models(models)
+    picked = bundled.pick(models, with_bundled=True)
     demo = Demo(picked, device=device)
     try:
         for name in list(picked)[:max(1, len(models))]:  # the given models (or the default): fail now if unusable
@@ -374,8 +365,7 @@ def serve(models=(), host: str = "127.0.0.1", port: int = 7860, share: bool = Fa
 def launch_warnings(host: str, share: bool, auth: str | None) -> list[str]:
     """What to warn about before exposing the demo beyond this machine."""
     out = []
-    loopback = host in ("127.0.0.1", "localhost", "::1") or host.startswith("127.")
-    if (share or not loopback) and not auth:
+    if (share or not bundled.is_loopback(host)) and not auth:
         where = "a public share link" if share else f"{host} (reachable from other machines)"
         out.append(f"the demo will be served on {where} without --auth: anyone who can reach it can use it")
     return out

@@ -1,7 +1,7 @@
 """Export (torch -> ONNX): open the checkpoint, convert, validate with the parity gate.
 
 The file lands at its destination only after the gate passes; a miss raises
-``ParityError`` carrying the report, and leaves no new file behind.
+``GateError`` carrying the report, and leaves no new file behind.
 """
 from __future__ import annotations
 
@@ -20,20 +20,13 @@ from . import __version__, directions, modelfile, parity
 from .int8 import report as integer_sums
 from .checkpoint import Checkpoint, open_checkpoint
 from .files import atomic_path, write_bytes
+from .gate import GateError, Thresholds
 from .forms import phase_tail, transposed_forms
 from .modelfile import write_metadata
 from .nets import GeneratorNet, NetConfig
 
 DEFAULT_OPSET = 18
 MIN_OPSET = 17
-
-
-class ParityError(RuntimeError):
-    """The exported graph failed the parity gate; ``report`` holds the numbers."""
-
-    def __init__(self, message: str, report: dict):
-        super().__init__(message)
-        self.report = report
 
 
 # ---- convert -------------------------------------------------------------------------
@@ -102,7 +95,7 @@ def check_graph(path: str | os.PathLike) -> None:
     try:
         modelfile.check_ops(modelfile.read(path))
     except modelfile.ModelError as e:
-        raise ParityError(str(e), {}) from None
+        raise GateError(str(e), {}) from None
 
 
 def base_metadata(c: Checkpoint, opset: int) -> dict[str, str]:
@@ -137,12 +130,12 @@ def check_opset(opset) -> int:
 # ---- the whole export ------------------------------------------------------------------
 def export(ckpt: str | os.PathLike, out: str | os.PathLike | None = None, arch: str | None = None,
            opset: int = DEFAULT_OPSET, fp16: bool = False, int8: bool = False, triton: str | os.PathLike | None = None,
-           thresholds: parity.Thresholds | None = None, name: str | None = None, forms: bool = True,
+           thresholds: Thresholds | None = None, name: str | None = None, forms: bool = True,
            labelled: bool = False, attribution: str | None = None) -> dict:
     """Checkpoint -> ``out`` (default ``exports/<name>.onnx``), proven by the parity gate.
 
     Returns ``{"model": path, "report": path, "parity": report, ...}``. On a parity
-    miss raises ``ParityError`` (with the report) and nothing new is left at ``out``.
+    miss raises ``GateError`` (with the report) and nothing new is left at ``out``.
     ``forms=False`` writes the plain graph instead of the CPU-tuned forms. The file carries its SeFa latent
     directions (and with ``labelled`` the classifier-labelled ones, see ``directions``); so do its variants.
     ``attribution``: the credit the training data asks for (a licence's terms), kept in the metadata.
@@ -168,16 +161,16 @@ def export(ckpt: str | os.PathLike, out: str | os.PathLike | None = None, arch: 
         result["parity"] = report
         if not report["passed"]:
             write_report(report_path, result)
-            raise ParityError(f"parity gate failed; {out} was not written", report)
+            raise GateError(f"parity gate failed; {out} was not written", report)
         found = directions.compute(tmp, labelled_too=labelled)
         meta["directions"] = directions.to_metadata(found, "dcgan-deploy export" + (" --labelled" if labelled else ""))
         write_metadata(tmp, {**meta, "parity": json.dumps(parity.gate_summary(report))})
     result["directions"] = [d.name for d in found]
     write_report(report_path, result)
     if fp16:
-        result["fp16"] = export_fp16(c, out, meta, thresholds or parity.Thresholds())
+        result["fp16"] = export_fp16(c, out, meta, thresholds or Thresholds())
     if int8:
-        result["int8"] = export_int8(c, out, meta, thresholds or parity.Thresholds(), opset)
+        result["int8"] = export_int8(c, out, meta, thresholds or Thresholds(), opset)
     if triton:
         from .triton import write_model_repository
         result["triton"] = str(write_model_repository(out, Path(triton), name))
@@ -190,7 +183,7 @@ def write_report(path: Path, result: dict) -> None:
     write_bytes(path, (json.dumps({"result": summary, "parity": result["parity"]}, indent=2) + "\n").encode())
 
 
-def export_fp16(c: Checkpoint, fp32_path: Path, meta: dict[str, str], thresholds: parity.Thresholds) -> dict:
+def export_fp16(c: Checkpoint, fp32_path: Path, meta: dict[str, str], thresholds: Thresholds) -> dict:
     """A float16 variant (float32 inputs and outputs) beside the fp32 file, with its own gate.
 
     On CUDA the gate runs there and must pass. Without CUDA it runs on the CPU where it can: a pass is
@@ -214,7 +207,7 @@ def export_fp16(c: Checkpoint, fp32_path: Path, meta: dict[str, str], thresholds
             except ModelError as e:  # onnxruntime's CPU build lacks float16 kernels for some ops
                 report = {"passed": None, "failures": [f"could not run the fp16 model on CPU: {e}"]}
         if report["passed"] is False:
-            raise ParityError(f"fp16 parity gate failed; {out} was not written", report)
+            raise GateError(f"fp16 parity gate failed; {out} was not written", report)
         report["verified"] = has_cuda
         if not has_cuda:
             report["reason"] = "no CUDA provider here to check the fp16 model on" + (
@@ -281,7 +274,7 @@ def quantize_int8(fp32_path: str | os.PathLike, dest: str | os.PathLike, cfg: Ne
         root.setLevel(level)
 
 
-def export_int8(c: Checkpoint, fp32_path: Path, meta: dict[str, str], thresholds: parity.Thresholds,
+def export_int8(c: Checkpoint, fp32_path: Path, meta: dict[str, str], thresholds: Thresholds,
                 opset: int = DEFAULT_OPSET) -> dict:
     """An int8 variant for the CPU beside the fp32 file, gated on PSNR against PyTorch fp32."""
     import tempfile
@@ -294,7 +287,7 @@ def export_int8(c: Checkpoint, fp32_path: Path, meta: dict[str, str], thresholds
         write_metadata(tmp, {**meta, "precision": "int8"})
         report = precision_gate(c.model, tmp, thresholds, "int8")
         if not report["passed"]:
-            raise ParityError(f"int8 parity gate failed; {out} was not written", report)
+            raise GateError(f"int8 parity gate failed; {out} was not written", report)
         write_metadata(tmp, {**meta, "precision": "int8", "parity": json.dumps(parity.gate_summary(report))})
     result = {"model": str(out), "report": str(out.with_suffix(".parity.json")), "precision": "int8",
               "parity": report}
@@ -305,7 +298,7 @@ def export_int8(c: Checkpoint, fp32_path: Path, meta: dict[str, str], thresholds
 PRECISIONS = ("float32", "float16", "int8")
 
 
-def precision_gate(model: nn.Module, path, thresholds: parity.Thresholds, precision: str,
+def precision_gate(model: nn.Module, path, thresholds: Thresholds, precision: str,
                    providers: list[str] | None = None) -> dict:
     """The gate a file of ``precision`` is held to: float32 max abs error on every provider;
     float16 and int8 (on the CPU, where it is meant to run) a minimum PSNR."""
@@ -328,7 +321,7 @@ def precision_gate(model: nn.Module, path, thresholds: parity.Thresholds, precis
 
 
 def verify(model_path: str | os.PathLike, ckpt: str | os.PathLike, arch: str | None = None,
-           thresholds: parity.Thresholds | None = None, precision: str | None = None) -> dict:
+           thresholds: Thresholds | None = None, precision: str | None = None) -> dict:
     """Re-run the parity gate on an existing ONNX file against its checkpoint.
 
     The gate follows what the file is -- its graph: quantize/dequantize ops make it int8 (PSNR gate, on
@@ -336,12 +329,12 @@ def verify(model_path: str | os.PathLike, ckpt: str | os.PathLike, arch: str | N
     ``precision``; never the file's own metadata, which the file under test could set to pick a
     laxer gate. A metadata claim that disagrees with the graph is reported.
     """
-    from .runtime import Generator as Runtime
+    from .runtime import Generator
 
-    runtime = Runtime.load(model_path, device="cpu")  # the runtime's checks first: a file it refuses fails here
+    runtime = Generator.load(model_path, device="cpu")  # the runtime's checks first: a file it refuses fails here
     c = open_checkpoint(ckpt, arch)
     chosen = precision or runtime.precision
-    report = precision_gate(c.model, model_path, thresholds or parity.Thresholds(), chosen)
+    report = precision_gate(c.model, model_path, thresholds or Thresholds(), chosen)
     claimed = runtime.metadata.get("precision", "float32")
     if claimed != runtime.precision:
         report["metadata_precision"] = modelfile.printable(claimed, 100)

@@ -83,10 +83,12 @@ def save_png(image: np.ndarray, dest: str | os.PathLike, durable: bool = True) -
 def save_gif(frames: np.ndarray, dest: str | os.PathLike, duration_ms: int = 80, scale: int = 1) -> None:
     """Atomically write uint8 ``[k, H, W, C]`` frames as a looping animated GIF."""
     with atomic_path(dest) as tmp:
-        _encode_gif(frames, tmp, duration_ms, scale)
+        encode_gif(frames, tmp, duration_ms, scale)
 
 
-def _encode_gif(frames: np.ndarray, path: Path, duration_ms: int, scale: int) -> None:
+def encode_gif(frames: np.ndarray, path: Path, duration_ms: int, scale: int) -> None:
+    """uint8 frames ``[n, H, W, C]`` -> an animated GIF at ``path``, each frame ``duration_ms`` long, enlarged
+    ``scale`` times (nearest neighbour)."""
     pics = [to_pil(f) for f in frames]
     if scale > 1:
         pics = [p.resize((p.width * scale, p.height * scale), 0) for p in pics]  # 0: nearest neighbour
@@ -187,5 +189,5 @@ def save_strip_and_gif(frames: np.ndarray, stem: str | os.PathLike, per_row: int
     strip, anim = stem.with_name(stem.name + ".png"), stem.with_name(stem.name + ".gif")
     with atomic_paths([strip, anim]) as (tmp_png, tmp_gif):
         to_pil(grid(frames, nrow=per_row)).save(tmp_png, format="PNG")
-        _encode_gif(frames, tmp_gif, duration_ms, scale)
+        encode_gif(frames, tmp_gif, duration_ms, scale)
     return strip, anim

@@ -63,6 +63,19 @@ def random_seed() -> int:
     return int(np.random.SeedSequence().entropy % (2**32))
 
 
+def chosen_rows(latents_file, latent_dim: int, taken: dict) -> np.ndarray | None:
+    """The one rule of the front ends for choosing latents: rows of a ``--latents`` file, which then stands
+    alone (``taken``: the seed-side options and whether each was given), or ``None``: the caller draws them
+    from a seed (``seed_or_random``), image ``index`` of its grid being ``Generator.latent(seed, index)``."""
+    if latents_file is None:
+        return None
+    if any(taken.values()):
+        names = list(taken)
+        raise ValueError(f"--latents gives the latents: {', '.join(names[:-1])} and {names[-1]} do not apply to it"
+                         if len(names) > 1 else f"--latents gives the latents: {names[0]} does not apply to it")
+    return read_latents(latents_file, latent_dim)
+
+
 def seed_or_random(seed) -> int:
     """``seed`` checked, or a fresh one when it is ``None``."""
     return random_seed() if seed is None else check_seed(seed)

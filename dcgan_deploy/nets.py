@@ -110,21 +110,14 @@ class DiscriminatorNet(nn.Module):
     each weight divided by its largest singular value, estimated by one power iteration per
     training forward), and the BatchNorms removed: D is then 1-Lipschitz per layer, and each
     image's logit depends on that image alone.
-
-    ``minibatch_std``: a minibatch standard-deviation layer (Karras et al., ProGAN) of this group size
-    before D's last layer, which then takes one input more: D sees how much the images of its group
-    differ, so a generator whose batches lack variety is told apart (0 = none).
     """
 
-    def __init__(self, cfg: NetConfig, spectral_norm: bool = False, minibatch_std: int = 0):
+    def __init__(self, cfg: NetConfig, spectral_norm: bool = False):
         super().__init__()
         self.cfg = cfg
         self.main = _DISCRIMINATORS[cfg.arch](cfg)
         if cfg.arch == "dcgan64" and not next(self.parameters()).is_meta:  # meta: counted, never run
             self.apply(dcgan_init)
-        if minibatch_std:
-            *body, last = self.main
-            self.main = nn.Sequential(*body, MinibatchStd(minibatch_std), widened_by_one(last))
         if spectral_norm:
             layers = [nn.Identity() if isinstance(m, nn.modules.batchnorm._BatchNorm) else m for m in self.main]
             for m in layers:
@@ -136,53 +129,8 @@ class DiscriminatorNet(nn.Module):
     def has_batchnorm(self) -> bool:
         return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.modules())
 
-    @property
-    def mixes_batch(self) -> bool:
-        """Whether an image's logit depends on the other images of its batch (BatchNorm in training, or a
-        minibatch standard-deviation layer): then real and fake images must not share a forward."""
-        return self.has_batchnorm or any(isinstance(m, MinibatchStd) for m in self.modules())
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.main(x).reshape(-1)
-
-
-class MinibatchStd(nn.Module):
-    """Appends one feature: the standard deviation over each group of ``group`` images (a divisor of the
-    batch: the largest one up to ``group``), averaged over features and positions, the same for every image
-    of the group. ``[n, c, h, w] -> [n, c + 1, h, w]``, ``[n, f] -> [n, f + 1]``."""
-
-    def __init__(self, group: int):
-        super().__init__()
-        self.group = group
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        n = x.shape[0]
-        g = max(d for d in range(1, min(self.group, n) + 1) if n % d == 0)
-        y = x.float().reshape(n // g, g, *x.shape[1:])
-        std = (y.var(dim=1, unbiased=False) + 1e-8).sqrt().flatten(1).mean(1)  # [n / g]
-        std = std.to(x.dtype).repeat_interleave(g)                             # [n]: group-major, as reshaped
-        return torch.cat([x, std.reshape(n, *([1] * (x.dim() - 1))).expand(n, 1, *x.shape[2:])], dim=1)
-
-    def extra_repr(self) -> str:
-        return f"group={self.group}"
-
-
-def widened_by_one(layer: nn.Module) -> nn.Module:
-    """A fresh copy of D's last layer (a convolution or a linear layer) that takes one input channel more."""
-    if isinstance(layer, nn.Conv2d):
-        new = nn.Conv2d(layer.in_channels + 1, layer.out_channels, layer.kernel_size, layer.stride, layer.padding,
-                        bias=layer.bias is not None)
-    elif isinstance(layer, nn.Linear):
-        new = nn.Linear(layer.in_features + 1, layer.out_features, bias=layer.bias is not None)
-    else:
-        raise ValueError(f"a minibatch standard-deviation layer needs D to end in a convolution or linear layer, "
-                         f"not {type(layer).__name__}")
-    with torch.no_grad():  # the old layer's initialisation for the inputs it had, the new input's like it
-        new.weight[:, :-1].copy_(layer.weight)
-        new.weight[:, -1:].copy_(layer.weight[:, :1])
-        if layer.bias is not None:
-            new.bias.copy_(layer.bias)
-    return new
 
 
 def dcgan_init(m: nn.Module) -> None:

@@ -1,4 +1,5 @@
 """The parity gate (torch + onnxruntime): does the ONNX file compute what PyTorch computes?
+Its limits and verdicts are ``gate``'s, shared with the browser gate.
 
 Compares PyTorch (fp32, eval) with onnxruntime on latents from the model's own prior,
 several seeds and batch sizes, on every available provider, in image space. Also
@@ -9,13 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from dataclasses import dataclass
 
 import numpy as np
 import onnxruntime as ort
 import torch
 
 from . import int8
+from .gate import Thresholds, misses, worst
 from .checkpoint import open_checkpoint
 from .evaluate import Extractor, compare_sets
 from .images import compare_images
@@ -25,23 +26,6 @@ from .runtime import CPU, CUDA, Generator
 
 SEEDS = (0, 1, 2)
 BATCH_SIZES = (1, 7, 64)
-
-
-@dataclass
-class Thresholds:
-    """Pass limits, per provider. ``changed`` is the share of uint8 pixels allowed to differ."""
-
-    cpu_max_abs: float = 1e-4
-    cuda_max_abs: float = 2e-3  # TF32 convolutions on Ampere and newer
-    cuda_changed: float = 1e-3
-    fp16_min_psnr: float = 40.0
-    int8_min_psnr: float = 30.0
-
-    def max_abs(self, provider: str) -> float:
-        return self.cuda_max_abs if provider == CUDA else self.cpu_max_abs
-
-    def changed(self, provider: str) -> float | None:
-        return self.cuda_changed if provider == CUDA else None
 
 
 def providers_to_check() -> list[str]:
@@ -71,7 +55,7 @@ def run_gate(model: torch.nn.Module, onnx_path, thresholds: Thresholds | None = 
                 z = latents(batch, seed, gen.latent_dim, gen.latent_prior)
                 m = compare_images(torch_images(model, z), gen.run(z))
                 m.update(provider=provider, seed=seed, batch=batch)
-                m["failed"] = _misses(m, provider, thresholds, min_psnr)
+                m["failed"] = misses(m, provider, thresholds, min_psnr)
                 failures += [f"{provider} seed {seed} batch {batch}: {why}" for why in m["failed"]]
                 checks.append(m)
         # Batch invariance: each image of the largest batch, generated alone.
@@ -86,39 +70,17 @@ def run_gate(model: torch.nn.Module, onnx_path, thresholds: Thresholds | None = 
                             f"generated alone vs in a batch of {len(z)} (limit {limit:g}); "
                             "does the graph normalise with batch statistics (train-mode BatchNorm)?")
         invariance.append(inv)
-    worst = {
-        "max_abs": max(c["max_abs"] for c in checks),
-        "mean_abs": max(c["mean_abs"] for c in checks),
-        "psnr": min(c["psnr"] for c in checks),
-        "changed": max(c["changed"] for c in checks),
-    }
     return {
         "passed": not failures,
         "providers": providers,
         "seeds": list(seeds),
         "batch_sizes": list(batch_sizes),
         "thresholds": dataclasses.asdict(thresholds),
-        "worst": worst,
+        "worst": worst(checks),
         "failures": failures,
         "checks": checks,
         "batch_invariance": invariance,
     }
-
-
-def _misses(m: dict, provider: str, t: Thresholds, min_psnr: float | None) -> list[str]:
-    out = []
-    if not m["finite"]:
-        out.append("non-finite output (NaN or Inf)")
-    if min_psnr is not None:
-        if m["psnr"] < min_psnr:
-            out.append(f"PSNR {m['psnr']:.1f} dB < {min_psnr:g} dB")
-        return out
-    if m["max_abs"] > t.max_abs(provider):
-        out.append(f"max abs error {m['max_abs']:.3g} > {t.max_abs(provider):g}")
-    changed = t.changed(provider)
-    if changed is not None and m["changed"] > changed:
-        out.append(f"{m['changed']:.3%} of uint8 pixels changed > {changed:.3%}")
-    return out
 
 
 def gate_summary(report: dict) -> dict:

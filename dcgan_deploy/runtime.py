@@ -1,6 +1,7 @@
-"""The runtime: one onnxruntime session that turns seeds or latents into images.
+"""The runtime: one inference session that turns seeds or latents into images.
 
-numpy + onnxruntime only; importing this module never imports torch, onnx or click.
+numpy + onnxruntime only; importing this module never imports torch, onnx or click. The engine
+behind the session (onnxruntime by default) sits behind ``session.Session``.
 """
 from __future__ import annotations
 
@@ -10,19 +11,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 
 from . import bundled, cpu, int8, modelfile
 from .images import to_uint8
 from .latent import LatentStream, check_count, check_seed, check_truncation, path, random_seed, truncate
-from .directions import Direction, from_metadata
+from .edits import Direction, from_metadata
 from .modelfile import ModelError, check_directions, check_metadata, json_entry
+from .session import CPU, CUDA, Session, first_line, open_session
 
 __all__ = ["CpuDependentWarning", "Generator", "ModelError", "UnverifiedModelWarning", "check_threads", "first_line"]
 
 DEVICES = ("auto", "cpu", "cuda")
-CUDA = "CUDAExecutionProvider"
-CPU = "CPUExecutionProvider"
 # Bounds on what one call may ask for: past them a request is refused with what to use instead.
 MAX_BATCH_BYTES = 2 * 1024**3   # float32 images of one onnxruntime call
 MAX_ARRAY_BYTES = 8 * 1024**3   # uint8 images ``generate`` returns in one array
@@ -39,13 +38,13 @@ class CpuDependentWarning(UserWarning):
 
 
 class Generator:
-    """An exported DCGAN generator in an onnxruntime session.
+    """An exported DCGAN generator in an inference session (``session.Session``; onnxruntime's by default).
 
     Create with ``Generator.load``. Calls are thread-safe: the session is shared and
     every call draws its latents from its own seeded stream.
     """
 
-    def __init__(self, session: ort.InferenceSession, path: Path, metadata: dict[str, str], precision: str = "float32"):
+    def __init__(self, session: Session, path: Path, metadata: dict[str, str], precision: str = "float32"):
         self.session = session
         self.path = path
         self.metadata = metadata
@@ -64,12 +63,13 @@ class Generator:
     # ---- construction -------------------------------------------------------------
     @classmethod
     def load(cls, model: str | os.PathLike | None = None, device: str = "auto",
-             threads: int | None = None) -> "Generator":
+             threads: int | None = None, engine: str = "onnxruntime") -> "Generator":
         """Open a ``.onnx`` file or a bundled model by name (``None``: the default).
 
         ``device``: ``auto`` (CUDA when it is really active, else CPU), ``cpu`` or
         ``cuda`` (CUDA or a ``ModelError`` saying why). ``threads``: onnxruntime's
-        intra-op thread count (default: onnxruntime's choice).
+        intra-op thread count (default: onnxruntime's choice). ``engine``: a registered
+        ``session`` engine (``session.ENGINES``).
 
         The file is checked before it runs: its metadata (``modelfile.check_metadata``), its graph
         (no random or training-only op), and its input and output against the metadata.
@@ -84,7 +84,7 @@ class Generator:
         graph = modelfile.read(path)
         metadata = check_metadata(graph.metadata, path)
         modelfile.check_ops(graph)
-        session = _open_session(path, device, threads)
+        session = open_session(path, device, threads, engine)
         _check_graph(session, path, metadata)
         gen = cls(session, path, metadata, graph.precision)
         if gen.precision == "int8":
@@ -101,12 +101,12 @@ class Generator:
     # ---- facts ----------------------------------------------------------------------
     @property
     def provider(self) -> str:
-        """The execution provider that runs the graph (``CUDAExecutionProvider`` or ``CPUExecutionProvider``)."""
-        return self.session.get_providers()[0]
+        """What runs the graph (onnxruntime: ``CUDAExecutionProvider`` or ``CPUExecutionProvider``)."""
+        return self.session.provider
 
     @property
     def device(self) -> str:
-        return "cuda" if self.provider == CUDA else "cpu"
+        return self.session.device
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -120,6 +120,11 @@ class Generator:
         return truncate(LatentStream(check_seed(seed), self.latent_dim, self.latent_prior).take(check_count(n)),
                         truncation)
 
+    def latent(self, seed: int, index: int = 0, truncation: float = 1.0) -> np.ndarray:
+        """The latent of image ``index`` of ``seed``'s grid: float32 ``[latent_dim]``, row ``index`` of
+        ``latents(index + 1, seed)``. How ``edit``, the demo and the web page pick one image to work on."""
+        return self.latents(index + 1, seed, truncation)[index]
+
     def run(self, z: np.ndarray) -> np.ndarray:
         """Float32 latents ``[n, latent_dim]`` -> float32 images ``[n, C, H, W]`` in [-1, 1].
 
@@ -127,7 +132,7 @@ class Generator:
         instead of passing garbage on."""
         self._check_latents(z)
         self.check_batch_size(len(z))
-        out = self.session.run(["image"], {"z": z})[0]
+        out = self.session.run(z)
         if not np.isfinite(out).all():
             raise ModelError(f"{self.path}: the model produced NaN or infinite values (its weights are broken); "
                              "no images were written")
@@ -199,7 +204,8 @@ class Generator:
             "precision": self.precision,
             "parity": self.parity,
             "directions": [{k: v for k, v in d.to_json().items() if k != "vector"} for d in self.directions],
-            "providers": {"available": ort.get_available_providers(), "active": self.session.get_providers()},
+            "providers": self.session.facts(),
+            "engine": self.session.engine,
             "cpu": cpu.features(),
         }
         if self.integer_sums is not None:
@@ -224,53 +230,20 @@ def check_threads(threads) -> int:
     return threads
 
 
-def _open_session(path: Path, device: str, threads: int | None,
-                  cuda_options: dict[str, str] | None = None) -> ort.InferenceSession:
-    """``cuda_options``: the CUDA provider's options (``{"enable_cuda_graph": "1"}``, say)."""
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.log_severity_level = 3
-    if threads:
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-    available = ort.get_available_providers()
-    if device == "cuda" and CUDA not in available:
-        raise ModelError("device 'cuda' requested, but this onnxruntime build has no CUDA provider "
-                         "(replace onnxruntime with onnxruntime-gpu: pip install 'dcgan-deploy[gpu]')")
-    providers = [(CUDA, cuda_options or {}), CPU] if device != "cpu" and CUDA in available else [CPU]
-    try:
-        session = ort.InferenceSession(str(path), opts, providers=providers)
-    except Exception as e:
-        # onnxruntime raises its own exception types with long multi-line messages.
-        what = (f"onnxruntime could not open it with CUDA options {cuda_options}" if cuda_options
-                else "not a valid ONNX model")
-        raise ModelError(f"{path}: {what} ({first_line(e)})") from None
-    # onnxruntime silently drops a provider that fails to initialise; check what is active.
-    if device == "cuda" and session.get_providers()[0] != CUDA:
-        raise ModelError("device 'cuda' requested, but the CUDA provider did not initialise "
-                         "(onnxruntime fell back to CPU: check the CUDA and cuDNN libraries)")
-    return session
-
-
-def _check_graph(session: ort.InferenceSession, path: Path, meta: dict[str, str]) -> None:
-    ins, outs = session.get_inputs(), session.get_outputs()
+def _check_graph(session: Session, path: Path, meta: dict[str, str]) -> None:
+    ins, outs = session.inputs(), session.outputs()
     if [i.name for i in ins] != ["z"] or [o.name for o in outs] != ["image"]:
         raise ModelError(f"{path}: graph must have one input 'z' and one output 'image', has inputs "
                          f"{[i.name for i in ins]} and outputs {[o.name for o in outs]}")
     z, image = ins[0], outs[0]
     want_z = [int(meta["latent_dim"])]
     want_img = [int(meta["channels"]), int(meta["height"]), int(meta["width"])]
-    for arg, want in ((z, want_z), (image, want_img)):
-        if arg.type != "tensor(float)":
-            raise ModelError(f"{path}: '{arg.name}' must be float32, is {arg.type}")
-        if len(arg.shape) != len(want) + 1 or list(arg.shape[1:]) != want:
-            raise ModelError(f"{path}: '{arg.name}' has shape {arg.shape}, metadata says [batch, "
+    for port, want in ((z, want_z), (image, want_img)):
+        if port.dtype != "float32":
+            raise ModelError(f"{path}: '{port.name}' must be float32, is {port.dtype}")
+        shown = ["batch" if d is None else d for d in port.shape]
+        if len(port.shape) != len(want) + 1 or list(port.shape[1:]) != want:
+            raise ModelError(f"{path}: '{port.name}' has shape {shown}, metadata says [batch, "
                              f"{', '.join(map(str, want))}]")
-        if isinstance(arg.shape[0], int) and arg.shape[0] != -1:
-            raise ModelError(f"{path}: '{arg.name}' has a fixed batch size {arg.shape[0]}; it must be dynamic")
-
-
-def first_line(e: BaseException) -> str:
-    """The first line of an exception's message (libraries raise multi-line ones), at most 300 characters."""
-    text = str(e).strip().splitlines()
-    return text[0][:300] if text else type(e).__name__
+        if port.shape[0] is not None:
+            raise ModelError(f"{path}: '{port.name}' has a fixed batch size {port.shape[0]}; it must be dynamic")

@@ -526,17 +526,6 @@ def build_app(models: dict[str, str], replicas: int = 1, max_batch_size: int = 2
     return Ingress.bind(handles)
 
 
-def resolve(models) -> dict[str, str]:
-    """Model arguments (paths or bundled names; none: every bundled model) -> {name: path}."""
-    paths = [bundled.resolve(m) for m in models] if models else list(bundled.bundled_models().values())
-    chosen = {}
-    for p in paths:
-        if p.stem in chosen:
-            raise ValueError(f"two models are named {p.stem!r}; rename one")
-        chosen[p.stem] = str(p.resolve())
-    return chosen
-
-
 def start(models=(), host: str = "127.0.0.1", port: int = 8000, replicas: int = 1, max_batch_size: int = 256,
           address: str | None = None, threads: int | None = None, replica_resources: dict | None = None,
           max_per_node: int | None = None) -> str:
@@ -553,7 +542,7 @@ def start(models=(), host: str = "127.0.0.1", port: int = 8000, replicas: int = 
             check_threads(threads)
         except ValueError as e:
             raise ValueError(f"--threads: {e}") from None
-    chosen = resolve(models)  # every option and model checked before anything starts
+    chosen = {name: str(path.resolve()) for name, path in bundled.pick(models).items()}  # checked before anything starts
     app = build_app(chosen, replicas, max_batch_size, threads, replica_resources, max_per_node=max_per_node)
     # A busy or small machine can take longer than Ray Serve's 5 s to start its HTTP proxy; then the
     # controller would restart the proxy in a loop. Give it a minute (inherited by Ray's processes).

@@ -27,8 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
-from . import bundled
+from . import bundled, gate
 from .files import atomic_folder, write_bytes
+from .gate import GateError, Thresholds, misses
 from .images import compare_images, to_uint8
 from .runtime import Generator
 
@@ -43,16 +44,8 @@ ORT_FILES = ("ort.min.mjs", "ort-wasm-simd-threaded.mjs", "ort-wasm-simd-threade
 # the module for it; a model it fails is refused on it by dcgan.mjs.
 PLAN = {"wasm-1-thread": ((0, 1, 2), (1, 7, 64)), "wasm-2-threads": ((0,), (1, 64)), "webgpu": ((0, 1), (1, 7))}
 REQUIRED = ("wasm-1-thread", "wasm-2-threads")
-MAX_ABS, MAX_CHANGED = 1e-4, 1e-3  # the CPU gate's limit; a share of uint8 pixels allowed to differ
+THRESHOLDS = Thresholds()  # the one gate's limits (``gate``), as export and verify apply them on the CPU
 BROWSERS = ("chromium", "chromium-browser", "google-chrome")
-
-
-class WebGateError(RuntimeError):
-    """A model missed the browser gate; ``report`` holds the numbers."""
-
-    def __init__(self, message: str, report: dict):
-        super().__init__(message)
-        self.report = report
 
 
 def build(models, out: str | Path, ort_dist: str | Path | None = None, gate: bool = True,
@@ -86,7 +79,7 @@ def build(models, out: str | Path, ort_dist: str | Path | None = None, gate: boo
         report = {"onnxruntime_web": ORT_VERSION, "ort_source": "local copy (ort/)" if dist else CDN, "models": {}}
         site = site_json(chosen, dist is not None, report)
         write_bytes(stage / "site.json", json.dumps(site, indent=2).encode())
-        report["gate"] = (run_gate(stage, chosen, gate_dist, references or {}, local_ort=dist is not None) if gate
+        report["gate"] = (run_browser_gate(stage, chosen, gate_dist, references or {}, local_ort=dist is not None) if gate
                           else {"status": "not run", "reason": "not asked for"})
         if report["gate"]["status"] != "ran":
             if gate and not unchecked:
@@ -97,7 +90,7 @@ def build(models, out: str | Path, ort_dist: str | Path | None = None, gate: boo
         else:
             failures = [f for m in report["gate"]["models"].values() for f in m["failures"]]
             if failures:
-                raise WebGateError(f"browser parity gate failed ({failures[0]}); no site was written", report)
+                raise GateError(f"browser parity gate failed ({failures[0]}); no site was written", report)
             for m in site["models"]:
                 statuses = {k: v["status"] for k, v in report["gate"]["models"][m["name"]]["backends"].items()}
                 m["browser_gate"] = statuses
@@ -108,18 +101,14 @@ def build(models, out: str | Path, ort_dist: str | Path | None = None, gate: boo
 
 
 def resolve_models(models) -> dict[str, Path]:
-    """{name: path} of the site's models, each checked by the runtime; a dict from an earlier call is kept."""
+    """{name: path} of the site's models (``bundled.pick``), each checked by the runtime; a dict from an
+    earlier call is kept."""
     if isinstance(models, dict):
         return models
-    if not models:
-        return bundled.bundled_models()
-    chosen = {}
-    for m in models:
-        path = bundled.resolve(m)
-        Generator.load(path, device="cpu")  # refuse what the runtime refuses, now
-        if path.stem in chosen:
-            raise ValueError(f"two models are named {path.stem!r}; rename one")
-        chosen[path.stem] = path
+    chosen = bundled.pick(models)
+    if models:
+        for path in chosen.values():
+            Generator.load(path, device="cpu")  # refuse what the runtime refuses, now
     return chosen
 
 
@@ -292,7 +281,7 @@ def run_backend(browser, file: str, backend: str, threads: int, seeds, batches) 
     return ran
 
 
-def run_gate(site: Path, chosen: dict[str, Path], dist: Path | None, references: dict, local_ort: bool) -> dict:
+def run_browser_gate(site: Path, chosen: dict[str, Path], dist: Path | None, references: dict, local_ort: bool) -> dict:
     """Every model through the page's runtime in headless Chromium: wasm (one thread; several where the
     page is cross-origin isolated) and WebGPU where there is an adapter; compared with the Python runtime."""
     if find_browser() is None:
@@ -321,7 +310,7 @@ def run_gate(site: Path, chosen: dict[str, Path], dist: Path | None, references:
                     for key in plan:
                         backend, threads = ("webgpu", 1) if key == "webgpu" else ("wasm", 1 if key.startswith("wasm-1") else 2)
                         ran = run_backend(browser, f"models/{name}.onnx", backend, threads, *PLAN[key])
-                        result = judge(ran, path, references.get(name))
+                        result = judge(ran, path, references.get(name), key)
                         results[name]["backends"][key] = result
                         if key in REQUIRED:
                             results[name]["failures"] += [f"{name} {key}: {f}" for f in result.get("failures", [])]
@@ -341,9 +330,10 @@ def _not_run() -> dict:
     return {"backends": {k: {"status": "not checked"} for k in (*PLAN, "wasm")}, "failures": []}
 
 
-def judge(ran: dict, path: Path, reference=None) -> dict:
+def judge(ran: dict, path: Path, reference=None, backend: str = "wasm") -> dict:
     """One backend's run against the Python runtime (and ``reference``, a callable z -> PyTorch's images,
-    when given): max and mean abs error, PSNR, uint8 pixels changed; passed or failed with the reasons."""
+    when given): max and mean abs error, PSNR, uint8 pixels changed; passed or failed by the one gate's
+    limits (``gate``) for ``backend``, with the reasons."""
     if ran.get("status") == "not checked":
         return {"status": "not checked", "reason": ran.get("reason")}
     if ran.get("status") != "ran":
@@ -365,13 +355,10 @@ def judge(ran: dict, path: Path, reference=None) -> dict:
             failures.append(f"seed {seed} batch {n}: the page's uint8 conversion differs from Python's")
         for against, m in (("the Python runtime", c), ("PyTorch", c.get("vs_pytorch"))):
             # an int8 file's integer sums are exact everywhere: against the Python runtime, the same bytes
-            changed = 0.0 if gen.precision == "int8" and m is c else MAX_CHANGED
-            if m is not None and not (m["finite"] and m["max_abs"] <= MAX_ABS and m["changed"] <= changed):
-                failures.append(f"seed {seed} batch {n} against {against}: max abs {m['max_abs']:.3g} (limit "
-                                f"{MAX_ABS:g}), {m['changed']:.3%} uint8 pixels changed (limit {changed:.1%})")
+            why = [] if m is None else misses(m, backend, THRESHOLDS, exact=gen.precision == "int8" and m is c)
+            failures += [f"seed {seed} batch {n} against {against}: {w}" for w in why]
         checks.append(c)
-    worst = {"max_abs": max(c["max_abs"] for c in checks), "psnr": min(c["psnr"] for c in checks),
-             "changed": max(c["changed"] for c in checks)}
+    worst = gate.worst(checks)
     if reference is not None:
         worst["vs_pytorch_max_abs"] = max(c["vs_pytorch"]["max_abs"] for c in checks)
     return {"status": "failed" if failures else "passed", "failures": failures, "worst": worst,

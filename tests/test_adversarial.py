@@ -266,7 +266,7 @@ def test_a_failed_interpolation_leaves_both_files_as_they_were(files, tmp_path, 
     from dcgan_deploy import images
     for suffix in (".png", ".gif"):
         (tmp_path / f"walk{suffix}").write_bytes(b"old " + suffix.encode())
-    monkeypatch.setattr(images, "_encode_gif", lambda *a, **k: (_ for _ in ()).throw(OSError("disk full")))
+    monkeypatch.setattr(images, "encode_gif", lambda *a, **k: (_ for _ in ()).throw(OSError("disk full")))
     code, err, _ = run(["interpolate", "-m", files["good"], "-o", "walk"], tmp_path)
     assert code == 1 and "disk full" in err
     assert (tmp_path / "walk.png").read_bytes() == b"old .png" and (tmp_path / "walk.gif").read_bytes() == b"old .gif"
@@ -343,11 +343,25 @@ def ckpt_cases(tmp: Path) -> list:
 
 def test_hostile_checkpoints_are_refused_before_anything_is_built(tmp_path):
     for path, phrase in ckpt_cases(tmp_path):
-        start = time.perf_counter()
         code, err, after = run(["export", path, "-o", tmp_path / "out.onnx"], tmp_path)
         assert code == 1 and len(err.strip().splitlines()) == 1 and phrase in err, (path.name, err)
         assert "Traceback" not in err and "out.onnx" not in after
-        assert time.perf_counter() - start < 20, path.name  # no 784 GB allocation attempted first
+
+
+@pytest.mark.slow
+def test_a_huge_checkpoint_is_refused_without_allocating_it(tmp_path):
+    """The sizes a checkpoint declares are checked before a tensor is built: under a 6 GB address-space limit
+    (far below the 784 GB a hostile [net] config asks for), the refusal is still the one clear line."""
+    cases = [(p, phrase) for p, phrase in ckpt_cases(tmp_path) if p.stem in ("latent_1e9", "width_1e6", "width_big")]
+    assert len(cases) == 3
+    code = ("import resource, sys\n"
+            "resource.setrlimit(resource.RLIMIT_AS, (6 * 2**30, resource.RLIM_INFINITY))\n"
+            "from dcgan_deploy.cli import main\n"
+            "main(sys.argv[1:], prog_name='dcgan-deploy')")
+    for path, phrase in cases:
+        r = subprocess.run([sys.executable, "-c", code, "export", str(path), "-o", str(tmp_path / "out.onnx")],
+                           capture_output=True, text=True, cwd=tmp_path)
+        assert r.returncode == 1 and phrase in r.stderr and "Traceback" not in r.stderr, (path.name, r.stderr[-500:])
 
 
 def toml_value(v) -> str:
@@ -379,12 +393,13 @@ RECIPES = [
     ({"lr": float("inf")}, "lr must be a positive finite number"),
     ({"spectral_norm": "yes"}, "spectral_norm must be true or false"),
     ({"loss": "wasserstein"}, "loss must be one of"),
-    ({"minibatch_std": 1}, "minibatch_std must be 0 (off) or a group size from 2 to batch_size (8), got 1"),
-    ({"minibatch_std": 16}, "minibatch_std must be 0 (off) or a group size from 2 to batch_size (8), got 16"),
-    ({"lecam": -0.3}, "lecam must be a non-negative finite number, got -0.3"),
-    ({"lecam": float("nan")}, "lecam must be a non-negative finite number, got nan"),
-    ({"top_k": 1.5}, "top_k must be a share of the batch in (0, 1] (0 = off), got 1.5"),
-    ({"top_k": -0.5}, "top_k must be a share of the batch in (0, 1] (0 = off), got -0.5"),
+    ({"optim": {"lr": "fast"}}, "[optim] lr must be a number, got 'fast'"),
+    ({"optim": {"lrr": 1e-3}}, "unknown setting(s) in [optim]: lrr"),
+    ({"run": "fast"}, "run must be a table ([run])"),
+    ({"discriminator": {"r1": -1.0}}, "r1 must be a non-negative finite number, got -1.0"),
+    ({"lecam": 0.3}, "lecam is no longer in the trainer (it measured worse"),
+    ({"top_k": 0.5}, "top_k is no longer in the trainer"),
+    ({"augment": "color,scale"}, "unknown policy 'scale'"),
     ({"augment": "color,rotate"}, "unknown policy 'rotate'"),
     ({"ada_target": 0.6}, "ada_target adapts the augmentation's strength: give augment policies too"),
     ({"ada_target": 1.5, "augment": "color"}, "ada_target must be in [0, 1) (0 = off), got 1.5"),
@@ -399,6 +414,7 @@ RECIPES = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("settings, phrase", RECIPES, ids=[next(iter(s)) + ":" + str(s[next(iter(s))])[:20]
                                                             for s, _ in RECIPES])
 def test_bad_recipes_are_refused_at_load(tmp_path, settings, phrase):
@@ -440,14 +456,18 @@ def test_a_full_disk_while_checkpointing_names_the_file_and_keeps_the_last_one(t
 
     from dcgan_deploy import checkpoint
     from dcgan_deploy.train import TrainConfig, Trainer
-    cfg = TrainConfig(arch="mnist-dcgan", data="synthetic:16", steps=2, batch_size=4, checkpoint_every=1,
+    cfg = TrainConfig.of(arch="mnist-dcgan", data="synthetic:16", steps=2, batch_size=4, checkpoint_every=1,
                       sample_every=100, net={"g_width": 8, "d_width": 8})
     trainer = Trainer(cfg, tmp_path, progress=False)
     trainer.cfg.steps = 1
     trainer.train()
     good = (tmp_path / "train_state.pt").read_bytes()
 
-    def full(dest, data):
+    real_write = checkpoint.write_bytes
+
+    def full(dest, data):  # the disk fills while the checkpoint is written (the log's rewrite at the start gets by)
+        if Path(dest).name == "log.jsonl":
+            return real_write(dest, data)
         raise OSError(errno.ENOSPC, "No space left on device")
     monkeypatch.setattr(checkpoint, "write_bytes", full)
     trainer.cfg.steps = 2
@@ -466,6 +486,7 @@ def test_a_killed_saves_leftovers_are_swept_on_resume(tmp_path):
     assert [p.name for p in (tmp_path / "run").iterdir() if p.name.startswith(".")] == [".lock"]  # the run's lock
 
 
+@pytest.mark.slow
 def test_verify_picks_the_gate_from_the_graph_not_the_metadata(tmp_path):
     """A tampered fp32 file fails; claiming precision=int8 in its own metadata must not let it pass."""
     from dcgan_deploy.bundled import bundled_models

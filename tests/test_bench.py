@@ -52,6 +52,7 @@ def test_bench_with_a_checkpoint_compares_pytorch_side_by_side():
     assert row["speedup_range"][0] <= row["speedup_vs_torch"] <= row["speedup_range"][1]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not (shutil.which("c++") or shutil.which("g++")), reason="torch.compile (inductor) needs a C++ compiler")
 def test_bench_compiles_the_pytorch_generator_beside_eager(tmp_path):
     from dcgan_deploy.checkpoint import save_generator
@@ -120,7 +121,7 @@ def test_io_binding_runs_the_same_graph_in_place(rgb_model):
     from dcgan_deploy.runtime import Generator
     gen = Generator.load(rgb_model, device="cpu", threads=1)
     z = gen.latents(3, seed=4)
-    run, image = bench._bound(gen, z)
+    run, image = bench.bound_run(gen, z)
     assert image.device_name() == "cpu" and image.shape() == [3, 3, 4, 5]
     run()
     first = image.numpy().copy()
@@ -183,7 +184,7 @@ def test_cuda_graph_replays_what_a_plain_run_computes(rgb_model):
     from dcgan_deploy.runtime import Generator
     gen = Generator.load(rgb_model, device="cuda")
     z = gen.latents(16, seed=2)
-    run, image = bench._graphed(gen, z, threads=1)
+    run, image = bench.graphed_run(gen, z, threads=1)
     run()
     assert image.device_name() == "cuda"
     np.testing.assert_allclose(image.numpy(), gen.run(z), atol=1e-5)

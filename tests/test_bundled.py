@@ -55,6 +55,7 @@ def recorded_weights(name: str, tmp_path: Path) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_bundled_model_passes_verify_against_its_recorded_weights(tmp_path):
     from click.testing import CliRunner
 

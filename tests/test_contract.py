@@ -13,7 +13,7 @@ from onnx import helper
 
 from conftest import ROOT, make_model
 from dcgan_deploy import Generator, ModelError
-from dcgan_deploy.directions import check_strength
+from dcgan_deploy.edits import check_strength
 from dcgan_deploy.latent import check_count, check_seed, check_truncation
 from dcgan_deploy.modelfile import check_direction_name, check_direction_vector, check_directions, write_metadata
 

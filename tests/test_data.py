@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from dcgan_deploy import data
-from dcgan_deploy.train import Batches
+from dcgan_deploy.parallel import Batches
 
 
 def write_idx(path, images):

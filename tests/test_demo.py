@@ -155,6 +155,7 @@ def test_good_requests_over_http(server):
 EDIT = ["random-1", 0, "random-2", 0, "random-3", 0, "random-4", 0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("api, data, message", [
     ("grid", ["tiny", float("nan"), 2, 1.0], "seed must be a whole number"),
     ("grid", ["tiny", 2.5, 2, 1.0], "seed must be a whole number, got 2.5"),
@@ -247,6 +248,7 @@ class SlowDemo(Demo):
         return super().seed_grid(*args)
 
 
+@pytest.mark.slow
 def test_a_burst_is_shed_by_the_bounded_queue(models):
     demo = SlowDemo(models)
     app = demo.build()
@@ -280,6 +282,7 @@ def wait_for(url, proc, seconds=60):
     raise AssertionError(f"{url} did not come up")
 
 
+@pytest.mark.slow
 def test_cli_demo_serves_the_bundled_model_and_warns_when_exposed(tmp_path):
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "dcgan_deploy", "demo", "--host", "0.0.0.0", "--port", str(port)],
@@ -307,6 +310,7 @@ def test_cli_demo_refuses_bad_auth_and_models():
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER), reason="needs Debian's chromium and chromium-driver (.ci/run installs them)")
 def test_end_to_end_in_headless_chromium(tmp_path):
     from selenium import webdriver

@@ -30,6 +30,7 @@ def test_sefa_directions_are_the_first_layers_top_singular_vectors(tmp_path):
     assert sum(shares) == pytest.approx(1) and shares == sorted(shares, reverse=True)
 
 
+@pytest.mark.slow
 def test_the_same_generator_gives_the_same_directions_in_every_form(tmp_path):
     """Its first layer as a ConvTranspose on the 1x1 map (export --no-forms), a Gemm (the forms), and
     dequantized int8 weights: the same SeFa directions."""

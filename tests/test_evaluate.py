@@ -65,6 +65,7 @@ def test_coverage_of_a_many_class_extractor_counts_classes_instead_of_flagging_e
     assert "min_class_share" not in ev.quality_summary(report) and ev.quality_summary(report)["score"] == 2.0
 
 
+@pytest.mark.slow
 def test_the_shipped_extractor_sees_blur_and_class_collapse():
     extractor = ev.Extractor.load()
     assert float(extractor.info["test_accuracy"]) > 0.95
@@ -82,6 +83,7 @@ def test_the_shipped_extractor_sees_blur_and_class_collapse():
     assert collapsed["coverage"]["flagged"] and collapsed["fid"] > 10 * base["fid"]
 
 
+@pytest.mark.slow
 def test_evaluate_the_bundled_model_reports_score_floor_and_sizes():
     report = ev.evaluate(n=500, seed=1)
     assert report["n_generated"] == 500 and report["real"]["half_size"] == 2500
@@ -95,6 +97,7 @@ def test_evaluate_the_bundled_model_reports_score_floor_and_sizes():
     assert ev.evaluate(n=500, seed=1)["generated"]["fid"] == g["fid"]
 
 
+@pytest.mark.slow
 def test_evaluate_cli_json_and_save(tmp_path):
     import shutil
 
@@ -131,6 +134,7 @@ def test_missing_extractor_is_explained(tmp_path):
     assert r.exit_code == 1 and "feature extractor" in r.output
 
 
+@pytest.mark.slow
 def test_drift_between_pytorch_and_onnx_is_at_the_noise_floor(tmp_path):
     import torch
 

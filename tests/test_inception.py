@@ -13,6 +13,8 @@ from dcgan_deploy import inception  # noqa: E402
 from dcgan_deploy.runtime import ModelError  # noqa: E402
 from conftest import load_script  # noqa: E402
 
+pytestmark = pytest.mark.slow  # an Inception network built, exported and run: the full suite's, not the fast lane's
+
 DATA = Path(__file__).resolve().parent / "data"
 REF = load_script("tests/inception_reference.py", "inception_reference")
 KEYS = json.loads((DATA / "inception_keys.json").read_text())

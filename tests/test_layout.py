@@ -4,6 +4,7 @@
   torch or onnx; the command line is the one edge that dispatches to both sides.
 - Importing the runtime loads numpy and onnxruntime only (no Pillow, torch, onnx, click, tqdm).
 - The design document lists every module, and says of each whether it needs torch.
+- No import cycles among our modules, counting imports inside functions.
 """
 import ast
 import re
@@ -15,12 +16,13 @@ import pytest
 from conftest import ROOT
 
 PACKAGE = ROOT / "dcgan_deploy"
-TORCH_SIDE = {"nets", "augment", "checkpoint", "train", "export", "forms", "parity", "inception"}
+TORCH_SIDE = {"nets", "augment", "checkpoint", "train", "recipe", "losses", "parallel", "export", "forms", "parity",
+              "inception"}
 NEEDS_ONNX = {"triton"}  # torch-free, but writes its graph with the onnx package (lazily, as export runs it)
 EDGE = {"cli", "__main__"}
 MODULES = sorted(p.stem for p in PACKAGE.glob("*.py"))
 TORCH_FREE = sorted(set(MODULES) - TORCH_SIDE - EDGE)
-RUNTIME_CORE = ["__init__", "runtime", "modelfile", "latent", "images", "files", "bundled", "directions"]
+RUNTIME_CORE = ["__init__", "runtime", "modelfile", "latent", "images", "files", "bundled", "edits"]
 
 
 def imports_of(module: str) -> set[str]:
@@ -69,6 +71,25 @@ def test_the_design_lists_every_module_and_what_it_needs():
     assert set(rows) == set(MODULES) - {"__init__", "__main__"}
     for module, needs in rows.items():
         assert ("torch" in needs) == (module in TORCH_SIDE), (module, needs)
+
+
+def test_no_module_imports_itself_through_others():
+    """The modules' imports, at any depth, form no cycle (the package's ``__init__`` re-exports, so it is left out:
+    a module naming the package means one of its modules, and that module is named directly)."""
+    graph = {m: {n.split(".")[1] for n in imports_of(m) if n.startswith("dcgan_deploy.")} & set(MODULES) - {m, "__init__"}
+             for m in MODULES if m != "__init__"}
+    done: set[str] = set()
+
+    def visit(module: str, path: list[str]) -> None:
+        if module in path:
+            raise AssertionError("import cycle: " + " -> ".join(path[path.index(module):] + [module]))
+        if module not in done:
+            for other in sorted(graph[module]):
+                visit(other, path + [module])
+            done.add(module)
+
+    for module in graph:
+        visit(module, [])
 
 
 def test_no_module_is_named_utils_or_helpers():

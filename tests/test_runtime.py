@@ -182,6 +182,7 @@ def test_importing_the_runtime_stays_light():
     assert out == ""
 
 
+@pytest.mark.slow
 def test_the_readmes_python_example_runs():
     import re
     from conftest import ROOT
@@ -193,3 +194,49 @@ def test_the_readmes_python_example_runs():
     assert scope["x"].shape == (4, 1, 28, 28) and scope["edited"].shape == (4, 28, 28, 1)
     assert not np.array_equal(scope["edited"], scope["gen"].generate(4, seed=7))
     assert np.array_equal(scope["faithful"], scope["gen"].generate(16, seed=42, truncation=0.7))
+
+
+# ---- the engine seam (session.Session) ---------------------------------------------------------
+class NumpyGemmSession:
+    """A second engine in a few lines: numpy computing the tiny Gemm -> Tanh -> Reshape graph that
+    ``make_model`` writes, from the file's own weights. What ``Generator`` needs of any engine."""
+
+    engine, provider, device = "numpy-gemm", "numpy", "cpu"
+
+    def __init__(self, path, dtype="float32"):
+        from dcgan_deploy import modelfile
+        init = modelfile.read(path).graph.initializers
+        self.w, self.b, self.shape = init["W"].array(), init["B"].array(), init["shape"].array()
+        self.dtype = dtype
+
+    def inputs(self):
+        from dcgan_deploy.session import Port
+        return [Port("z", self.dtype, (None, self.w.shape[0]))]
+
+    def outputs(self):
+        from dcgan_deploy.session import Port
+        return [Port("image", "float32", (None, *map(int, self.shape[1:])))]
+
+    def run(self, z):
+        return np.tanh(z @ self.w + self.b).astype(np.float32).reshape(self.shape)
+
+    def facts(self):
+        return {"numpy": np.__version__}
+
+
+def test_another_engine_is_one_class_behind_the_session_interface(tmp_path, monkeypatch):
+    from dcgan_deploy import session
+    path = make_model(tmp_path / "m.onnx", latent_dim=8, channels=3, height=4, width=5)
+    monkeypatch.setitem(session.ENGINES, "numpy-gemm", lambda p, device, threads: NumpyGemmSession(p))
+    ours, theirs = Generator.load(path, engine="numpy-gemm"), Generator.load(path, device="cpu")
+    assert ours.provider == "numpy" and ours.info()["engine"] == "numpy-gemm" and theirs.info()["engine"] == "onnxruntime"
+    np.testing.assert_allclose(ours.run(ours.latents(6, 3)), theirs.run(theirs.latents(6, 3)), atol=1e-5)
+    assert ours.generate(4, seed=1).shape == (4, 4, 5, 3)
+    with pytest.raises(ValueError, match="latents must be float32"):  # the runtime's checks, whatever the engine
+        ours.run(np.zeros((1, 8)))
+    # the file's ports are checked through the interface: an engine that reports a float64 input is refused
+    monkeypatch.setitem(session.ENGINES, "numpy-gemm", lambda p, device, threads: NumpyGemmSession(p, "float64"))
+    with pytest.raises(ModelError, match="'z' must be float32, is float64"):
+        Generator.load(path, engine="numpy-gemm")
+    with pytest.raises(ValueError, match="unknown engine 'coreml'; available: onnxruntime"):
+        Generator.load(path, engine="coreml")

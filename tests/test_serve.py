@@ -23,6 +23,8 @@ from dcgan_deploy import serve as server  # noqa: E402
 from dcgan_deploy.bundled import bundled_models  # noqa: E402
 from dcgan_deploy.images import grid  # noqa: E402
 
+pytestmark = pytest.mark.slow  # a real Ray Serve cluster: the full suite's, not the fast lane's
+
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):

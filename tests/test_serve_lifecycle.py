@@ -21,6 +21,8 @@ requests = pytest.importorskip("requests")
 from conftest import free_port  # noqa: E402
 from dcgan_deploy import Generator  # noqa: E402
 
+pytestmark = pytest.mark.slow  # real Ray Serve processes, started and stopped: the full suite's, not the fast lane's
+
 
 def test_bad_options_are_refused_before_ray_starts(tmp_path):
     for args, message in ((["--threads", "1000"], "--threads: threads=1000 is more than"),

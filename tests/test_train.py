@@ -1,10 +1,12 @@
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import textwrap
 import time
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -15,6 +17,7 @@ from safetensors.torch import load_file
 from dcgan_deploy.checkpoint import CheckpointError, load_generator_file, load_torch
 from dcgan_deploy.cli import EXIT_DIVERGED, main
 from dcgan_deploy.nets import ARCHITECTURES
+from dcgan_deploy.recipe import to_toml
 from dcgan_deploy.train import DivergenceError, TrainConfig, Trainer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -24,11 +27,9 @@ TINY = {"g_width": 8, "d_width": 8}
 def recipe(tmp_path, name="r", **settings):
     settings = {"arch": "mnist-dcgan", "data": "synthetic:64", "steps": 4, "batch_size": 8, "sample_every": 2,
                 "checkpoint_every": 2, "log_every": 1, **settings}
-    net = settings.pop("net", TINY)
-    lines = [f"{k} = {json.dumps(v)}" for k, v in settings.items()]
-    lines += ["[net]"] + [f"{k} = {json.dumps(v)}" for k, v in net.items()]
+    settings.setdefault("net", TINY)
     path = tmp_path / f"{name}.toml"
-    path.write_text("\n".join(lines) + "\n")
+    path.write_text(to_toml(TrainConfig.of(**settings)))  # a tabled recipe, every key written out
     return path
 
 
@@ -42,7 +43,7 @@ def cli(*args, env=None, check=True):
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)
 def test_a_few_steps_of_every_architecture(tmp_path, arch):
-    cfg = TrainConfig(arch=arch, data="synthetic:32", steps=3, batch_size=8, sample_every=3, checkpoint_every=3,
+    cfg = TrainConfig.of(arch=arch, data="synthetic:32", steps=3, batch_size=8, sample_every=3, checkpoint_every=3,
                       log_every=1, net=TINY)
     record = Trainer(cfg, tmp_path / "run", progress=False).train()
     run = tmp_path / "run"
@@ -58,6 +59,46 @@ def test_a_few_steps_of_every_architecture(tmp_path, arch):
     assert set(tensors) == set(state["G"])
 
 
+def test_a_recipe_is_tables_validated_into_nested_dataclasses(tmp_path):
+    tabled = tmp_path / "tabled.toml"
+    tabled.write_text('arch = "dcgan64"\nsteps = 30\n[optim]\nlr = 4e-4\nlr_d = 2e-4\n[generator]\nema = 0.999\n'
+                      '[discriminator]\naugment = "translation,cutout"\n[run]\nthreads = 1\n[net]\ng_width = 8\n')
+    cfg = TrainConfig.from_file(tabled, batch_size=16, average_start=10)  # overrides land in their tables
+    assert (cfg.optim.lr, cfg.optim.lr_d, cfg.generator.ema, cfg.run.threads) == (4e-4, 2e-4, 0.999, 1)
+    assert (cfg.batch_size, cfg.generator.average_start, cfg.discriminator.augment) == (16, 10, "translation,cutout")
+    assert cfg.net == {"g_width": 8} and cfg.optim.beta1 == 0.5  # defaults fill what the file leaves out
+    # the older flat form (what earlier checkpoints hold) reads into the same tables
+    flat = TrainConfig.from_dict({"arch": "dcgan64", "steps": 30, "batch_size": 16, "lr": 4e-4, "lr_d": 2e-4,
+                                  "ema": 0.999, "average_start": 10, "augment": "translation,cutout", "threads": 1,
+                                  "lecam": 0.0, "top_k": 0.0, "joint_batch": False, "minibatch_std": 0,
+                                  "net": {"g_width": 8}})
+    assert flat == cfg
+    # --dry-run's TOML reads back as the same recipe
+    (tmp_path / "resolved.toml").write_text(to_toml(cfg))
+    assert TrainConfig.from_file(tmp_path / "resolved.toml") == cfg
+    for bad, words in (({"optim": {"lrr": 1}}, "unknown setting(s) in [optim]: lrr"),
+                       ({"optim": 3}, "optim must be a table"),
+                       ({"run": {"threads": "two"}}, "[run] threads must be a whole number, got 'two'"),
+                       ({"lecam": 0.3}, "lecam is no longer in the trainer"),
+                       ({"minibatch_std": False}, "minibatch_std is no longer in the trainer"),
+                       ({"discriminator": {"augment": "scale"}}, "unknown policy 'scale'")):
+        with pytest.raises(ValueError, match=re.escape(words)):
+            TrainConfig.from_dict({"arch": "dcgan64", **bad})
+
+
+def test_dry_run_prints_the_resolved_recipe_and_builds_nothing(tmp_path):
+    r = CliRunner().invoke(main, ["train", str(ROOT / "training" / "mnist-dcgan.toml"), "--steps", "5",
+                                  "--out", str(tmp_path / "run"), "--dry-run"])
+    assert r.exit_code == 0, r.output
+    shown = TrainConfig.from_dict(tomllib.loads(r.output))
+    assert shown == TrainConfig.from_file(ROOT / "training" / "mnist-dcgan.toml", steps=5)
+    assert "[optim]" in r.output and "lr_decay_end = 32000" in r.output and not (tmp_path / "run").exists()
+    cli("train", recipe(tmp_path, steps=2), "--out", tmp_path / "done")  # and of a run to resume
+    r = CliRunner().invoke(main, ["train", "--resume", str(tmp_path / "done"), "--steps", "6", "--dry-run"])
+    assert r.exit_code == 0 and TrainConfig.from_dict(tomllib.loads(r.output)).steps == 6
+    assert load_torch(tmp_path / "done" / "train_state.pt")["step"] == 2  # nothing trained
+
+
 def test_recipe_flags_override_and_bad_recipes(tmp_path):
     cfg = TrainConfig.from_file(recipe(tmp_path), steps=9, data="synthetic:16")
     assert cfg.steps == 9 and cfg.data == "synthetic:16" and cfg.batch_size == 8
@@ -65,7 +106,8 @@ def test_recipe_flags_override_and_bad_recipes(tmp_path):
     bad.write_text('arch = "mnist-dcgan"\nstepz = 3\n')
     with pytest.raises(ValueError, match="unknown setting"):
         TrainConfig.from_file(bad)
-    r = CliRunner().invoke(main, ["train", str(recipe(tmp_path, steps=0))])
+    bad.write_text('arch = "mnist-dcgan"\nsteps = 0\n')
+    r = CliRunner().invoke(main, ["train", str(bad)])
     assert r.exit_code == 1 and "steps must be a positive integer" in r.output
     r = CliRunner().invoke(main, ["train", str(tmp_path / "missing.toml")])
     assert r.exit_code == 1 and "recipe not found" in r.output
@@ -73,6 +115,7 @@ def test_recipe_flags_override_and_bad_recipes(tmp_path):
     assert r.exit_code == 1 and "data source not found" in r.output
 
 
+@pytest.mark.slow
 def test_resume_in_a_new_process_is_bitwise_exact(tmp_path):
     """N steps straight == N/2, then resume in a new process, then N/2 (dropout and BN included)."""
     r = recipe(tmp_path, arch="mnist-dcgan-wide", steps=6, checkpoint_every=3)
@@ -111,6 +154,7 @@ KILL_SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_sigkill_during_save_keeps_the_previous_checkpoint(tmp_path):
     path = tmp_path / "train_state.pt"
     script = tmp_path / "saver.py"
@@ -129,6 +173,7 @@ def test_sigkill_during_save_keeps_the_previous_checkpoint(tmp_path):
         assert state["step"] >= 1 and bool((state["w"] == state["step"]).all())
 
 
+@pytest.mark.slow
 def test_divergence_exits_with_its_own_code(tmp_path):
     res = cli("train", recipe(tmp_path, lr=1e30, steps=20), "--out", tmp_path / "run", check=False)
     assert res.returncode == EXIT_DIVERGED, res.stderr
@@ -137,13 +182,13 @@ def test_divergence_exits_with_its_own_code(tmp_path):
 
 
 def test_divergence_keeps_the_last_good_checkpoint(tmp_path):
-    cfg = TrainConfig(arch="mnist-dcgan", data="synthetic:32", steps=2, batch_size=8, checkpoint_every=1,
+    cfg = TrainConfig.of(arch="mnist-dcgan", data="synthetic:32", steps=2, batch_size=8, checkpoint_every=1,
                       sample_every=100, net=TINY)
     trainer = Trainer(cfg, tmp_path, progress=False)
     trainer.train()
     good = (tmp_path / "train_state.pt").read_bytes()
     trainer.cfg.steps = 10
-    trainer.cfg.lr = 1e30  # blow the weights up
+    trainer.cfg.optim.lr = 1e30  # blow the weights up
     with pytest.raises(DivergenceError, match=r"diverged at step 3 .*the last good checkpoint \(step 2\)"):
         trainer.train()
     assert (tmp_path / "train_state.pt").read_bytes() == good
@@ -151,7 +196,7 @@ def test_divergence_keeps_the_last_good_checkpoint(tmp_path):
 
 
 def test_a_failed_first_checkpoint_says_there_is_none(tmp_path, monkeypatch):
-    cfg = TrainConfig(arch="mnist-dcgan", data="synthetic:32", steps=2, batch_size=8, checkpoint_every=2,
+    cfg = TrainConfig.of(arch="mnist-dcgan", data="synthetic:32", steps=2, batch_size=8, checkpoint_every=2,
                       sample_every=100, net=TINY)
     trainer = Trainer(cfg, tmp_path / "run", progress=False)
 
@@ -163,6 +208,7 @@ def test_a_failed_first_checkpoint_says_there_is_none(tmp_path, monkeypatch):
         trainer.train()
 
 
+@pytest.mark.slow
 def test_one_run_folder_is_trained_by_one_process_at_a_time(tmp_path):
     import fcntl
     run = tmp_path / "run"
@@ -179,18 +225,18 @@ def test_one_run_folder_is_trained_by_one_process_at_a_time(tmp_path):
 
 
 def test_lr_decay_schedule_is_applied_and_resumes_exactly(tmp_path):
-    cfg = TrainConfig(arch="mnist-dcgan", steps=10, lr=1e-3, lr_decay_start=4, lr_decay_end=8)
+    cfg = TrainConfig.of(arch="mnist-dcgan", steps=10, lr=1e-3, lr_decay_start=4, lr_decay_end=8)
     assert [cfg.lr_at(s) for s in (0, 3, 4, 6, 7, 8, 20)] == pytest.approx([1e-3, 1e-3, 1e-3, 5e-4, 2.5e-4, 0, 0])
-    assert TrainConfig(arch="mnist-dcgan", lr=1e-3, lr_d=4e-3, lr_decay_start=4, lr_decay_end=8).lr_d_at(6) \
+    assert TrainConfig.of(arch="mnist-dcgan", lr=1e-3, lr_d=4e-3, lr_decay_start=4, lr_decay_end=8).lr_d_at(6) \
         == pytest.approx(2e-3)  # D's rate follows the same schedule
     for bad in ({"lr_decay_start": 5, "lr_decay_end": 5}, {"lr_decay_end": -1}, {"lr_decay_start": 3}):
         with pytest.raises(ValueError, match="lr_decay"):
-            TrainConfig(arch="mnist-dcgan", **bad).check()
+            TrainConfig.of(arch="mnist-dcgan", **bad).check()
     # the optimisers take the scheduled rate (logged per step), and a split run equals a straight one
     settings = dict(arch="mnist-dcgan", data="synthetic:64", batch_size=8, sample_every=100, checkpoint_every=100,
                     log_every=1, net=TINY, lr_decay_start=2, lr_decay_end=6)
-    Trainer(TrainConfig(**settings, steps=8), tmp_path / "straight", progress=False).train()
-    Trainer(TrainConfig(**settings, steps=3), tmp_path / "split", progress=False).train()
+    Trainer(TrainConfig.of(**settings, steps=8), tmp_path / "straight", progress=False).train()
+    Trainer(TrainConfig.of(**settings, steps=3), tmp_path / "split", progress=False).train()
     Trainer.resume(tmp_path / "split", progress=False, steps=8).train()
     rows = [json.loads(x) for x in (tmp_path / "straight" / "log.jsonl").read_text().splitlines()]
     assert [r["lr"] for r in rows if "lr" in r and "done" not in r] == pytest.approx(
@@ -200,14 +246,14 @@ def test_lr_decay_schedule_is_applied_and_resumes_exactly(tmp_path):
     assert straight["optG"]["param_groups"][0]["lr"] == 0
 
 
+@pytest.mark.slow
 def test_identical_runs_are_bitwise_identical_under_load(tmp_path):
     """Three fresh runs of one recipe at once (the two cores oversubscribed), and one resumed half-way: the
-    same weights, bit for bit. The 64x64 net with DiffAugment (and ADA's scale and rotation), spectral norm, a
-    minibatch-std layer, R1 and LeCam (whose anchors the checkpoint must carry) covers the convolution and
-    grid-sampling kernels whose backward passes reduce across threads."""
+    same weights, bit for bit. The 64x64 net with DiffAugment (every transform, and its generator state in the
+    checkpoint), spectral norm and R1 covers the convolution kernels whose backward passes reduce across threads."""
     r = recipe(tmp_path, arch="dcgan64", steps=4, checkpoint_every=2, batch_size=8, loss="hinge",
-               augment="color,translation,scale,rotation,cutout", spectral_norm=True, minibatch_std=4, r1=1.0,
-               r1_every=2, lecam=0.3, net={"g_width": 8, "d_width": 8, "channels": 3})
+               augment="color,flip,translation,cutout", spectral_norm=True, r1=1.0, r1_every=2,
+               net={"g_width": 8, "d_width": 8, "channels": 3})
     env = {**os.environ}
     env.pop("OMP_NUM_THREADS", None)
     procs = [subprocess.Popen([sys.executable, "-m", "dcgan_deploy", "train", str(r), "--out", str(tmp_path / f"run{i}")]
@@ -217,8 +263,8 @@ def test_identical_runs_are_bitwise_identical_under_load(tmp_path):
         assert p.wait(timeout=600) == 0, p.stderr.read()[-2000:]
     cli("train", "--resume", tmp_path / "run3", "--steps", 4, env={"OMP_NUM_THREADS": ""})
     states = [load_torch(tmp_path / f"run{i}" / "train_state.pt") for i in range(4)]
-    assert states[0]["train_config"]["threads"] >= 1 and states[0]["train_config"]["deterministic"]
-    assert len({s["train_config"]["threads"] for s in states}) == 1  # fixed at the start, kept on resume
+    assert states[0]["train_config"]["run"]["threads"] >= 1 and states[0]["train_config"]["run"]["deterministic"]
+    assert len({s["train_config"]["run"]["threads"] for s in states}) == 1  # fixed at the start, kept on resume
     for s in states[1:]:
         assert s["step"] == 4
         for net in ("G", "D"):
@@ -227,7 +273,7 @@ def test_identical_runs_are_bitwise_identical_under_load(tmp_path):
 
 
 def test_ema_generator_is_saved_with_recomputed_batchnorm(tmp_path):
-    cfg = TrainConfig(arch="mnist-dcgan", data="synthetic:32", steps=4, batch_size=8, ema=0.5, sample_every=4,
+    cfg = TrainConfig.of(arch="mnist-dcgan", data="synthetic:32", steps=4, batch_size=8, ema=0.5, sample_every=4,
                       checkpoint_every=4, net=TINY)
     Trainer(cfg, tmp_path, progress=False).train()
     state = load_torch(tmp_path / "train_state.pt")
@@ -239,13 +285,14 @@ def test_ema_generator_is_saved_with_recomputed_batchnorm(tmp_path):
     assert not torch.equal(saved[key], state["G"][key]) and torch.isfinite(saved[key]).all()
 
 
+@pytest.mark.slow
 def test_weight_averaging_is_the_mean_of_the_sampled_generators_and_resumes_exactly(tmp_path):
     """average_start / average_every: the deployed generator is the plain mean of the EMA weights at the sampled
     steps (BatchNorm re-estimated), training itself is unchanged, and a resume, or averaging switched on when
     resuming, gives the same result as a straight run."""
     settings = dict(arch="mnist-dcgan", data="synthetic:32", steps=7, batch_size=8, ema=0.5, sample_every=100,
                     checkpoint_every=100, log_every=100, average_every=2, net=TINY)  # averaging off: average_start 0
-    plain = Trainer(TrainConfig(**settings), tmp_path / "plain", progress=False)
+    plain = Trainer(TrainConfig.of(**settings), tmp_path / "plain", progress=False)
     sampled = []
     while plain.step < 7:  # the train loop by hand, keeping the EMA weights at steps 3, 5 and 7
         plain.train_step()
@@ -254,7 +301,7 @@ def test_weight_averaging_is_the_mean_of_the_sampled_generators_and_resumes_exac
             sampled.append([p.detach().clone() for p in plain.ema.parameters()])
     mean = [torch.stack(ws).double().mean(0).float() for ws in zip(*sampled)]
 
-    averaged = Trainer(TrainConfig(**settings, average_start=3), tmp_path / "avg", progress=False)
+    averaged = Trainer(TrainConfig.of(**settings, average_start=3), tmp_path / "avg", progress=False)
     averaged.train()
     assert averaged.average["count"] == 3
     for a, b in zip(plain.G.parameters(), averaged.G.parameters()):
@@ -272,7 +319,7 @@ def test_weight_averaging_is_the_mean_of_the_sampled_generators_and_resumes_exac
         first = dict(settings, steps=stop, checkpoint_every=stop)
         if not resume:
             first.update(average_start=3)
-        Trainer(TrainConfig(**first), out, progress=False).train()
+        Trainer(TrainConfig.of(**first), out, progress=False).train()
         Trainer.resume(out, progress=False, steps=7, **resume).train()
         return load_generator_file(out / "generator.safetensors")[0]
 
@@ -291,7 +338,7 @@ def test_weight_averaging_is_the_mean_of_the_sampled_generators_and_resumes_exac
     for other in (split(tmp_path / "split", 4), split(tmp_path / "late", 2, average_start=3)):
         for k in saved:
             assert torch.equal(saved[k], other[k]), k
-    Trainer(TrainConfig(**dict(settings, steps=2, checkpoint_every=2)), tmp_path / "early", progress=False).train()
+    Trainer(TrainConfig.of(**dict(settings, steps=2, checkpoint_every=2)), tmp_path / "early", progress=False).train()
     with pytest.raises(ValueError, match=r"average_start must be after the checkpoint's step \(2\), got 2"):
         Trainer.resume(tmp_path / "early", progress=False, steps=9, average_start=2)
     r = CliRunner().invoke(main, ["train", "--resume", str(tmp_path / "early"), "--steps", "3", "--average-start", "3"])
@@ -328,6 +375,7 @@ def same_weights(a, b):
     return sa["step"] == sb["step"] and all(torch.equal(sa[n][k], sb[n][k]) for n in ("G", "D") for k in sa[n])
 
 
+@pytest.mark.slow
 def test_two_process_data_parallel_training(tmp_path):
     """DistributedDataParallel on two processes (gloo): both ranks end with the same weights, only rank 0
     writes, and a run resumed half-way under torchrun equals the straight one (D with BatchNorm and dropout)."""
@@ -344,13 +392,14 @@ def test_two_process_data_parallel_training(tmp_path):
     assert same_weights(tmp_path / "run", tmp_path / "split")
 
 
+@pytest.mark.slow
 def test_a_two_node_launch_on_one_machine_trains_like_one_node(tmp_path):
     """``torchrun --nnodes 2`` with the c10d rendezvous on 127.0.0.1: two "nodes" of one process each give the
     weights two processes on one node give (spectral-norm D, DiffAugment at an adaptive strength whose signal
-    is averaged over the ranks, hinge loss, R1 under DDP, LeCam's anchors averaged over the ranks)."""
+    is averaged over the ranks, hinge loss, R1 under DDP)."""
     from conftest import free_port
     r = recipe(tmp_path, arch="dcgan64", steps=2, checkpoint_every=2, batch_size=4, loss="hinge", spectral_norm=True,
-               augment="color,translation,cutout", ada_target=0.1, ada_images=8, r1=1.0, r1_every=1, lecam=0.3,
+               augment="color,translation,cutout", ada_target=0.1, ada_images=8, r1=1.0, r1_every=1,
                net={"g_width": 8, "d_width": 8, "channels": 3})
     port = free_port()
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -369,7 +418,7 @@ def test_a_two_node_launch_on_one_machine_trains_like_one_node(tmp_path):
 
 
 def test_bf16_autocast_and_channels_last_train_on_cpu(tmp_path):
-    cfg = TrainConfig(arch="dcgan64", data="synthetic:16", steps=2, batch_size=4, amp="on", channels_last="on",
+    cfg = TrainConfig.of(arch="dcgan64", data="synthetic:16", steps=2, batch_size=4, amp="on", channels_last="on",
                       net=TINY, sample_every=2, checkpoint_every=2)
     trainer = Trainer(cfg, tmp_path, progress=False)
     assert trainer.amp and trainer.memory_format == torch.channels_last
@@ -377,12 +426,19 @@ def test_bf16_autocast_and_channels_last_train_on_cpu(tmp_path):
     record = trainer.train()
     assert torch.isfinite(torch.tensor([record["d_loss"], record["g_loss"]])).all()
     from dcgan_deploy.train import cpu_has_amx
-    auto = Trainer(TrainConfig(arch="dcgan64", data="synthetic:16", steps=1, batch_size=4, net=TINY, device="cpu"),
+    auto = Trainer(TrainConfig.of(arch="dcgan64", data="synthetic:16", steps=1, batch_size=4, net=TINY, device="cpu"),
                    tmp_path / "auto", progress=False)
     assert auto.amp == cpu_has_amx()  # "auto" on CPU: bf16 only where AMX makes it faster
     assert (auto.memory_format == torch.channels_last) == cpu_has_amx()
-    off = Trainer(TrainConfig(arch="dcgan64", data="synthetic:16", steps=1, batch_size=4, net=TINY, amp="off",
+    off = Trainer(TrainConfig.of(arch="dcgan64", data="synthetic:16", steps=1, batch_size=4, net=TINY, amp="off",
                               channels_last="off"), tmp_path / "off", progress=False)
     assert not off.amp and off.memory_format == torch.contiguous_format
     with pytest.raises(ValueError, match="amp must be"):
-        TrainConfig(arch="dcgan64", amp="yes").check()
+        TrainConfig.of(arch="dcgan64", amp="yes").check()
+
+
+def test_the_recipe_reference_in_training_readme_is_a_valid_recipe():
+    text = (ROOT / "training" / "README.md").read_text()
+    block = re.search(r"```toml\n(.*?)```", text, re.S).group(1)
+    cfg = TrainConfig.from_dict(tomllib.loads(block))
+    assert cfg == TrainConfig.from_file(ROOT / "training" / "dcgan64-folder.toml", data="images/")

@@ -18,6 +18,7 @@ from click.testing import CliRunner
 from conftest import ROOT, make_model
 from dcgan_deploy import Generator
 from dcgan_deploy import web as web_mod
+from dcgan_deploy.gate import Thresholds
 from dcgan_deploy.cli import main
 from dcgan_deploy.images import grid
 from dcgan_deploy.latent import MAX_SEED, latents
@@ -65,6 +66,7 @@ def compare_latents(js: np.ndarray, py: np.ndarray, psi: float = 1.0) -> dict:
             "all_in_tail": bool((np.abs(py[differ]) / psi > R * 0.999).all())}
 
 
+@pytest.mark.slow
 def test_javascript_latents_equal_numpys_in_node():
     module = (ROOT / "dcgan_deploy" / "js" / "dcgan.mjs").as_uri()
     for prior, psi in (("normal", 1.0), ("uniform", 1.0), ("normal", 0.7)):
@@ -125,6 +127,7 @@ def page(site):
         yield browser, url
 
 
+@pytest.mark.slow
 @needs_browser
 def test_the_site_was_gated_in_the_browser(site):
     folder, report = site
@@ -147,6 +150,7 @@ def test_the_site_was_gated_in_the_browser(site):
         assert int8[backend]["status"] == "passed" and int8[backend]["worst"]["changed"] == 0
 
 
+@pytest.mark.slow
 @needs_browser
 def test_the_page_draws_the_images_python_generates(page):
     browser, _ = page
@@ -172,6 +176,7 @@ def wait_idle(browser, seconds=60):
     assert time.time() < deadline, "the page did not finish"
 
 
+@pytest.mark.slow
 @needs_browser
 @pytest.mark.parametrize("field, value, message", [
     ("seed", "abc", "seed must be a whole number"),
@@ -189,14 +194,14 @@ def test_bad_page_inputs_get_a_message_not_a_hang(page, field, value, message):
     browser, _ = page
     browser.execute_script(f"document.getElementById('{field}').value = {json.dumps(value)};")
     button = "interp-button" if field in ("frames", "seed-a") else "grid-button"
-    start = time.time()
     browser.find_element("id", button).click()
-    wait_idle(browser)
-    assert message in browser.find_element("id", "message").text and time.time() - start < 10
+    wait_idle(browser)  # the page comes back (it fails the test if it does not)
+    assert message in browser.find_element("id", "message").text
     for f, v in (("seed", "0"), ("side", "8"), ("psi", "1"), ("frames", "9"), ("seed-a", "0")):
         browser.execute_script(f"document.getElementById('{f}').value = '{v}';")
 
 
+@pytest.mark.slow
 @needs_browser
 def test_the_seed_contract_holds_in_chromium(page):
     browser, _ = page
@@ -214,6 +219,7 @@ def test_the_seed_contract_holds_in_chromium(page):
     assert m["values"] == 10**6 and m["differ"] <= 10 and m["max_ulp"] <= 1 and m["all_in_tail"], m
 
 
+@pytest.mark.slow
 @needs_browser
 def test_interpolation_and_directions_run_in_the_page(page):
     browser, _ = page
@@ -223,6 +229,7 @@ def test_interpolation_and_directions_run_in_the_page(page):
     assert browser.find_element("id", "message").text == ""
 
 
+@pytest.mark.slow
 @needs_browser
 def test_a_site_built_with_ort_dist_stays_on_its_own_origin(page):
     browser, url = page
@@ -242,9 +249,10 @@ def test_a_site_built_with_ort_dist_stays_on_its_own_origin(page):
     assert any(u.endswith(".wasm") for u in requested) and any("models/mnist.onnx" in u for u in requested)
 
 
+@pytest.mark.slow
 @needs_browser
 def test_a_model_that_misses_the_browser_gate_gets_an_error_and_no_site(tmp_path, monkeypatch):
-    monkeypatch.setattr(web_mod, "MAX_ABS", 0.0)  # any wasm vs native difference at all is now a miss
+    monkeypatch.setattr(web_mod, "THRESHOLDS", Thresholds(cpu_max_abs=0.0))  # any wasm vs native difference is now a miss
     monkeypatch.setattr(web_mod, "PLAN", {"wasm-1-thread": ((0,), (7,)), "wasm-2-threads": ((0,), (7,)),
                                           "webgpu": ((0,), (1,))})
     model = make_model(tmp_path / "tiny.onnx", latent_dim=8, channels=3, height=8, width=8)
@@ -270,7 +278,7 @@ def test_web_refuses_bad_arguments(tmp_path):
 
 def test_the_browser_gate_holds_int8_files_to_the_same_bytes(monkeypatch):
     """One uint8 pixel in 5,488 moved by one level: within float32's contract, a miss for int8."""
-    monkeypatch.setattr(web_mod, "MAX_ABS", 1.0)  # only the share of changed pixels decides here
+    monkeypatch.setattr(web_mod, "THRESHOLDS", Thresholds(cpu_max_abs=1.0))  # only the share of changed pixels decides
     verdicts = {}
     for name in ("mnist", "mnist-int8"):
         gen = Generator.load(name, device="cpu")
@@ -281,7 +289,7 @@ def test_the_browser_gate_holds_int8_files_to_the_same_bytes(monkeypatch):
         verdicts[name] = web_mod.judge({"status": "ran", "out": [out]}, gen.path)
     assert verdicts["mnist"]["status"] == "passed" and 0 < verdicts["mnist"]["worst"]["changed"] <= 1e-3
     assert verdicts["mnist-int8"]["status"] == "failed"
-    assert "uint8 pixels changed (limit 0.0%)" in verdicts["mnist-int8"]["failures"][0]
+    assert "of uint8 pixels changed > 0.000%" in verdicts["mnist-int8"]["failures"][0]
 
 
 needs_dist = pytest.mark.skipif(not DIST.is_dir(), reason="needs onnxruntime-web (npm ci)")
@@ -314,6 +322,7 @@ def test_an_ort_dist_of_links_is_refused(tmp_path):
     assert not (tmp_path / "site").exists()
 
 
+@pytest.mark.slow
 @needs_browser
 def test_an_unchecked_site_says_so_on_the_page(page, tmp_path):
     browser, url = page
