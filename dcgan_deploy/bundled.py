@@ -60,3 +60,4 @@ LOOPBACK_NAMES = ("localhost", "::1")
 def is_loopback(host: str) -> bool:
     """Whether binding to ``host`` keeps a server on this machine (127.0.0.0/8, ::1, localhost)."""
     return host in LOOPBACK_NAMES or host.startswith("127.")
+

@@ -128,6 +128,27 @@ class Checkpoint:
     source: str = ""
     notes: list[str] = field(default_factory=list)
     average: str = ""  # what the trainer's weight averaging averaged ("" = none)
+    classes: tuple = ()  # a conditional generator's class names, label i = classes[i]
+
+
+def checked_classes(raw, cfg: NetConfig, path) -> tuple:
+    """A conditional checkpoint's class names: one unique string per class of ``cfg`` (none for an
+    unconditional one); a checkpoint that omits them gets "0", "1", ..."""
+    if not cfg.num_classes:
+        if raw:
+            raise CheckpointError(f"{path}: names classes, but its generator is not conditional")
+        return ()
+    if raw is None:
+        return tuple(str(i) for i in range(cfg.num_classes))
+    if isinstance(raw, str):
+        try:
+            raw = json.loads(raw)
+        except json.JSONDecodeError:
+            raise CheckpointError(f"{path}: its classes are not a JSON list") from None
+    if not (isinstance(raw, list) and len(raw) == cfg.num_classes and all(isinstance(x, str) and x for x in raw)
+            and len(set(raw)) == len(raw)):
+        raise CheckpointError(f"{path}: its classes must be {cfg.num_classes} different names")
+    return tuple(raw)
 
 
 def average_note(count: int, every, start) -> str:
@@ -171,7 +192,8 @@ def open_checkpoint(ckpt: str | os.PathLike, arch: str | None = None) -> Checkpo
             raise CheckpointError(f"{path}: holds a {cfg.arch} generator, not {arch}")
         step = meta.get("train_step", "-1")
         return Checkpoint(build_generator(cfg, state, path), cfg, name, meta.get("dataset", "unknown"),
-                          int(step) if step.lstrip("-").isdigit() else -1, str(path), average=meta.get("average", ""))
+                          int(step) if step.lstrip("-").isdigit() else -1, str(path), average=meta.get("average", ""),
+                          classes=checked_classes(meta.get("classes"), cfg, path))
     obj = load_torch(path)
     if obj.get("format") == STATE_FORMAT and "net_config" in obj:
         cfg = net_config(obj["net_config"], path)
@@ -197,7 +219,7 @@ def open_checkpoint(ckpt: str | os.PathLike, arch: str | None = None) -> Checkpo
                          "re-estimated")
         data = tcfg.get("data")
         return Checkpoint(model, cfg, name, data if isinstance(data, str) else "unknown", step, str(path), notes,
-                          averaged)
+                          averaged, checked_classes(obj.get("classes"), cfg, path))
     state = obj.get("state_dict", obj) if isinstance(obj.get("state_dict"), dict) else obj
     cfg = infer_config(state, _need_arch(arch, path), path)
     return Checkpoint(build_generator(cfg, state, path), cfg, name, source=str(path))

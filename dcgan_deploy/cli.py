@@ -104,9 +104,12 @@ def main():
               help="A float32 [n, latent_dim] .npy of latents to render instead of a seed (e.g. from the demo).")
 @truncation_option
 @click.option("--overwrite", is_flag=True, help="Replace a non-empty output folder whole.")
+@click.option("--label", default=None,
+              help="A class-conditional model's class (name or index) for every image, or 'all': a grid with one "
+                   "row per class, -n images each (default 8). Default: the classes in turn from the seed.")
 @threads_option
 @friendly_errors
-def generate(model, count, seed, out, device, batch_size, latents_file, psi, overwrite, threads):
+def generate(model, count, seed, out, device, batch_size, latents_file, psi, overwrite, label, threads):
     """Generate N images from a seed.
 
     The same seed gives the same images on every backend, and the first k of n
@@ -119,25 +122,59 @@ def generate(model, count, seed, out, device, batch_size, latents_file, psi, ove
         dcgan-deploy generate -n 100 -o samples/
         dcgan-deploy generate -n 64 --truncation 0.7 -o faithful.png
         dcgan-deploy generate --latents latent.npy -o edited.png
+        dcgan-deploy generate -m mnist-cond --label 7 -n 16 -o sevens.png
+        dcgan-deploy generate -m mnist-cond --label all -o classes.png
     """
     from .images import check_output, write_images
     from .latent import check_count, chosen_rows, seed_or_random
 
     gen = load_generator(model, device, threads)
     batch_size = gen.check_batch_size(batch_size, "--batch-size")
+    if label is not None and not gen.classes:
+        raise ValueError(f"--label: {gen.path.name} is not class-conditional (it has no classes)")
     z = chosen_rows(latents_file, gen.latent_dim, {"-n": count is not None, "--seed": seed is not None,
                                                    "--truncation": psi != 1.0})
+    if label == "all":
+        return generate_all_classes(gen, z, latents_file, count, seed, psi, out, overwrite, batch_size)
     if z is not None:
-        count, source, images = len(z), f"latents from {latents_file}", gen.images(z, batch_size)
+        count, source, images = len(z), f"latents from {latents_file}", gen.images(z, batch_size, label)
     else:
         count, seed = check_count(64 if count is None else count, "-n"), seed_or_random(seed)
         if count > MAX_COUNT:
             raise ValueError(f"-n {count} is more than {MAX_COUNT:,} images; generate them in parts")
-        source, images = f"seed {seed}", gen.iter_generate(count, seed, batch_size, psi)
+        source, images = f"seed {seed}", gen.iter_generate(count, seed, batch_size, psi, label)
     kind = check_output(out, count, gen.image_shape, overwrite)
     with progress(count, "generating") as bar:
         write_images(counted(images, bar), out, kind, count, gen.image_shape, overwrite)
-    click.echo(f"wrote {count} image(s) to {out} ({source}, {gen.provider})", err=True)
+    shown = f", class {gen.classes[gen.class_index(label)]}" if label is not None else ""
+    click.echo(f"wrote {count} image(s) to {out} ({source}{shown}, {gen.provider})", err=True)
+
+
+def generate_all_classes(gen, z, latents_file, count, seed, psi, out, overwrite, batch_size) -> None:
+    """``generate --label all``: one row per class, the same latents in every row (so a column is one
+    latent drawn as each class); a PNG grid, or the rows one after another (.npy, a folder)."""
+    import numpy as np
+
+    from .images import check_output, grid, save_png, write_images
+    from .latent import check_count, seed_or_random
+    if z is None:
+        per_row, seed = check_count(8 if count is None else count, "-n"), seed_or_random(seed)
+        z, source = gen.latents(per_row, seed, psi), f"seed {seed}"
+    else:
+        per_row, source = len(z), f"latents from {latents_file}"
+    total = per_row * len(gen.classes)
+    if total > MAX_COUNT:
+        raise ValueError(f"--label all: {total:,} images ({len(gen.classes)} classes x {per_row}); use a smaller -n")
+    kind = check_output(out, total, gen.image_shape, overwrite)
+    rows = (np.concatenate(list(gen.images(z, batch_size, k))) for k in range(len(gen.classes)))
+    if kind == "grid":
+        from .images import check_grid_size
+        check_grid_size(total, gen.height, gen.width, shape=(len(gen.classes), per_row))
+        save_png(grid(np.concatenate(list(rows)), nrow=per_row), out)
+    else:
+        write_images(rows, out, kind, total, gen.image_shape, overwrite)
+    click.echo(f"wrote {total} image(s) to {out}: {len(gen.classes)} classes x {per_row} ({source}, {gen.provider})",
+               err=True)
 
 
 @main.command()
@@ -150,9 +187,10 @@ def generate(model, count, seed, out, device, batch_size, latents_file, psi, ove
 @click.option("--duration", type=int, default=80, show_default=True,
               help=f"GIF frame time in ms (10 to {MAX_GIF_MS}).")
 @truncation_option
+@click.option("--label", default=None, help="A class-conditional model's class (name or index); default: the seed's.")
 @device_option
 @friendly_errors
-def interpolate(model, seeds, frames, method, out, duration, psi, device):
+def interpolate(model, seeds, frames, method, out, duration, psi, label, device):
     """Interpolate through the latents of several seeds.
 
     Each seed's latent is its first image's latent (`generate -n 1 --seed S`).
@@ -169,7 +207,7 @@ def interpolate(model, seeds, frames, method, out, duration, psi, device):
     stem = out[:-4] if out.lower().endswith((".png", ".gif")) else out
     points = seed_list(seeds)
     gen = load_generator(model, device)
-    images = gen.interpolate(points, frames, method, psi)
+    images = gen.interpolate(points, frames, method, psi, label)
     strip, anim = save_strip_and_gif(images, stem, per_row=frames + 1, duration_ms=duration,
                                      scale=max(1, 128 // gen.height))
     click.echo(f"wrote {len(images)} frames to {strip} and {anim}", err=True)
@@ -205,6 +243,9 @@ def format_info(facts: dict) -> str:
     lines.append("parity     " + (summarize_parity(facts["parity"]) if facts["parity"] else "no parity report in this file"))
     if "evaluation" in facts:
         lines.append("quality    " + quality_line(facts["evaluation"]))
+    if facts.get("classes"):
+        lines.append(f"classes    {len(facts['classes'])}: " + ", ".join(f"{i} {printable(c, 100)}"
+                                                                      for i, c in enumerate(facts["classes"])))
     if facts["directions"]:
         lines.append("directions " + ", ".join(map(direction_fact, facts["directions"])))
     lines.append(f"providers  active: {', '.join(facts['providers']['active'])}; "
@@ -403,9 +444,10 @@ def directions(model, labelled, count, seed):
               help="Comma-separated steps along each direction (units of the latent's scale).")
 @truncation_option
 @click.option("-o", "--out", default="edit.png", show_default=True, help="The strip or grid, *.png.")
+@click.option("--label", default=None, help="A class-conditional model's class (name or index); default: the seed's.")
 @device_option
 @friendly_errors
-def edit(model, seed, index, latents_file, names, strengths, psi, out, device):
+def edit(model, seed, index, latents_file, names, strengths, psi, out, label, device):
     """Move one image's latent along named directions: a strip, or a grid with one row per direction.
 
     \b
@@ -430,7 +472,9 @@ def edit(model, seed, index, latents_file, names, strengths, psi, out, device):
     else:
         seed = seed_or_random(seed)
         z, source = gen.latent(seed, index, psi), f"image {index} of seed {seed}"
-    images = edit_grid(gen, z, names, steps)
+    if gen.classes and label is None:  # the image's class where it came from: its seed's, or row 0's turn
+        label = int(gen.labels(index + 1, 0 if seed is None else seed)[index])
+    images = edit_grid(gen, z, names, steps, label)
     save_png(grid(images, nrow=len(steps)), out)
     click.echo(f"wrote {out}: {source} along {', '.join(names)} at {', '.join(f'{s:g}' for s in steps)}", err=True)
 
@@ -560,9 +604,13 @@ EXIT_PARITY = 4
 @click.option("--average-start", type=int, default=None,
               help="Average the generator's weights from this step on (the recipe's average_start; 0 = off). "
                    "May be set when resuming, for steps still to come.")
+@click.option("--conditional", type=click.Choice(["on", "off", "auto"]), default=None,
+              help="Class-conditional on the data's labels (auto: when it has two or more classes, e.g. class "
+                   "subfolders); default: the recipe's.")
 @click.option("--dry-run", is_flag=True, help="Print the resolved recipe (every key, as TOML) and exit.")
 @friendly_errors
-def train(recipe, resume_dir, data, steps, batch_size, run_dir, device, seed, threads, average_start, dry_run):
+def train(recipe, resume_dir, data, steps, batch_size, run_dir, device, seed, threads, average_start, conditional,
+          dry_run):
     """Train a generator from a recipe (a TOML file in training/).
 
     Writes train_state.pt, generator.safetensors, log.jsonl and sample grids to the
@@ -577,6 +625,7 @@ def train(recipe, resume_dir, data, steps, batch_size, run_dir, device, seed, th
         dcgan-deploy train --resume runs/mnist --steps 8000
         dcgan-deploy train --resume runs/emoji64 --average-start 15000
         dcgan-deploy train training/dcgan64-folder.toml --data photos/ --dry-run
+        dcgan-deploy train training/dcgan64-folder.toml --data pets/ --conditional auto   # pets/cat, pets/dog
     """
     need_torch("train")
     import logging
@@ -586,13 +635,14 @@ def train(recipe, resume_dir, data, steps, batch_size, run_dir, device, seed, th
 
     if dry_run:
         click.echo(resolved(recipe, resume_dir, run_dir, data=data, steps=steps, batch_size=batch_size, device=device,
-                            seed=seed, threads=threads, average_start=average_start), nl=False)
+                            seed=seed, threads=threads, average_start=average_start, conditional=conditional), nl=False)
         return
 
     logging.basicConfig(level=logging.WARNING, format="warning: %(message)s")
     start = time.perf_counter()
     trainer = open_run(recipe, resume_dir, run_dir, progress=sys.stderr.isatty(), data=data, steps=steps,
-                       batch_size=batch_size, device=device, seed=seed, threads=threads, average_start=average_start)
+                       batch_size=batch_size, device=device, seed=seed, threads=threads, average_start=average_start,
+                       conditional=conditional)
     try:
         record = trainer.train()
     except DivergenceError as e:

@@ -79,9 +79,19 @@ def load_dataset(source: str, channels: int, size: int, seed: int = 0) -> Datase
                            tuple(str(d) for d in range(10)))
     if source.startswith("synthetic"):
         _, _, count = source.partition(":")
+        count, _, kinds = count.partition(":")
         if count and not count.isdigit() or count and not 1 <= int(count) <= MAX_SYNTHETIC:
             raise DataError(f"data {source!r}: synthetic:N takes a whole number N from 1 to {MAX_SYNTHETIC}")
-        return Dataset(synthetic(int(count) if count else 512, channels, size, seed))
+        if kinds and (not kinds.isdigit() or not 2 <= int(kinds) <= 26):
+            raise DataError(f"data {source!r}: synthetic:N:K takes a number of classes K from 2 to 26")
+        images = synthetic(int(count) if count else 512, channels, size, seed)
+        if not kinds:
+            return Dataset(images)
+        # labelled in turn, class k's discs scaled by (k + 2) / (K + 1): a label a conditional model can learn
+        k = int(kinds)
+        labels = np.arange(len(images), dtype=np.int64) % k
+        images = (images.astype(np.float32) * ((labels + 2) / (k + 1))[:, None, None, None]).astype(np.uint8)
+        return Dataset(images, labels, tuple(chr(ord("a") + i) for i in range(k)))
     path = Path(source).expanduser()
     if not path.exists():
         raise DataError(f"data source not found: {source} (use mnist-sample, synthetic, or a folder/file)")
@@ -95,7 +105,7 @@ def load_dataset(source: str, channels: int, size: int, seed: int = 0) -> Datase
                 return Dataset(fit(read_idx(path / name), channels, size))
         if (path / "emoji.json").is_file():
             return read_emoji_package(path, channels, size)
-        return Dataset(read_folder(path, channels, size))
+        return read_folder(path, channels, size)
     raise DataError(f"{path}: not a data source (expected a folder of images, MNIST IDX files or a .npz)")
 
 
@@ -175,12 +185,14 @@ def read_idx(path: Path) -> np.ndarray:
     return np.frombuffer(raw, np.uint8, offset=16).reshape(n, h, w)
 
 
-def read_folder(folder: Path, channels: int, size: int) -> np.ndarray:
+def read_folder(folder: Path, channels: int, size: int) -> Dataset:
     """Every image under ``folder`` (recursively), resized and centre-cropped to ``size``.
 
     Transparent images are composited on white. Unreadable files -- decompression bombs
     (more than ``MAX_IMAGE_PIXELS``) among them -- are skipped and counted in one warning; a
-    folder without a readable image is an error.
+    folder without a readable image is an error. Labelled by class subfolders, the ImageFolder
+    convention: when every image lies in a subfolder of ``folder`` and there are two or more, each
+    image's class is its subfolder's name (classes in sorted order).
     """
     files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     if not files:
@@ -195,7 +207,12 @@ def read_folder(folder: Path, channels: int, size: int) -> np.ndarray:
         log.warning("skipped %d unreadable image file(s) of %d in %s (first: %s)", len(bad), len(files), folder, bad[0])
     if not images:
         raise DataError(f"{folder}: none of the {len(files)} image files could be read")
-    return np.stack(images)
+    read = [p for p in files if p not in set(bad)]
+    tops = [p.relative_to(folder).parts[0] if len(p.relative_to(folder).parts) > 1 else None for p in read]
+    if None in tops or len(set(tops)) < 2:
+        return Dataset(np.stack(images))
+    classes = tuple(sorted(set(tops)))
+    return Dataset(np.stack(images), np.array([classes.index(t) for t in tops], np.int64), classes)
 
 
 MAX_IMAGE_PIXELS = 50_000_000  # a training image larger than this is refused (Pillow's own limit is 89 M)

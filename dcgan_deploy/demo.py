@@ -33,6 +33,7 @@ log = logging.getLogger("dcgan_deploy.demo")
 GRID_SIDE = 12          # grid of at most 12 x 12 images
 WALK_FRAMES = 59        # interpolation frames from one seed to the next (60 in all)
 N_SLIDERS = 4          # latent-editing sliders
+SEED_CLASSES = "each image: the seed's class, in turn"  # the class picker's first choice (conditional models)
 SLIDER_STRENGTH = 5.0
 KEEP_FILES = 64        # demo output files kept on disk at once
 MAX_CACHE_BYTES = 64 * 1024**2  # Gradio's cache of served files, pruned oldest first
@@ -148,24 +149,45 @@ class Demo:
             for m, n in counts.items()) + ". Pick one per slider.")
 
     def edit_choices(self, name):
-        """For a model change: the note, then each slider's direction choices and first pick."""
+        """For a model change: the note, each slider's direction choices and first pick, then the class
+        picker's choices (a conditional model's classes; hidden for others)."""
         import gradio as gr
         names = [d.name for d in self.directions(name)]
         picks = [gr.update(choices=names, value=names[i % len(names)]) for i in range(N_SLIDERS)]
-        return (self.model_info(name), self.direction_note(name), *picks)
+        classes = self.class_choices(name)
+        return (self.model_info(name), self.direction_note(name), *picks,
+                gr.update(choices=classes, value=classes[0], visible=len(classes) > 1))
+
+    def class_choices(self, name) -> list[str]:
+        """The class picker's choices: the seed's classes in turn, then each class of a conditional model."""
+        return [SEED_CLASSES, *self.generator(name).classes]
+
+    def chosen_class(self, name, label):
+        """The picker's value -> a class for ``Generator.generate`` (``None``: the seed's, in turn)."""
+        gen = self.generator(name)
+        if label in (None, "", SEED_CLASSES) or not gen.classes:
+            if label not in (None, "", SEED_CLASSES):
+                raise DemoInputError(f"{name} is not class-conditional: it takes no class")
+            return None
+        if label not in gen.classes:
+            raise DemoInputError(f"unknown class {str(label)[:60]!r}; this model's classes are {', '.join(gen.classes)}")
+        return label
 
     # ---- handlers -------------------------------------------------------------------
-    def seed_grid(self, name, seed, side, psi=1.0):
-        """-> (grid image, caption) for ``side * side`` images of ``seed``."""
+    def seed_grid(self, name, seed, side, psi=1.0, label=None):
+        """-> (grid image, caption) for ``side * side`` images of ``seed`` (of one class: ``label``)."""
         seed = as_int(seed, "seed", 0, MAX_SEED)
         side = as_int(side, "grid size", 1, GRID_SIDE)
         psi = as_float(psi, "truncation", 0.05, 1.0)
+        label = self.chosen_class(name, label)
         gen = self.generator(name)
         n = side * side
-        images = gen.generate(n, seed=seed, truncation=psi)
+        images = gen.generate(n, seed=seed, truncation=psi, label=label)
         return for_display(grid(images, nrow=side)), (
-            f"{n} images, seed {seed}. Same as: `dcgan-deploy generate -m {name} -n {n} --seed {seed}"
-            + (f" --truncation {psi:g}" if psi != 1.0 else "") + " -o grid.png`")
+            f"{n} images, seed {seed}" + (f", class {label}" if label is not None else "")
+            + f". Same as: `dcgan-deploy generate -m {name} -n {n} --seed {seed}"
+            + (f" --truncation {psi:g}" if psi != 1.0 else "") + (f" --label {label}" if label is not None else "")
+            + " -o grid.png`")
 
     def interpolate(self, name, seed_a, seed_b, frames, method, psi=1.0):
         """-> (frames for a gallery, path of an animated GIF). ``frames``: from one seed to the next, as in
@@ -200,13 +222,15 @@ class Demo:
         gen = self.generator(name)
         z = gen.latent(seed, index) + sum(s * d.vector for d, s in moves)  # [D]
         z = z[None].astype(np.float32)                                                # [1, D]
-        image = to_uint8(gen.run(z))[0]
+        label = None if not gen.classes else gen.labels(index + 1, seed)[index:]  # the sample's class in the grid
+        image = to_uint8(gen.run(z, label))[0]
         npy = self._new_file(f"latent-seed{seed}-sample{index}.npy")
         np.save(npy, z)
         moved = ", ".join(f"{d.name} {s:+.2f}" for d, s in moves if s)
         return for_display(image), str(npy), (
             f"Sample {index} of seed {seed}" + (f", moved by {moved}" if moved else "") + ". Reproduce it: "
-            f"`dcgan-deploy generate -m {name} --latents {npy.name} -o edited.png`")
+            f"`dcgan-deploy generate -m {name} --latents {npy.name}"
+            + (f" --label {gen.classes[int(label[0])]}" if label is not None else "") + " -o edited.png`")
 
     # ---- files ----------------------------------------------------------------------
     def _new_file(self, name: str) -> Path:
@@ -285,6 +309,9 @@ class Demo:
                     rand = gr.Button("Random seed", elem_id="random-seed")
                     side = gr.Slider(1, GRID_SIDE, 8, step=1, label="Images per side")
                     psi = gr.Slider(0.05, 1.0, 1.0, step=0.05, label="Truncation ψ (1 = off; lower = more typical)")
+                    first_classes = self.class_choices(names[0])
+                    label = gr.Dropdown(first_classes, value=first_classes[0], label="Class",
+                                        visible=len(first_classes) > 1, elem_id="class")
                 go = gr.Button("Generate grid", variant="primary", elem_id="grid-button")
                 grid_out = gr.Image(label="Samples", type="numpy", format="png", interactive=False, elem_id="grid-image")
                 grid_note = gr.Markdown()
@@ -324,9 +351,12 @@ class Demo:
             # preprocess=False: handlers get the raw values the client sent (Gradio would otherwise
             # round 2.5 to 2 or fail on NaN without a message) and validate them themselves.
             raw = {"preprocess": False}
-            model.change(safe(self.edit_choices), model, [info, d_note, *pickers], api_name="model_info", **raw)
+            model.change(safe(self.edit_choices), model, [info, d_note, *pickers, label], api_name="model_info", **raw)
             rand.click(lambda: str(random_seed()), None, seed, api_name="random_seed")
-            go.click(safe(self.seed_grid), [model, seed, side, psi], [grid_out, grid_note], api_name="grid", **raw)
+            # the class picker is an input only where a model has classes (the "grid" API keeps its four inputs)
+            conditional = any(self.generator(n).classes for n in names)
+            go.click(safe(self.seed_grid), [model, seed, side, psi, *([label] if conditional else [])],
+                     [grid_out, grid_note], api_name="grid", **raw)
             interp.click(safe(self.interpolate), [model, seed_a, seed_b, frames, method, i_psi], [gallery, gif],
                          api_name="interpolate", **raw)
             edit_inputs = [model, e_seed, e_index, *[c for pair in zip(pickers, sliders) for c in pair]]

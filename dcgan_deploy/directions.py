@@ -41,13 +41,15 @@ def first_layer_map(model: modelfile.ModelFile, latent_dim: int) -> np.ndarray:
     """``A`` of the first layer y = A z + b: float64 ``[outputs, latent_dim]``.
 
     Follows ``z`` through ops that only reshape it (and an int8 file's quantize/dequantize pair) to
-    the first Gemm, MatMul or ConvTranspose on a 1x1 map, whose weight gives ``A``."""
+    the first Gemm, MatMul or ConvTranspose on a 1x1 map, whose weight gives ``A``. A conditional
+    model joins its class embedding after ``z`` (a Concat on the feature axis): ``A`` is the columns
+    that read ``z``."""
     producers = {o: n for n in model.graph.nodes for o in n.outputs}
     consumers: dict[str, list] = {}
     for n in model.graph.nodes:
         for i in n.inputs:
             consumers.setdefault(i, []).append(n)
-    name, seen = "z", 0
+    name, seen, joined = "z", 0, False
     while seen < 16:
         seen += 1
         users = consumers.get(name, [])
@@ -56,6 +58,10 @@ def first_layer_map(model: modelfile.ModelFile, latent_dim: int) -> np.ndarray:
         node = users[0]
         if node.op_type in ("Reshape", "Unsqueeze", "Flatten", "Identity", "QuantizeLinear", "DequantizeLinear"):
             name = node.outputs[0]
+            continue
+        if node.op_type == "Concat" and node.inputs[0] == name and node.attributes.get("axis") in (1, -1) \
+                and not joined:
+            name, joined = node.outputs[0], True  # z first, then the class embedding
             continue
         weight = _constant(model, node.inputs[1], producers) if len(node.inputs) > 1 else None
         if weight is None:
@@ -70,9 +76,9 @@ def first_layer_map(model: modelfile.ModelFile, latent_dim: int) -> np.ndarray:
             a = weight.reshape(weight.shape[0], -1).T                             # weight [D, C, k, k]
         else:
             break
-        if a.shape[1] != latent_dim:
+        if a.shape[1] != latent_dim and not (joined and a.shape[1] > latent_dim):
             break
-        return a.astype(np.float64)
+        return a[:, :latent_dim].astype(np.float64)
     raise ModelError(f"{model.path}: cannot find a first layer that is a linear map of z (a Gemm, MatMul or "
                      "ConvTranspose reading z); SeFa needs one")
 

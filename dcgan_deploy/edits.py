@@ -88,9 +88,9 @@ def parse_strengths(text: str) -> list[float]:
     return steps
 
 
-def edit_grid(gen, z: np.ndarray, keys, steps: list[float]) -> np.ndarray:
+def edit_grid(gen, z: np.ndarray, keys, steps: list[float], label=None) -> np.ndarray:
     """uint8 images of latent ``z`` [D] moved by each of ``steps`` along each direction named in ``keys``:
-    one row of ``len(steps)`` images per direction."""
+    one row of ``len(steps)`` images per direction (a conditional model's: all of class ``label``)."""
     if not gen.directions:
         raise ValueError(f"{gen.path.name} carries no latent directions; add them with "
                          f"`dcgan-deploy directions {gen.path} [--labelled]`")
@@ -100,7 +100,7 @@ def edit_grid(gen, z: np.ndarray, keys, steps: list[float]) -> np.ndarray:
     check_grid_size(len(keys) * len(steps), gen.height, gen.width, shape=(len(keys), len(steps)))
     chosen = [find(gen.directions, k) for k in keys]
     rows = [z[None] + np.asarray(steps, np.float32)[:, None] * d.vector[None] for d in chosen]   # [S, D] each
-    return np.concatenate(list(gen.images(np.concatenate(rows).astype(np.float32))))
+    return np.concatenate(list(gen.images(np.concatenate(rows).astype(np.float32), label=label)))
 
 
 def find(directions: list[Direction], key: str) -> Direction:

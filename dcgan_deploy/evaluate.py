@@ -361,11 +361,36 @@ def evaluate(model: str | Path | None = None, data: str | None = None, n: int = 
         report["ratios"]["score_vs_real"] = generated["classifier_score"] / real_b["classifier_score"]
         if len(extractor.class_names or []) <= MAX_COVERAGE_CLASSES:
             report["shares"] = class_shares(fake[1], b[1], extractor.class_names)
+    if gen.classes:
+        report["per_class"] = per_class(gen, n, seed, fake, (a[0], train.labels[ia[:m]]), (b[0], train.labels[ib]),
+                                        extractor.class_names)
     if dataset.heldout is not None and dataset.heldout.any():
         held = extractor(to_float(dataset.images[dataset.heldout].transpose(0, 2, 3, 1)))[0]
         training = np.concatenate([a[0], b[0]]) if m == len(ia) else extractor(to_float(real))[0]
         report["memorisation"] = memorisation(fake[0], held, training)
     return report
+
+
+def per_class(gen, n: int, seed: int, fake: tuple, real_a: tuple, real_b: tuple, class_names) -> dict:
+    """A conditional model's quality by class: the generated images carry the seed's labels (the classes in
+    turn, ``latent.seed_labels``), so each class has n / K of them. Per class: ``accuracy``, the share the
+    extractor's classifier calls that class (where it has a class of that name); ``fid`` of the class's
+    images against the real reference half's images of the class, and its ``floor``, the other real half's
+    against it (the real data's labels must be the model's classes, in order)."""
+    labels = gen.labels(n, seed)
+    # a classifier without class names (the MNIST one) is read by index: its class i is named "i"
+    names = list(class_names or ([] if fake[1] is None else [str(i) for i in range(fake[1].shape[1])]))
+    out = {}
+    for k, name in enumerate(gen.classes):
+        mine, ra, rb = fake[0][labels == k], real_a[0][real_a[1] == k], real_b[0][real_b[1] == k]
+        row = {"n": int(len(mine))}
+        if name in names and fake[1] is not None:
+            row["accuracy"] = float(np.mean(fake[1][labels == k].argmax(1) == names.index(name)))
+        if min(len(mine), len(ra), len(rb)) >= 2:
+            row.update(fid=fid(mine, rb), floor=fid(ra, rb))
+            row["fid_vs_floor"] = row["fid"] / max(row["floor"], 1e-12)
+        out[name] = row
+    return out
 
 
 def quality_summary(report: dict) -> dict:
@@ -381,6 +406,12 @@ def quality_summary(report: dict) -> dict:
     out["ratios"] = {k: round(v, 3) for k, v in r.items()}
     if "shares" in report:
         out["shares"] = {"passed": report["shares"]["passed"], "short": report["shares"]["short"]}
+    if "per_class" in report:
+        rows = report["per_class"].values()
+        accuracy = [r["accuracy"] for r in rows if "accuracy" in r]
+        ratios = [r["fid_vs_floor"] for r in rows if "fid_vs_floor" in r]
+        out["ratios"].update({"min_class_accuracy": round(min(accuracy), 4)} if accuracy else {})
+        out["ratios"].update({"max_class_fid_vs_floor": round(max(ratios), 3)} if ratios else {})
     if "memorisation" in report:
         mem = report["memorisation"]
         out["memorisation"] = {"passed": mem["passed"], "median_ratio": round(mem["median_ratio"], 3),
@@ -441,6 +472,11 @@ def format_quality(report: dict) -> str:
                      f"{mem['median_generated']:.3g} for generated vs {mem['median_heldout']:.3g} for "
                      f"{mem['n_heldout']} held-out real images ({mem['median_ratio']:.2f}x); "
                      f"{mem['close_share']:.1%} of generated nearer than the held-out {CLOSE_QUANTILE:.0%} quantile")
+    for name, row in report.get("per_class", {}).items():
+        lines.append(f"class {modelfile.printable(name, 30):<11}"
+                     + (f" {row['accuracy']:.1%} classified as it" if "accuracy" in row else "")
+                     + (f"; FID {row['fid']:.3f} (floor {row['floor']:.3f}, {row['fid_vs_floor']:.2f}x)" if "fid" in row
+                        else "") + f"; n={row['n']}")
     if "drift" in report:
         d = report["drift"]
         lines.append(f"drift      PyTorch vs ONNX, {d['n']} images: FID {d['fid']:.4f}, KID {d['kid']:.5f}, "

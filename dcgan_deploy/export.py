@@ -78,14 +78,20 @@ def deploy_form(model: GeneratorNet, int8: bool = False, forms: bool = True) -> 
 
 
 def to_onnx(model: nn.Module, cfg: NetConfig, dest: str | os.PathLike, opset: int = DEFAULT_OPSET) -> None:
-    """Trace ``model`` (as it is: eval or not) to ONNX ``z -> image`` with a dynamic batch axis."""
-    example = torch.zeros(2, cfg.latent_dim)  # batch > 1, so no size-1 specialisation
+    """Trace ``model`` (as it is: eval or not) to ONNX ``z -> image`` with a dynamic batch axis; a
+    class-conditional one to ``z, label -> image`` (``label`` int64 ``[batch]``)."""
+    example = (torch.zeros(2, cfg.latent_dim),)  # batch > 1, so no size-1 specialisation
+    names = ["z"]
+    batch = torch.export.Dim("batch")
+    shapes = {"z": {0: batch}}
+    if cfg.num_classes:
+        example, names, shapes = (*example, torch.zeros(2, dtype=torch.int64)), ["z", "label"], {**shapes, "label": {0: batch}}
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
-            model, (example,), input_names=["z"], output_names=["image"], opset_version=opset,
-            dynamic_shapes={"z": {0: torch.export.Dim("batch")}}, dynamo=True, verbose=False)
+            model, example, input_names=names, output_names=["image"], opset_version=opset,
+            dynamic_shapes=shapes, dynamo=True, verbose=False)
     program.save(str(dest))
 
 
@@ -115,7 +121,7 @@ def base_metadata(c: Checkpoint, opset: int) -> dict[str, str]:
         "torch_version": torch.__version__,
         "opset": str(opset),
         "net_config": json.dumps(cfg.to_dict()),
-    }
+    } | ({"classes": json.dumps(list(c.classes))} if c.classes else {})
 
 
 def check_opset(opset) -> int:
@@ -144,6 +150,9 @@ def export(ckpt: str | os.PathLike, out: str | os.PathLike | None = None, arch: 
     if out is not None and Path(out).suffix.lower() != ".onnx":
         raise ValueError(f"-o {out}: an exported model is an ONNX file; give a path ending in .onnx")
     c = open_checkpoint(ckpt, arch)
+    if c.classes and labelled:
+        raise ValueError(f"{ckpt} is class-conditional: --labelled (directions towards a class) does not take such "
+                         "a generator; its label gives the class outright")
     name = name or (Path(out).stem if out else c.name)
     out = Path(out) if out else Path("exports") / f"{name}.onnx"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -241,7 +250,7 @@ def quantize_int8(fp32_path: str | os.PathLike, dest: str | os.PathLike, cfg: Ne
     from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from .latent import latents
+    from .latent import latents, seed_labels
 
     if activations not in ("uint8", "int8"):
         raise ValueError(f"activations must be uint8 or int8, got {activations!r}")
@@ -251,7 +260,8 @@ def quantize_int8(fp32_path: str | os.PathLike, dest: str | os.PathLike, cfg: Ne
     class Calibration(CalibrationDataReader):
         def __init__(self):
             self.feeds = iter([{"z": latents(INT8_CALIBRATION_BATCH, seed, cfg.latent_dim, cfg.latent_prior)}
-                               for seed in INT8_CALIBRATION_SEEDS])
+                               | ({"label": seed_labels(INT8_CALIBRATION_BATCH, seed, cfg.num_classes)}
+                                  if cfg.num_classes else {}) for seed in INT8_CALIBRATION_SEEDS])
 
         def get_next(self):
             return next(self.feeds, None)

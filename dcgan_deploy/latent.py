@@ -63,6 +63,15 @@ def random_seed() -> int:
     return int(np.random.SeedSequence().entropy % (2**32))
 
 
+def seed_labels(n: int, seed: int, num_classes: int, start: int = 0) -> np.ndarray:
+    """A conditional model's labels when none are given: int64 ``[n]``, the classes in turn from
+    ``seed mod num_classes`` (``(seed + i) mod K`` for image ``i``): uniform over the classes, fixed by
+    the seed, the first k of n equal to ``n = k``'s, and the same in every runtime. ``start``: the labels of
+    images ``start`` to ``start + n - 1`` (a chunk of a longer run)."""
+    first = (check_seed(seed) + start) % num_classes
+    return (first + np.arange(check_count(n), dtype=np.int64)) % num_classes
+
+
 def chosen_rows(latents_file, latent_dim: int, taken: dict) -> np.ndarray | None:
     """The one rule of the front ends for choosing latents: rows of a ``--latents`` file, which then stands
     alone (``taken``: the seed-side options and whether each was given), or ``None``: the caller draws them

@@ -363,7 +363,26 @@ def check_metadata(meta: dict[str, str], path: Path | str) -> dict[str, str]:
     for key in JSON_ENTRIES:
         json_entry(meta, key, path)
     check_directions(meta, path)
+    check_classes(meta, path)
     return meta
+
+
+MAX_CLASSES = 1000
+MAX_CLASS_NAME = 100
+
+
+def check_classes(meta: dict[str, str], path: Path | str) -> tuple[str, ...]:
+    """A class-conditional model's ``classes``: a JSON list of 2 to ``MAX_CLASSES`` different, printable
+    names (label ``i`` is ``classes[i]``); ``()`` for an unconditional model."""
+    if "classes" not in meta:
+        return ()
+    value = _json(meta["classes"], "classes", path)
+    if not (isinstance(value, list) and 2 <= len(value) <= MAX_CLASSES and len(set(map(str, value))) == len(value)
+            and all(isinstance(x, str) and x and len(x) <= MAX_CLASS_NAME and printable(x, MAX_CLASS_NAME) == x
+                    for x in value)):
+        raise ModelError(f"{path}: metadata 'classes' must be a list of 2 to {MAX_CLASSES} different, printable "
+                         f"names of at most {MAX_CLASS_NAME} characters")
+    return tuple(value)
 
 
 NUMBER = (int, float)

@@ -30,6 +30,7 @@ DEFAULTS = {
 }
 ARCHITECTURES = tuple(DEFAULTS)
 MAX_WIDTH = 1024       # g_width / d_width, a sanity bound; the real one is MAX_PARAMETERS
+MAX_CLASSES = 1000     # classes of a conditional model
 MAX_PARAMETERS = 100_000_000  # per network (400 MB of float32); the default dcgan64 generator has 3.6 M
 
 
@@ -44,12 +45,14 @@ class NetConfig:
     image_size: int
     g_width: int  # base width of the generator (ngf for dcgan64)
     d_width: int  # base width of the discriminator (ndf for dcgan64)
+    num_classes: int = 0  # > 0: class-conditional (G takes a label, D projects it); 0: unconditional
 
     def __post_init__(self):
         """Refuse sizes a checkpoint or recipe may claim but no one means (checked before any weight exists)."""
         if self.arch not in DEFAULTS:
             raise ValueError(f"unknown architecture {self.arch!r}; choose from {', '.join(ARCHITECTURES)}")
-        for name, lo, hi in (("latent_dim", 1, MAX_LATENT_DIM), ("g_width", 2, MAX_WIDTH), ("d_width", 1, MAX_WIDTH)):
+        for name, lo, hi in (("latent_dim", 1, MAX_LATENT_DIM), ("g_width", 2, MAX_WIDTH), ("d_width", 1, MAX_WIDTH),
+                             ("num_classes", 0, MAX_CLASSES)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
                 raise ValueError(f"{name} must be a whole number from {lo} to {hi}, got {value!r}")
@@ -66,7 +69,7 @@ class NetConfig:
         if arch not in DEFAULTS:
             raise ValueError(f"unknown architecture {arch!r}; choose from {', '.join(ARCHITECTURES)}")
         fields = dict(zip(("latent_dim", "latent_prior", "channels", "image_size", "g_width", "d_width"),
-                          DEFAULTS[arch]))
+                          DEFAULTS[arch]), num_classes=0)
         unknown = set(overrides) - set(fields)
         if unknown:
             raise ValueError(f"unknown architecture settings: {', '.join(sorted(unknown))}")
@@ -81,23 +84,37 @@ class NetConfig:
         """A config from a checkpoint's dict: every field present, of the right type and in range."""
         if not isinstance(d, dict):
             raise ValueError(f"the architecture config must be a dict, got {type(d).__name__}")
-        missing = [f.name for f in dataclasses.fields(cls) if f.name not in d]
+        missing = [f.name for f in dataclasses.fields(cls) if f.name not in d and f.name != "num_classes"]
         if missing:
             raise ValueError(f"the architecture config lacks {', '.join(missing)}")
-        return cls(**{f.name: d[f.name] for f in dataclasses.fields(cls)})
+        return cls(**{f.name: d[f.name] for f in dataclasses.fields(cls) if f.name in d})  # num_classes: 0 if absent
+
+    @property
+    def input_dim(self) -> int:
+        """What the generator's first layer takes: the latent, and a conditional model's class embedding."""
+        return self.latent_dim + self.num_classes
 
 
 class GeneratorNet(nn.Module):
-    """z ``[n, latent_dim]`` -> image ``[n, C, H, W]`` in [-1, 1]."""
+    """z ``[n, latent_dim]`` (and, class-conditional, ``label`` int64 ``[n]``) -> image ``[n, C, H, W]`` in [-1, 1].
+
+    A conditional generator joins a learned class embedding (``num_classes`` wide, as pytorch-GAN's
+    ``cgan``) to the latent before its first layer."""
 
     def __init__(self, cfg: NetConfig):
         super().__init__()
         self.cfg = cfg
         self.main = _GENERATORS[cfg.arch](cfg)
+        if cfg.num_classes:
+            self.embed = nn.Embedding(cfg.num_classes, cfg.num_classes)
         if cfg.arch == "dcgan64" and not next(self.parameters()).is_meta:  # meta: counted, never run
             self.apply(dcgan_init)
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
+    def forward(self, z: torch.Tensor, label: torch.Tensor | None = None) -> torch.Tensor:
+        if self.cfg.num_classes:
+            if label is None:
+                raise ValueError(f"this generator is class-conditional ({self.cfg.num_classes} classes): give labels")
+            z = torch.cat([z, self.embed(label)], 1)
         if self.cfg.arch == "dcgan64":
             z = z[:, :, None, None]  # [n, nz] -> [n, nz, 1, 1]: the canonical net starts from a 1x1 map
         return self.main(z)
@@ -116,6 +133,10 @@ class DiscriminatorNet(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.main = _DISCRIMINATORS[cfg.arch](cfg)
+        if cfg.num_classes:  # projection (Miyato & Koyama 2018): <embed(y), the features D's last layer reads>
+            self.project = nn.Embedding(cfg.num_classes, self._features())
+            if not self.project.weight.is_meta:
+                nn.init.normal_(self.project.weight, 0, 0.02)
         if cfg.arch == "dcgan64" and not next(self.parameters()).is_meta:  # meta: counted, never run
             self.apply(dcgan_init)
         if spectral_norm:
@@ -125,12 +146,25 @@ class DiscriminatorNet(nn.Module):
                     nn.utils.parametrizations.spectral_norm(m)
             self.main = nn.Sequential(*layers)
 
+    def _features(self) -> int:
+        """How many values D's last layer reads per image."""
+        device = next(self.parameters()).device
+        body = self.main[:-1]
+        was = body.training
+        with torch.no_grad():
+            h = body.eval()(torch.zeros(2, self.cfg.channels, self.cfg.image_size, self.cfg.image_size, device=device))
+        body.train(was)
+        return h[0].numel()
+
     @property
     def has_batchnorm(self) -> bool:
         return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.modules())
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.main(x).reshape(-1)
+    def forward(self, x: torch.Tensor, label: torch.Tensor | None = None) -> torch.Tensor:
+        if not self.cfg.num_classes:
+            return self.main(x).reshape(-1)
+        h = self.main[:-1](x)
+        return self.main[-1](h).reshape(-1) + (self.project(label) * h.flatten(1)).sum(1)
 
 
 def dcgan_init(m: nn.Module) -> None:
@@ -151,7 +185,7 @@ def conv3(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
 def g_mnist_dcgan(c: NetConfig) -> nn.Sequential:
     w = c.g_width
     return nn.Sequential(
-        nn.Linear(c.latent_dim, w // 2 * 7 * 7), nn.ReLU(),
+        nn.Linear(c.input_dim, w // 2 * 7 * 7), nn.ReLU(),
         nn.Unflatten(1, (w // 2, 7, 7)),                                      # [n, w/2, 7, 7]
         conv3(w // 2, w), nn.BatchNorm2d(w, **KERAS_BN), nn.ReLU(),
         nn.Upsample(scale_factor=2),                                          # 14x14
@@ -165,7 +199,7 @@ def g_mnist_dcgan(c: NetConfig) -> nn.Sequential:
 def g_mnist_dcgan_wide(c: NetConfig) -> nn.Sequential:
     w = c.g_width
     return nn.Sequential(
-        nn.Linear(c.latent_dim, 2 * w * 7 * 7), nn.ReLU(),
+        nn.Linear(c.input_dim, 2 * w * 7 * 7), nn.ReLU(),
         nn.Unflatten(1, (2 * w, 7, 7)),                                       # [n, 2w, 7, 7]
         nn.Upsample(scale_factor=2),                                          # 14x14
         conv3(2 * w, 2 * w), nn.BatchNorm2d(2 * w, **KERAS_BN), nn.ReLU(),
@@ -179,7 +213,7 @@ def g_dcgan64(c: NetConfig) -> nn.Sequential:
     # Layer order and indices match pytorch/examples dcgan/main.py (main.0 ... main.13).
     w = c.g_width
     return nn.Sequential(
-        nn.ConvTranspose2d(c.latent_dim, w * 8, 4, 1, 0, bias=False), nn.BatchNorm2d(w * 8), nn.ReLU(True),  # 4x4
+        nn.ConvTranspose2d(c.input_dim, w * 8, 4, 1, 0, bias=False), nn.BatchNorm2d(w * 8), nn.ReLU(True),  # 4x4
         nn.ConvTranspose2d(w * 8, w * 4, 4, 2, 1, bias=False), nn.BatchNorm2d(w * 4), nn.ReLU(True),        # 8x8
         nn.ConvTranspose2d(w * 4, w * 2, 4, 2, 1, bias=False), nn.BatchNorm2d(w * 2), nn.ReLU(True),        # 16x16
         nn.ConvTranspose2d(w * 2, w, 4, 2, 1, bias=False), nn.BatchNorm2d(w), nn.ReLU(True),                # 32x32
@@ -189,7 +223,7 @@ def g_dcgan64(c: NetConfig) -> nn.Sequential:
 
 def g_mnist_mlp(c: NetConfig) -> nn.Sequential:
     w = c.g_width
-    layers, cin = [], c.latent_dim
+    layers, cin = [], c.input_dim
     for cout in (w, 2 * w, 4 * w):
         layers += [nn.Linear(cin, cout), nn.LeakyReLU(0.2), nn.BatchNorm1d(cout, **KERAS_BN)]
         cin = cout
@@ -200,7 +234,7 @@ def g_mnist_mlp(c: NetConfig) -> nn.Sequential:
 def g_mnist_convt(c: NetConfig) -> nn.Sequential:
     w = c.g_width
     return nn.Sequential(
-        nn.Linear(c.latent_dim, 16 * w), nn.ReLU(), nn.BatchNorm1d(16 * w),
+        nn.Linear(c.input_dim, 16 * w), nn.ReLU(), nn.BatchNorm1d(16 * w),
         nn.Linear(16 * w, 2 * w * 7 * 7), nn.ReLU(), nn.BatchNorm1d(2 * w * 7 * 7),
         nn.Unflatten(1, (2 * w, 7, 7)),                                        # [n, 2w, 7, 7]
         nn.ConvTranspose2d(2 * w, w, 4, 2, 1), nn.ReLU(), nn.BatchNorm2d(w),   # 14x14
@@ -302,8 +336,10 @@ def recompute_bn_stats(gen: GeneratorNet, batches: int = 16, batch_size: int = 2
         m.reset_running_stats()
         m.momentum = None  # cumulative moving average
         m.train()
+    labels = torch.arange(batch_size, device=device) % max(gen.cfg.num_classes, 1)  # every class alike
     for _ in range(batches):
-        gen(sample_prior(batch_size, gen.cfg, g).to(device))
+        z = sample_prior(batch_size, gen.cfg, g).to(device)
+        gen(z, labels) if gen.cfg.num_classes else gen(z)
     for m, (momentum, training) in zip(bns, saved):
         m.momentum = momentum
         m.train(training)

@@ -12,6 +12,7 @@ identical weights; only rank 0 writes files.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from dataclasses import dataclass
@@ -134,17 +135,22 @@ class Batches:
     ``state_dict`` / ``load_state_dict`` make the sequence resumable exactly.
     """
 
-    def __init__(self, images: np.ndarray, batch_size: int, seed: int):
+    def __init__(self, images: np.ndarray, batch_size: int, seed: int, labels: np.ndarray | None = None):
         if len(images) < batch_size:
             raise DataError(f"the data has {len(images)} images, fewer than one batch of {batch_size}")
         self.images = torch.from_numpy(images)
+        self.labels = None if labels is None else torch.from_numpy(labels)  # int64 [N], for conditional runs
         self.batch_size = batch_size
         self.gen = torch.Generator().manual_seed(seed)
         self.perm = torch.randperm(len(images), generator=self.gen)
         self.pos = 0
 
-    def next(self, rank: int = 0, world: int = 1):
+    def next(self, rank: int = 0, world: int = 1) -> torch.Tensor:
         """The next global batch of ``batch_size * world`` images; this rank's slice, float ``[B, C, H, W]``."""
+        return self.next_labelled(rank, world)[0]
+
+    def next_labelled(self, rank: int = 0, world: int = 1) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``next``, with the images' labels (int64 ``[B]``; ``None`` for unlabelled data)."""
         need = self.batch_size * world
         if need > len(self.images):
             raise DataError(f"the data has {len(self.images)} images, fewer than one global batch of {need}")
@@ -153,7 +159,7 @@ class Batches:
             self.pos = 0
         idx = self.perm[self.pos:self.pos + need][rank * self.batch_size:(rank + 1) * self.batch_size]
         self.pos += need
-        return self.images[idx].float() / 127.5 - 1.0
+        return self.images[idx].float() / 127.5 - 1.0, None if self.labels is None else self.labels[idx]
 
     def state_dict(self) -> dict:
         return {"gen": self.gen.get_state(), "perm": self.perm.clone(), "pos": self.pos}
@@ -162,3 +168,11 @@ class Batches:
         self.gen.set_state(state["gen"])
         self.perm = state["perm"].clone()
         self.pos = int(state["pos"])
+
+
+def weights_digest(module: nn.Module) -> str:
+    h = hashlib.sha256()
+    for k, v in module.state_dict().items():
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]

@@ -21,7 +21,7 @@ from .checkpoint import open_checkpoint
 from .evaluate import Extractor, compare_sets
 from .images import compare_images
 from .images import to_uint8
-from .latent import latents
+from .latent import latents, seed_labels
 from .runtime import CPU, CUDA, Generator
 
 SEEDS = (0, 1, 2)
@@ -33,8 +33,15 @@ def providers_to_check() -> list[str]:
 
 
 @torch.no_grad()
-def torch_images(model: torch.nn.Module, z: np.ndarray) -> np.ndarray:
-    return model(torch.from_numpy(z)).float().numpy()
+def torch_images(model: torch.nn.Module, z: np.ndarray, label: np.ndarray | None = None) -> np.ndarray:
+    args = (torch.from_numpy(z),) if label is None else (torch.from_numpy(z), torch.from_numpy(label))
+    return model(*args).float().numpy()
+
+
+def gate_labels(gen: Generator, n: int, seed: int) -> np.ndarray | None:
+    """A conditional model's labels for the gate: the classes in turn (``latent.seed_labels``), so a batch
+    of at least as many images as classes covers every class."""
+    return seed_labels(n, seed, len(gen.classes)) if gen.classes else None
 
 
 def run_gate(model: torch.nn.Module, onnx_path, thresholds: Thresholds | None = None,
@@ -53,15 +60,17 @@ def run_gate(model: torch.nn.Module, onnx_path, thresholds: Thresholds | None = 
         for seed in seeds:
             for batch in batch_sizes:
                 z = latents(batch, seed, gen.latent_dim, gen.latent_prior)
-                m = compare_images(torch_images(model, z), gen.run(z))
+                y = gate_labels(gen, batch, seed)
+                m = compare_images(torch_images(model, z, y), gen.run(z, y))
                 m.update(provider=provider, seed=seed, batch=batch)
                 m["failed"] = misses(m, provider, thresholds, min_psnr)
                 failures += [f"{provider} seed {seed} batch {batch}: {why}" for why in m["failed"]]
                 checks.append(m)
         # Batch invariance: each image of the largest batch, generated alone.
         z = latents(max(batch_sizes), seeds[0], gen.latent_dim, gen.latent_prior)
-        batched = gen.run(z)
-        alone = np.concatenate([gen.run(z[i:i + 1]) for i in range(len(z))])
+        y = gate_labels(gen, len(z), seeds[0])
+        batched = gen.run(z, y)
+        alone = np.concatenate([gen.run(z[i:i + 1], None if y is None else y[i:i + 1]) for i in range(len(z))])
         inv = compare_images(batched, alone)
         limit = thresholds.max_abs(provider)
         inv.update(provider=provider, limit=limit, passed=inv["max_abs"] <= limit and inv["finite"])
@@ -112,7 +121,7 @@ def format_gate(report: dict) -> str:
 def pytorch_reference(ckpt, arch: str | None = None):
     """A callable z -> PyTorch's float images for the checkpoint (the browser gate's second reference)."""
     model = open_checkpoint(ckpt, arch).model
-    return lambda z: torch_images(model, z)
+    return lambda z, labels=None: torch_images(model, z, labels)
 
 
 # ---- deployment drift in image-quality terms -------------------------------------------------

@@ -5,6 +5,7 @@
     steps = 32000
     batch_size = 256
     seed = 0
+    conditional = "off"           # "on": class-conditional on the data's labels; "auto": when it has them
     [optim]                       # Adam and the learning-rate schedule
     [generator]                   # what the run deploys: EMA, weight averaging
     [discriminator]               # D's side for small data sets: loss, augmentation, R1
@@ -88,7 +89,8 @@ class Run:
 
 
 TABLES = {"optim": Optim, "generator": GeneratorSide, "discriminator": DiscriminatorSide, "run": Run}
-TOP = ("arch", "data", "steps", "batch_size", "seed")
+TOP = ("arch", "data", "steps", "batch_size", "seed", "conditional")
+CONDITIONAL = ("off", "on", "auto")
 HOME = {f.name: table for table, cls in TABLES.items() for f in dataclasses.fields(cls)}  # key -> its table
 
 
@@ -101,6 +103,9 @@ class TrainConfig:
     steps: int = 2000
     batch_size: int = 64
     seed: int = 0
+    # class-conditional: "on" (the data must be labelled), "off", or "auto" (on when the data has two or
+    # more classes: a .npz's labels, an emoji package's categories, a folder's class subfolders)
+    conditional: str = "off"
     optim: Optim = field(default_factory=Optim)
     generator: GeneratorSide = field(default_factory=GeneratorSide)
     discriminator: DiscriminatorSide = field(default_factory=DiscriminatorSide)
@@ -197,6 +202,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be auto, on or off, got {getattr(r, name)!r}")
         if not self.data:
             raise ValueError("data must name a data source")
+        if self.conditional not in CONDITIONAL:
+            raise ValueError(f"conditional must be one of {', '.join(CONDITIONAL)}, got {self.conditional!r}")
         for key, value in self.net.items():
             if isinstance(value, (bool, float, list, dict)):
                 raise ValueError(f"[net] {key} must be {'a string' if key == 'latent_prior' else 'a whole number'}, "
@@ -278,3 +285,23 @@ def to_toml(cfg: TrainConfig) -> str:
     for name in (*TABLES, "net"):
         lines += ["", f"[{name}]", *(f"{k} = {value(v)}" for k, v in d[name].items())]
     return "\n".join(lines) + "\n"
+
+
+def conditioned(cfg: TrainConfig) -> tuple:
+    """The recipe's nets for its data: (``NetConfig``, class names, the training ``data.Dataset``). A
+    conditional run (``conditional = "on"``, or ``"auto"`` on data with two or more classes) takes the
+    data's classes; an unconditional one none."""
+    from . import data as data_module
+    from .nets import check_size
+    net = cfg.net_config()
+    data = data_module.load_dataset(cfg.data, net.channels, net.image_size, seed=cfg.seed).training
+    labelled = data.labels is not None and len(data.labels) and int(data.labels.max()) >= 1
+    if cfg.conditional == "off" or cfg.conditional == "auto" and not labelled:
+        return net, (), data
+    if not labelled:
+        raise data_module.DataError(f"conditional = \"on\" needs labelled data (two or more classes); {cfg.data} "
+                                    "has none (use class subfolders, a .npz with 'labels', or mnist-sample)")
+    classes = data.classes or tuple(str(i) for i in range(int(data.labels.max()) + 1))
+    net = dataclasses.replace(net, num_classes=len(classes))
+    check_size(net)
+    return net, tuple(classes), data

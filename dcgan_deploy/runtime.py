@@ -14,9 +14,10 @@ import numpy as np
 
 from . import bundled, cpu, int8, modelfile
 from .images import to_uint8
-from .latent import LatentStream, check_count, check_seed, check_truncation, path, random_seed, truncate
+from .latent import (LatentStream, check_count, check_seed, check_truncation, path, random_seed, seed_labels,
+                     truncate)
 from .edits import Direction, from_metadata
-from .modelfile import ModelError, check_directions, check_metadata, json_entry
+from .modelfile import ModelError, check_classes, check_directions, check_metadata, json_entry
 from .session import CPU, CUDA, Session, first_line, open_session
 
 __all__ = ["CpuDependentWarning", "Generator", "ModelError", "UnverifiedModelWarning", "check_threads", "first_line"]
@@ -59,6 +60,7 @@ class Generator:
         self.integer_sums: dict | None = None  # an int8 graph's bounds (``int8.report``), set by ``load``
         entry = check_directions(metadata, path)
         self.directions: list[Direction] = from_metadata(entry) if entry else []  # named latent directions
+        self.classes: tuple[str, ...] = check_classes(metadata, path)  # a conditional model's; label i = classes[i]
 
     # ---- construction -------------------------------------------------------------
     @classmethod
@@ -125,57 +127,111 @@ class Generator:
         ``latents(index + 1, seed)``. How ``edit``, the demo and the web page pick one image to work on."""
         return self.latents(index + 1, seed, truncation)[index]
 
-    def run(self, z: np.ndarray) -> np.ndarray:
-        """Float32 latents ``[n, latent_dim]`` -> float32 images ``[n, C, H, W]`` in [-1, 1].
+    def labels(self, n: int, seed: int | None = None, label=None) -> np.ndarray | None:
+        """A conditional model's int64 labels ``[n]`` for ``n`` images of ``seed``: ``label`` a class (index or
+        name) for all of them, one per image (a sequence of ``n``, or of 1), or ``None``: drawn from the seed
+        (``latent.seed_labels``). ``None`` for an unconditional model."""
+        return self._label_chunks(n, seed, label)(0, n)
+
+    def _label_chunks(self, n: int, seed: int | None, label):
+        """``label`` checked for ``n`` images now -> ``chunk(start, count)``, the labels of those images
+        (memory bounded by the chunk unless the caller gave one label per image)."""
+        if not self.classes:
+            if label is not None:
+                raise ValueError(f"{self.path.name} is not class-conditional: it takes no label")
+            return lambda start, count: None
+        if label is None:
+            return lambda start, count: seed_labels(count, 0 if seed is None else seed, len(self.classes), start)
+        if isinstance(label, (str, int, np.integer)) and not isinstance(label, bool):
+            index = self.class_index(label)
+            return lambda start, count: np.full(count, index, np.int64)
+        if isinstance(label, np.ndarray) and label.ndim != 1 or not hasattr(label, "__len__") or isinstance(label, dict):
+            raise ValueError(f"label must be a class, or one class per image, got {type(label).__name__}")
+        if len(label) not in (1, n):
+            raise ValueError(f"{len(label)} labels for {n} images; give one, or one per image")
+        chosen = np.array([self.class_index(x) for x in label], np.int64)
+        if len(chosen) == 1:
+            return lambda start, count: np.full(count, chosen[0], np.int64)
+        return lambda start, count: chosen[start:start + count]
+
+    def class_index(self, label) -> int:
+        """A class by index (``7``, ``"7"``) or by name -> its index; ValueError naming the classes otherwise."""
+        if isinstance(label, str) and label in self.classes:
+            return self.classes.index(label)
+        text = label if isinstance(label, str) else None
+        if text is not None and text.isascii() and text.isdigit():
+            label = int(text)
+        if isinstance(label, (int, np.integer)) and not isinstance(label, bool) and 0 <= label < len(self.classes):
+            return int(label)
+        shown = ", ".join(self.classes) if len(self.classes) <= 20 else ", ".join(self.classes[:20]) + ", ..."
+        raise ValueError(f"unknown class {label!r:.60}: this model's classes are {shown} (or their indices 0 to "
+                         f"{len(self.classes) - 1})")
+
+    def run(self, z: np.ndarray, label: np.ndarray | None = None) -> np.ndarray:
+        """Float32 latents ``[n, latent_dim]`` (and a conditional model's int64 labels ``[n]``) -> float32
+        images ``[n, C, H, W]`` in [-1, 1].
 
         A model whose output holds NaN or infinite values (broken weights) raises ``ModelError``
         instead of passing garbage on."""
         self._check_latents(z)
         self.check_batch_size(len(z))
-        out = self.session.run(z)
+        self._check_labels(label, len(z))
+        out = self.session.run(z, label)
         if not np.isfinite(out).all():
             raise ModelError(f"{self.path}: the model produced NaN or infinite values (its weights are broken); "
                              "no images were written")
         return out
 
-    def images(self, z: np.ndarray, batch_size: int = 64) -> Iterator[np.ndarray]:
-        """Given latents ``[n, latent_dim]`` -> uint8 chunks ``[<=batch_size, H, W, C]``, one onnxruntime call each."""
+    def images(self, z: np.ndarray, batch_size: int = 64, label=None) -> Iterator[np.ndarray]:
+        """Given latents ``[n, latent_dim]`` (and a conditional model's ``label``: a class, or one per row;
+        default the rows' turn, as for seed 0) -> uint8 chunks ``[<=batch_size, H, W, C]``, one call each."""
         self._check_latents(z)
         batch_size = self.check_batch_size(batch_size)
-        return (to_uint8(self.run(z[start:start + batch_size])) for start in range(0, len(z), batch_size))
+        labels = self._label_chunks(len(z), 0, label)  # checked now
+        return (to_uint8(self.run(z[start:start + batch_size], labels(start, len(z[start:start + batch_size]))))
+                for start in range(0, len(z), batch_size))
 
     def iter_generate(self, n: int, seed: int | None = None, batch_size: int = 64,
-                      truncation: float = 1.0) -> Iterator[np.ndarray]:
+                      truncation: float = 1.0, label=None) -> Iterator[np.ndarray]:
         """Yield uint8 chunks ``[<=batch_size, H, W, C]`` whose concatenation is ``generate(n, seed)``.
 
         Memory is bounded by one chunk, whatever ``n`` is.
         """
         n, batch_size = check_count(n), self.check_batch_size(batch_size)
         truncation = check_truncation(truncation)
-        stream = LatentStream(random_seed() if seed is None else check_seed(seed), self.latent_dim, self.latent_prior)
-        return (to_uint8(self.run(truncate(stream.take(min(batch_size, n - start)), truncation)))
+        seed = random_seed() if seed is None else check_seed(seed)
+        labels = self._label_chunks(n, seed, label)
+        stream = LatentStream(seed, self.latent_dim, self.latent_prior)
+        return (to_uint8(self.run(truncate(stream.take(min(batch_size, n - start)), truncation),
+                                  labels(start, min(batch_size, n - start))))
                 for start in range(0, n, batch_size))  # arguments checked now, images made as they are asked for
 
-    def generate(self, n: int, seed: int | None = None, batch_size: int = 64, truncation: float = 1.0) -> np.ndarray:
-        """``n`` images for ``seed`` (random when ``None``): uint8 ``[n, H, W, C]``."""
+    def generate(self, n: int, seed: int | None = None, batch_size: int = 64, truncation: float = 1.0,
+                 label=None) -> np.ndarray:
+        """``n`` images for ``seed`` (random when ``None``): uint8 ``[n, H, W, C]``. A conditional model's
+        ``label``: a class (index or name) for all, one per image, or ``None``: the classes in turn from
+        the seed (``latent.seed_labels``)."""
         n = check_count(n)
         size = n * self.height * self.width * self.channels
         if size > MAX_ARRAY_BYTES:
             raise ValueError(f"n={n} images would take {size / 1e9:.1f} GB in one array (limit "
                              f"{MAX_ARRAY_BYTES / 1e9:.1f} GB); stream them with iter_generate, or write a .npy file")
-        return np.concatenate(list(self.iter_generate(n, seed, batch_size, truncation)))
+        return np.concatenate(list(self.iter_generate(n, seed, batch_size, truncation, label)))
 
-    def interpolate(self, seeds: list[int], frames: int, method: str = "slerp", truncation: float = 1.0) -> np.ndarray:
+    def interpolate(self, seeds: list[int], frames: int, method: str = "slerp", truncation: float = 1.0,
+                    label=None) -> np.ndarray:
         """A walk through the seeds' latents (each seed's first latent, as ``generate(1, seed)`` draws it):
         ``frames`` frames from each seed to the next, then the last seed; uint8 ``[(len(seeds) - 1) * frames + 1,
-        H, W, C]``. The path for the CLI's ``interpolate`` and the demo alike."""
+        H, W, C]``. The path for the CLI's ``interpolate`` and the demo alike. A conditional model walks in one
+        class: ``label``, or the first seed's (``generate(1, seeds[0])``'s)."""
         if len(seeds) < 2:
             raise ValueError("an interpolation needs at least two seeds")
         total = (len(seeds) - 1) * check_count(frames, "frames") + 1
         if total > MAX_FRAMES:
             raise ValueError(f"{total} frames requested; the limit is {MAX_FRAMES} (fewer seeds or frames)")
         z = path([self.latents(1, s, truncation)[0] for s in seeds], frames, method)
-        return np.concatenate(list(self.images(z)))
+        one = None if not self.classes else self.labels(1, seeds[0], None if label is None else [label])[0]
+        return np.concatenate(list(self.images(z, label=None if one is None else int(one))))
 
     def check_batch_size(self, batch_size, what: str = "batch_size") -> int:
         """A batch size whose float32 images fit ``MAX_BATCH_BYTES``, or a ValueError saying the largest that does."""
@@ -185,6 +241,19 @@ class Generator:
             raise ValueError(f"{what} {batch_size} would need {batch_size * per_image / 1e9:.1f} GB per onnxruntime "
                              f"call; use at most {MAX_BATCH_BYTES // per_image} for {self.height}x{self.width} images")
         return batch_size
+
+    def _check_labels(self, label, n: int) -> None:
+        if not self.classes:
+            if label is not None:
+                raise ValueError(f"{self.path.name} is not class-conditional: it takes no label")
+            return
+        if label is None:
+            raise ValueError(f"{self.path.name} is class-conditional ({len(self.classes)} classes): give labels")
+        if not (isinstance(label, np.ndarray) and label.dtype == np.int64 and label.shape == (n,)):
+            raise ValueError(f"labels must be an int64 array [{n}], got "
+                             f"{getattr(label, 'dtype', type(label).__name__)} {list(getattr(label, 'shape', []))}")
+        if len(label) and not (0 <= label.min() and label.max() < len(self.classes)):
+            raise ValueError(f"labels must be class indices from 0 to {len(self.classes) - 1}")
 
     def _check_latents(self, z) -> None:
         if not isinstance(z, np.ndarray):
@@ -200,10 +269,12 @@ class Generator:
         """Everything ``dcgan-deploy info`` shows, as plain data."""
         facts = {
             "path": str(self.path),
-            "metadata": {k: v for k, v in self.metadata.items() if k not in ("parity", "evaluation", "directions")},
+            "metadata": {k: v for k, v in self.metadata.items()
+                         if k not in ("parity", "evaluation", "directions", "classes")},
             "precision": self.precision,
             "parity": self.parity,
             "directions": [{k: v for k, v in d.to_json().items() if k != "vector"} for d in self.directions],
+            "classes": list(self.classes),
             "providers": self.session.facts(),
             "engine": self.session.engine,
             "cpu": cpu.features(),
@@ -232,9 +303,13 @@ def check_threads(threads) -> int:
 
 def _check_graph(session: Session, path: Path, meta: dict[str, str]) -> None:
     ins, outs = session.inputs(), session.outputs()
-    if [i.name for i in ins] != ["z"] or [o.name for o in outs] != ["image"]:
-        raise ModelError(f"{path}: graph must have one input 'z' and one output 'image', has inputs "
-                         f"{[i.name for i in ins]} and outputs {[o.name for o in outs]}")
+    want = ["z", "label"] if "classes" in meta else ["z"]
+    if [i.name for i in ins] != want or [o.name for o in outs] != ["image"]:
+        raise ModelError(f"{path}: graph must have input{'s' if len(want) > 1 else ''} {' and '.join(map(repr, want))} "
+                         f"and one output 'image'{' (its metadata names classes)' if len(want) > 1 else ''}, has "
+                         f"inputs {[i.name for i in ins]} and outputs {[o.name for o in outs]}")
+    if len(ins) > 1 and (ins[1].dtype != "int64" or len(ins[1].shape) != 1 or ins[1].shape[0] is not None):
+        raise ModelError(f"{path}: 'label' must be int64 [batch], is {ins[1].dtype} {list(ins[1].shape)}")
     z, image = ins[0], outs[0]
     want_z = [int(meta["latent_dim"])]
     want_img = [int(meta["channels"]), int(meta["height"]), int(meta["width"])]

@@ -70,6 +70,7 @@ class ModelInfo:
         self.name, self.path = name, str(path)
         self.latent_dim, self.prior = int(meta["latent_dim"]), meta["latent_prior"]
         self.shape = (int(meta["height"]), int(meta["width"]), int(meta["channels"]))
+        self.classes = modelfile.check_classes(meta, path)  # a class-conditional model's
 
     def metadata(self) -> dict:
         h, w, c = self.shape
@@ -77,7 +78,8 @@ class ModelInfo:
                 "inputs": [{"name": "z", "datatype": "FP32", "shape": [-1, self.latent_dim]},
                            {"name": "seed", "datatype": "INT64", "shape": [1]},
                            {"name": "n", "datatype": "INT64", "shape": [1]},
-                           {"name": "truncation", "datatype": "FP32", "shape": [1]}],
+                           {"name": "truncation", "datatype": "FP32", "shape": [1]}]
+                + ([{"name": "label", "datatype": "INT64", "shape": [-1]}] if self.classes else []),
                 "outputs": [{"name": "image", "datatype": "UINT8", "shape": [-1, h, w, c]}]}
 
 
@@ -183,12 +185,47 @@ def _as_array(flat: list, dtype: np.dtype, name: str) -> np.ndarray:
     return np.array(flat, dtype=dtype)
 
 
+def work_for(info: ModelInfo, inputs: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
+    """What a request asks a replica for: its latents (``latents_for``) and a conditional model's int64
+    labels: the ``label`` input (INT64, one for all or one per image) or, without one, the seed's
+    (``latent.seed_labels``; seed 0's for given latents)."""
+    from .latent import seed_labels
+    label = inputs.pop("label", None)
+    z = latents_for(info, inputs)
+    if not info.classes:
+        if label is not None:
+            raise RequestError(f"model {info.name!r} is not class-conditional: it takes no input 'label'")
+        return z, None
+    if label is None:
+        seed = 0 if "z" in inputs else int(inputs["seed"].reshape(-1)[0])
+        return z, seed_labels(len(z), seed, len(info.classes))
+    if label.dtype.kind not in "iu" or label.ndim != 1 or len(label) not in (1, len(z)):
+        raise RequestError(f"input 'label' must be INT64 [1] or [{len(z)}] (one per image), got {label.dtype} "
+                           f"{list(label.shape)}")
+    if label.min() < 0 or label.max() >= len(info.classes):
+        raise RequestError(f"input 'label' must hold class indices from 0 to {len(info.classes) - 1}")
+    return z, np.broadcast_to(label.astype(np.int64), (len(z),)).copy()
+
+
+def class_index(info: ModelInfo, label: str) -> int:
+    """``grid.png``'s ``label``: a class name or index of a conditional model."""
+    if not info.classes:
+        raise RequestError(f"model {info.name!r} is not class-conditional: it takes no label")
+    if label in info.classes:
+        return info.classes.index(label)
+    if whole(label, 4) and int(label) < len(info.classes):
+        return int(label)
+    raise RequestError(f"unknown class {printable(label[:40])!r}; this model's classes are 0 to {len(info.classes) - 1} "
+                       f"({printable(', '.join(info.classes[:20]), 300)})")
+
+
 def latents_for(info: ModelInfo, inputs: dict[str, np.ndarray]) -> np.ndarray:
     """The float32 latents a request asks for: given as ``z``, or drawn from ``seed`` and ``n``."""
     from .latent import latents
     extra = set(inputs) - {"z", "seed", "n", "truncation"}
     if extra:
-        raise RequestError(f"unknown input {sorted(extra)[0]!r}; this model takes z, or seed and n (and truncation)")
+        raise RequestError(f"unknown input {sorted(extra)[0]!r}; this model takes z, or seed and n (and truncation"
+                           + (", label" if info.classes else "") + ")")
     if "z" in inputs:
         if set(inputs) != {"z"}:
             raise RequestError("give either z, or seed and n (with truncation): not both")
@@ -346,37 +383,40 @@ def build_app(models: dict[str, str], replicas: int = 1, max_batch_size: int = 2
             self.requests_per_batch: dict[int, int] = {}
 
         @serve.batch(max_batch_size=256, batch_wait_timeout_s=BATCH_WAIT_S,
-                     batch_size_fn=lambda requests: sum(len(z) for z in requests))
-        async def run_batch(self, requests: list[np.ndarray]) -> list:
+                     batch_size_fn=lambda requests: sum(len(w[0]) for w in requests))
+        async def run_batch(self, requests: list[tuple]) -> list:
             try:
-                images = self.run_now(np.concatenate(requests), len(requests))
+                labels = None if requests[0][1] is None else np.concatenate([w[1] for w in requests])
+                images = self.run_now((np.concatenate([w[0] for w in requests]), labels), len(requests))
             except Exception:
                 if len(requests) == 1:
                     raise
                 # one request's latents may fail the whole batch: each alone, so only that request fails
                 return [self._alone(r) for r in requests]
             out, start = [], 0
-            for r in requests:
-                out.append(images[start:start + len(r)])
-                start += len(r)
+            for z, _ in requests:
+                out.append(images[start:start + len(z)])
+                start += len(z)
             return out
 
-        def _alone(self, z: np.ndarray):
+        def _alone(self, work: tuple):
             try:
-                return self.run_now(z)
+                return self.run_now(work)
             except Exception as e:  # handed back as the result of this request alone, raised in __call__
                 return e
 
-        def run_now(self, z: np.ndarray, requests: int = 1) -> np.ndarray:
-            images = np.concatenate(list(self.gen.images(z, batch_size=len(z))))
+        def run_now(self, work: tuple, requests: int = 1) -> np.ndarray:
+            z, labels = work  # latents, and a conditional model's labels (None otherwise)
+            images = np.concatenate(list(self.gen.images(z, batch_size=len(z), label=None if labels is None
+                                                         else list(labels))))
             self.batches[len(z)] = self.batches.get(len(z), 0) + 1
             self.requests_per_batch[requests] = self.requests_per_batch.get(requests, 0) + 1
             return images
 
-        async def __call__(self, z: np.ndarray) -> np.ndarray:
-            if len(z) >= self.max_images:  # a request that fills a batch alone runs alone
-                return self.run_now(z)
-            result = await self.run_batch(z)
+        async def __call__(self, work: tuple) -> np.ndarray:
+            if len(work[0]) >= self.max_images:  # a request that fills a batch alone runs alone
+                return self.run_now(work)
+            result = await self.run_batch(work)
             if isinstance(result, Exception):
                 raise result
             return result
@@ -440,9 +480,9 @@ def build_app(models: dict[str, str], replicas: int = 1, max_batch_size: int = 2
                 raise RequestError(f"unknown model {name[:80]!r}; this server has {', '.join(self.infos)}", 404)
             return self.infos[name]
 
-        async def _images(self, name: str, z: np.ndarray) -> np.ndarray:
+        async def _images(self, name: str, work: tuple) -> np.ndarray:
             try:
-                return await self.handles[name].remote(z)
+                return await self.handles[name].remote(work)
             except BackPressureError:
                 raise RequestError(f"model {name!r} is busy: its queue is full; retry later", 503) from None
 
@@ -499,13 +539,13 @@ def build_app(models: dict[str, str], replicas: int = 1, max_batch_size: int = 2
                 raise RequestError(f"the request body is over {MAX_BODY_BYTES} bytes", 413)
             body = await read_body(request.stream())
             parsed, tail = split_body(body, request.headers.get("inference-header-content-length"))
-            z = latents_for(info, read_inputs(parsed, tail))
-            images = await self._images(name, z)
+            images = await self._images(name, work_for(info, read_inputs(parsed, tail)))
             pieces, headers = encode_response(info, images, parsed)
             return StreamingResponse(pieces, headers=headers)
 
         @app.get("/v2/models/{name}/grid.png")
-        async def grid_png(self, name: str, seed: str = "0", n: str = "16", truncation: str = "1"):
+        async def grid_png(self, name: str, seed: str = "0", n: str = "16", truncation: str = "1",
+                           label: str | None = None):
             info = self._info(name)
             if not whole(seed, 20) or not whole(n, 6):
                 raise RequestError("seed and n must be whole numbers (seed 0 to 2**64 - 1, n from 1 to "
@@ -517,9 +557,11 @@ def build_app(models: dict[str, str], replicas: int = 1, max_batch_size: int = 2
             if not 1 <= int(n) <= MAX_GRID or int(seed) > MAX_SEED:
                 raise RequestError(f"n must be from 1 to {MAX_GRID} and seed from 0 to 2**64 - 1, got n={n}, "
                                    f"seed={seed[:30]}")
-            z = latents_for(info, {"seed": np.array([int(seed)], np.uint64), "n": np.array([int(n)], np.int64),
-                                   "truncation": np.array([psi], np.float32)})
-            return Response(png_grid(await self._images(name, z)), media_type="image/png")
+            inputs = {"seed": np.array([int(seed)], np.uint64), "n": np.array([int(n)], np.int64),
+                      "truncation": np.array([psi], np.float32)}
+            if label is not None:
+                inputs["label"] = np.array([class_index(info, label)], np.int64)
+            return Response(png_grid(await self._images(name, work_for(info, inputs))), media_type="image/png")
 
     handles = {name: ModelReplica.options(name=f"model-{name}").bind(infos[name].path, max_batch_size, threads)
                for name in models}

@@ -41,7 +41,8 @@ class Session(Protocol):
 
     def inputs(self) -> list[Port]: ...
     def outputs(self) -> list[Port]: ...
-    def run(self, z: np.ndarray) -> np.ndarray: ...   # float32 [n, latent_dim] -> float32 [n, C, H, W]
+    def run(self, z: np.ndarray, label: np.ndarray | None = None) -> np.ndarray: ...
+    #   float32 z [n, latent_dim] (and a conditional model's int64 label [n]) -> float32 images [n, C, H, W]
     def facts(self) -> dict: ...                      # what ``info`` shows of the engine
 
 
@@ -115,8 +116,8 @@ class OrtSession:
     def outputs(self) -> list[Port]:
         return [_port(a) for a in self.ort.get_outputs()]
 
-    def run(self, z: np.ndarray) -> np.ndarray:
-        return self.ort.run(["image"], {"z": z})[0]
+    def run(self, z: np.ndarray, label: np.ndarray | None = None) -> np.ndarray:
+        return self.ort.run(["image"], {"z": z} if label is None else {"z": z, "label": label})[0]
 
     def facts(self) -> dict:
         return {"available": ort.get_available_providers(), "active": self.ort.get_providers()}

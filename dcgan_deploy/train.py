@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import hashlib
 import json
 import math
 import os
@@ -28,30 +27,21 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import data as datasets
 from .augment import augment, parse_policy
 from .checkpoint import (STATE_FORMAT, CheckpointError, average_note, check_average, load_mean, load_torch,
                          save_generator, save_train_state, truncate_log)
 from .files import write_bytes
-from .runtime import first_line
 from .images import grid, save_png, to_uint8
-from .latent import latents
+from .latent import latents, seed_labels
+from .runtime import first_line
 from .losses import LOSSES, r1_penalty
 from .nets import DiscriminatorNet, GeneratorNet, recompute_bn_stats, sample_prior
-from .parallel import Batches, Dist, cpu_has_amx, pick_device, set_determinism
-from .recipe import TrainConfig, to_toml
+from .parallel import Batches, Dist, cpu_has_amx, pick_device, set_determinism, weights_digest
+from .recipe import TrainConfig, conditioned, to_toml
 
 
 class DivergenceError(RuntimeError):
     """Losses or weights became non-finite; the run's last checkpoint, if it has one, was kept."""
-
-
-def weights_digest(module: nn.Module) -> str:
-    h = hashlib.sha256()
-    for k, v in module.state_dict().items():
-        h.update(k.encode())
-        h.update(v.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
 
 
 @torch.no_grad()
@@ -74,8 +64,8 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, run_dir: str | os.PathLike, progress: bool = True):
         self.cfg = cfg
         self.run_dir = Path(run_dir)
-        self.net = cfg.net_config()
         run, d = cfg.run, cfg.discriminator
+        self.net, self.classes, self.data = conditioned(cfg)
         self.device = pick_device(run.device)
         if self.device.type == "cuda" and run.deterministic:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS; before CUDA work
@@ -97,14 +87,15 @@ class Trainer:
         self.optG = torch.optim.Adam(self.G.parameters(), o.lr, betas=(o.beta1, o.beta2))
         self.optD = torch.optim.Adam(self.D.parameters(), o.lr_d or o.lr, betas=(o.beta1, o.beta2))
         self.loss = LOSSES[d.loss]
-        images = datasets.load(cfg.data, self.net.channels, self.net.image_size, seed=cfg.seed)
-        self.batches = Batches(images, cfg.batch_size, cfg.seed)
+        self.batches = Batches(self.data.images, cfg.batch_size, cfg.seed,
+                               self.data.labels if self.classes else None)
         self.zgen = torch.Generator().manual_seed(cfg.seed + 1)
         self.policy = parse_policy(d.augment)
         self.aug_gen = torch.Generator().manual_seed(cfg.seed + 2)  # DiffAugment's parameters
         self.augment_p = 0.0 if d.ada_target else 1.0  # each transform's probability per image (ADA adapts it)
         # The fixed sample batch: the latents of `dcgan-deploy generate -n 64 --seed 0`.
         self.fixed_z = torch.from_numpy(latents(64, 0, self.net.latent_dim, self.net.latent_prior))
+        self.fixed_labels = torch.from_numpy(seed_labels(64, 0, len(self.classes))) if self.classes else None
         self.step = 0
         self.saved_step: int | None = None  # the step of the run folder's checkpoint (None: it has none yet)
         self._exported: tuple[int, GeneratorNet | None] = (-1, None)
@@ -117,6 +108,7 @@ class Trainer:
             "step": self.step,
             "train_config": self.cfg.to_dict(),
             "net_config": self.net.to_dict(),
+            "classes": list(self.classes),
             "G": self.G.state_dict(), "D": self.D.state_dict(),
             "optG": self.optG.state_dict(), "optD": self.optD.state_dict(),
             "ema": self.ema.state_dict() if self.ema is not None else {},
@@ -128,6 +120,9 @@ class Trainer:
         }
 
     def load_state_dict(self, s: dict) -> None:
+        if list(s.get("classes", [])) != list(self.classes):
+            raise ValueError(f"the data's classes are now {list(self.classes)[:10]}, the run's were "
+                             f"{list(s.get('classes', []))[:10]}")
         self.G.load_state_dict(s["G"])
         self.D.load_state_dict(s["D"])
         self.optG.load_state_dict(s["optG"])
@@ -192,6 +187,8 @@ class Trainer:
         gen = self.export_generator()
         g = self.cfg.generator
         extra = {"train_step": str(self.step), "dataset": self.cfg.data, "ema": str(g.ema)}
+        if self.classes:
+            extra["classes"] = json.dumps(list(self.classes))
         if self.average is not None:
             extra["average"] = average_note(self.average["count"], g.average_every, g.average_start)
         save_generator(gen.state_dict(), self.net, self.run_dir / "generator.safetensors", extra)
@@ -229,7 +226,8 @@ class Trainer:
         gen = self.export_generator()
         was_training = gen.training
         gen.eval()
-        images = gen(self.fixed_z.to(self.device)).float().cpu().numpy()
+        z = self.fixed_z.to(self.device)
+        images = (gen(z, self.fixed_labels.to(self.device)) if self.classes else gen(z)).float().cpu().numpy()
         gen.train(was_training)
         (self.run_dir / "samples").mkdir(exist_ok=True)
         save_png(grid(to_uint8(images)), self.run_dir / "samples" / f"step_{self.step:06d}.png")
@@ -237,10 +235,14 @@ class Trainer:
     # ---- the loop -------------------------------------------------------------------
     def train_step(self) -> dict:
         cfg, dev, d = self.cfg, self.device, self.cfg.discriminator
-        real = self.batches.next(self.dist.rank, self.dist.world).to(dev, non_blocking=True,
-                                                                   memory_format=self.memory_format)
-        z = sample_prior(cfg.batch_size * self.dist.world, self.net, self.zgen)
-        z = z[self.dist.rank * cfg.batch_size:(self.dist.rank + 1) * cfg.batch_size].to(dev)
+        real, y_real = self.batches.next_labelled(self.dist.rank, self.dist.world)
+        real = real.to(dev, non_blocking=True, memory_format=self.memory_format)
+        mine = slice(self.dist.rank * cfg.batch_size, (self.dist.rank + 1) * cfg.batch_size)
+        z = sample_prior(cfg.batch_size * self.dist.world, self.net, self.zgen)[mine].to(dev)
+        y_fake = None
+        if self.classes:  # G's labels: uniform over the classes, from the latents' generator
+            y_real = y_real.to(dev)
+            y_fake = torch.randint(len(self.classes), (cfg.batch_size * self.dist.world,), generator=self.zgen)[mine].to(dev)
 
         autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=self.amp)
         lr, lr_d = cfg.lr_at(self.step), cfg.lr_d_at(self.step)
@@ -250,13 +252,13 @@ class Trainer:
 
         # (1) Update D: tell real from fake (both augmented alike when `augment` is set)
         with autocast:
-            fake = self.G_train(z)
-            d_real, d_fake = self.discriminate(real, fake.detach())
+            fake = self.G_train(z, y_fake) if self.classes else self.G_train(z)
+            d_real, d_fake = self.discriminate(real, fake.detach(), y_real, y_fake)
             d_loss = self.loss.d(d_real, d_fake)
         self.optD.zero_grad(set_to_none=True)
         d_loss.backward()
         if d.r1 and self.step % d.r1_every == 0:
-            r1_penalty(self.D_train, self.augmented(real), d.r1, d.r1_every).backward()
+            r1_penalty(lambda x: self.D_train(x, y_real), self.augmented(real), d.r1, d.r1_every).backward()
         self.optD.step()
 
         # (2) Update G: make D call its images real. Through the plain D: its weights take no gradient
@@ -264,7 +266,7 @@ class Trainer:
         self.optG.zero_grad(set_to_none=True)
         self.D.requires_grad_(False)
         with autocast:
-            d_on_fake = self.D(self.augmented(fake))  # D's logits on G's images
+            d_on_fake = self.D(self.augmented(fake), y_fake)  # D's logits on G's images
             g_loss = self.loss.g(d_on_fake)
         g_loss.backward()
         self.D.requires_grad_(True)
@@ -297,13 +299,15 @@ class Trainer:
         """D's view of a batch: DiffAugment'ed when the recipe says so (see ``augment``)."""
         return augment(x, self.policy, self.aug_gen, self.augment_p) if self.policy else x
 
-    def discriminate(self, real: torch.Tensor, fake: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """D's logits for the real and the fake batch. A D without BatchNorm sees both in one forward (each
-        logit depends on its own image only); with BatchNorm each batch normalises by its own statistics,
-        as in the Radford et al. recipe, so they go through separately."""
+    def discriminate(self, real: torch.Tensor, fake: torch.Tensor, y_real: torch.Tensor | None = None,
+                     y_fake: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """D's logits for the real and the fake batch (and their labels, for a conditional D). A D without
+        BatchNorm sees both in one forward (each logit depends on its own image only); with BatchNorm each
+        batch normalises by its own statistics, as in the Radford et al. recipe, so they go through apart."""
         if self.D.has_batchnorm:
-            return self.D_train(self.augmented(real)), self.D_train(self.augmented(fake))
-        logits = self.D_train(self.augmented(torch.cat([real, fake])))
+            return self.D_train(self.augmented(real), y_real), self.D_train(self.augmented(fake), y_fake)
+        labels = None if y_real is None else torch.cat([y_real, y_fake])
+        logits = self.D_train(self.augmented(torch.cat([real, fake])), labels)
         return logits[:len(real)], logits[len(real):]
 
     def train(self) -> dict:
@@ -400,7 +404,8 @@ class Trainer:
 
 def _resume_overrides(recipe, run_dir, overrides: dict) -> dict:
     """What a resumed run may change (the recipe is in its checkpoint): steps, device, average_start."""
-    if recipe or run_dir or any(overrides.get(k) is not None for k in ("data", "batch_size", "seed", "threads")):
+    if recipe or run_dir or any(overrides.get(k) is not None for k in ("data", "batch_size", "seed", "threads",
+                                                                      "conditional")):
         raise ValueError("with --resume only --steps, --device and --average-start may be given "
                          "(the recipe is in the checkpoint)")
     return {k: overrides.get(k) for k in ("steps", "device", "average_start")}

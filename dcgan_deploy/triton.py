@@ -3,7 +3,8 @@
 The entry's graph is the exported one with the uint8 conversion appended -- ``(x + 1) * 127.5`` in
 float32, rounded half to even, clipped, cast, and transposed to ``[n, H, W, C]`` -- so that Triton answers
 with the very bytes ``dcgan-deploy generate`` writes, and describes the model as ``dcgan-deploy serve``
-does: input ``z`` FP32 ``[-1, latent_dim]``, output ``image`` UINT8 ``[-1, H, W, C]``. (The server also
+does: input ``z`` FP32 ``[-1, latent_dim]`` (and a conditional model's ``label`` INT64, one per image), output
+``image`` UINT8 ``[-1, H, W, C]``. (The server also
 takes ``seed`` and ``n``; Triton has no numpy to draw them with.) Needs onnx (the ``train`` extra), as
 ``export`` does.
 """
@@ -23,7 +24,7 @@ input [
     name: "z"
     data_type: TYPE_FP32
     dims: [ {latent_dim} ]
-  }}
+  }}{label}
 ]
 output [
   {{
@@ -48,8 +49,11 @@ instance_group [
 def config_pbtxt(gen: Generator, name: str, max_batch: int = 1024) -> str:
     """The ``config.pbtxt`` text for ``gen`` (Triton's dims exclude the batch axis)."""
     preferred = ", ".join(str(b) for b in (64, 256, max_batch) if b <= max_batch)
+    # a conditional model's int64 label, one per image: [batch] in the graph, so each item is reshaped to a scalar
+    label = ',\n  {\n    name: "label"\n    data_type: TYPE_INT64\n    dims: [ 1 ]\n    reshape: { shape: [ ] }\n  }' \
+        if gen.classes else ""
     return CONFIG.format(name=name, max_batch=max_batch, latent_dim=gen.latent_dim, channels=gen.channels,
-                         height=gen.height, width=gen.width, preferred=preferred)
+                         height=gen.height, width=gen.width, preferred=preferred, label=label)
 
 
 def write_model_repository(onnx_path: Path, repo: Path, name: str, max_batch: int = 1024) -> Path:

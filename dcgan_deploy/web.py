@@ -344,11 +344,11 @@ def judge(ran: dict, path: Path, reference=None, backend: str = "wasm") -> dict:
         n, seed = item["n"], item["seed"]
         browser = np.frombuffer(base64.b64decode(item["float"]), np.float32).reshape(n, gen.channels, gen.height,
                                                                                    gen.width)
-        z = gen.latents(n, seed)
-        c = compare_images(gen.run(z), browser)
+        z, labels = gen.latents(n, seed), gen.labels(n, seed)  # (a conditional model: the seed's classes in turn)
+        c = compare_images(gen.run(z, labels), browser)
         c.update(seed=seed, batch=n)
         if reference is not None:
-            c["vs_pytorch"] = compare_images(reference(z), browser)
+            c["vs_pytorch"] = compare_images(reference(z, labels), browser)
         u8 = np.frombuffer(base64.b64decode(item["uint8"]), np.uint8).reshape(n, gen.height, gen.width, gen.channels)
         c["uint8_as_python"] = bool(np.array_equal(u8, to_uint8(browser)))
         if not c["uint8_as_python"]:

@@ -34,28 +34,36 @@ def load_script(relative: str, name: str):
 
 
 def make_model(path, latent_dim=8, channels=1, height=6, width=6, prior="normal", seed=0,
-               metadata=None, drop=(), z_name="z", image_name="image", fixed_batch=False):
-    """Write a contract-following generator; ``metadata`` overrides, ``drop`` removes keys."""
+               metadata=None, drop=(), z_name="z", image_name="image", fixed_batch=False, classes=None):
+    """Write a contract-following generator; ``metadata`` overrides, ``drop`` removes keys. ``classes``: a
+    class-conditional one (an int64 ``label`` input whose class adds its own row to the Gemm's output)."""
     rng = np.random.default_rng(seed)
     out = channels * height * width
     w = numpy_helper.from_array((rng.standard_normal((latent_dim, out)) * 0.5).astype(np.float32), "W")
     b = numpy_helper.from_array((rng.standard_normal(out) * 0.1).astype(np.float32), "B")
     shape = numpy_helper.from_array(np.array([-1, channels, height, width], np.int64), "shape")
     batch = 1 if fixed_batch else "batch"
+    nodes = [helper.make_node("Gemm", [z_name, "W", "B"], ["h"])]
+    inputs = [helper.make_tensor_value_info(z_name, TensorProto.FLOAT, [batch, latent_dim])]
+    inits = [w, b, shape]
+    if classes:
+        inits.append(numpy_helper.from_array(rng.standard_normal((len(classes), out)).astype(np.float32), "E"))
+        nodes = [nodes[0], helper.make_node("Gather", ["E", "label"], ["e"]), helper.make_node("Add", ["h", "e"], ["hc"])]
+        inputs.append(helper.make_tensor_value_info("label", TensorProto.INT64, [batch]))
     graph = helper.make_graph(
-        [helper.make_node("Gemm", [z_name, "W", "B"], ["h"]),
-         helper.make_node("Tanh", ["h"], ["t"]),
-         helper.make_node("Reshape", ["t", "shape"], [image_name])],
-        "tiny",
-        [helper.make_tensor_value_info(z_name, TensorProto.FLOAT, [batch, latent_dim])],
+        nodes + [helper.make_node("Tanh", ["hc" if classes else "h"], ["t"]),
+                 helper.make_node("Reshape", ["t", "shape"], [image_name])],
+        "tiny", inputs,
         [helper.make_tensor_value_info(image_name, TensorProto.FLOAT, [batch, channels, height, width])],
-        [w, b, shape])
+        inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     meta = {"dcgan_deploy.format": "1", "architecture": "tiny-gemm", "latent_dim": str(latent_dim),
             "latent_prior": prior, "channels": str(channels), "height": str(height), "width": str(width),
             "value_range": "[-1, 1]", "dataset": "none", "train_step": "0",
             "parity": json.dumps({"passed": True, "providers": ["CPUExecutionProvider"]})}
+    if classes:
+        meta["classes"] = json.dumps(list(classes))
     meta.update(metadata or {})
     for key in drop:
         meta.pop(key)

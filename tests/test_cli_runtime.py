@@ -102,11 +102,11 @@ def test_interrupted_npy_leaves_no_file(tiny_model, tmp_path, monkeypatch):
     calls = {"n": 0}
     real = Generator.run
 
-    def flaky(self, z):
+    def flaky(self, z, label=None):
         calls["n"] += 1
         if calls["n"] == 3:
             raise KeyboardInterrupt
-        return real(self, z)
+        return real(self, z, label)
 
     monkeypatch.setattr(Generator, "run", flaky)
     out = tmp_path / "x.npy"

@@ -157,3 +157,19 @@ def test_ranks_take_disjoint_slices_of_one_global_batch():
     r0 = Batches(images, 8, seed=0).next(0, 2)
     r1 = Batches(images, 8, seed=0).next(1, 2)
     assert torch.equal(torch.cat([r0, r1]), whole)
+
+
+def test_a_folder_of_class_subfolders_is_labelled_by_them(tmp_path):
+    """The ImageFolder convention: pets/cat/*.png, pets/dog/*.png -> classes ("cat", "dog")."""
+    for cls, n in (("dog", 2), ("cat", 3)):
+        (tmp_path / "pets" / cls).mkdir(parents=True)
+        for i in range(n):
+            Image.new("RGB", (8, 8), (40 * i, 0, 0)).save(tmp_path / "pets" / cls / f"{i}.png")
+    d = data.load_dataset(str(tmp_path / "pets"), 3, 64)
+    assert d.classes == ("cat", "dog") and d.labels.tolist() == [0, 0, 0, 1, 1]
+    Image.new("RGB", (8, 8)).save(tmp_path / "pets" / "loose.png")  # an image outside the subfolders: unlabelled
+    assert data.load_dataset(str(tmp_path / "pets"), 3, 64).labels is None
+    s = data.load_dataset("synthetic:9:3", 1, 28)
+    assert s.classes == ("a", "b", "c") and s.labels.tolist() == [0, 1, 2] * 3
+    with pytest.raises(data.DataError, match="synthetic:N:K takes a number of classes K from 2 to 26"):
+        data.load_dataset("synthetic:9:1", 1, 28)

@@ -136,7 +136,7 @@ def test_unknown_format(tmp_path):
     ({"metadata": {"latent_prior": "cauchy"}}, "latent_prior"),
     ({"metadata": {"latent_dim": "9"}}, "'z' has shape"),
     ({"metadata": {"height": "7"}}, "'image' has shape"),
-    ({"z_name": "input"}, "one input 'z'"),
+    ({"z_name": "input"}, "input 'z' and one output 'image'"),
     ({"fixed_batch": True}, "fixed batch"),
 ])
 def test_graph_and_metadata_must_agree(tmp_path, kwargs, match):
@@ -217,7 +217,7 @@ class NumpyGemmSession:
         from dcgan_deploy.session import Port
         return [Port("image", "float32", (None, *map(int, self.shape[1:])))]
 
-    def run(self, z):
+    def run(self, z, label=None):
         return np.tanh(z @ self.w + self.b).astype(np.float32).reshape(self.shape)
 
     def facts(self):

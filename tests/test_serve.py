@@ -31,6 +31,7 @@ def cluster(tmp_path_factory):
     from ray.cluster_utils import Cluster
     folder = tmp_path_factory.mktemp("m")
     rgb = make_model(folder / "rgb.onnx", latent_dim=5, channels=3, height=4, width=5, prior="uniform")
+    cond = make_model(folder / "cond.onnx", latent_dim=4, classes=["cat", "dog", "eel"])
     fragile = fragile_model(folder / "fragile.onnx")
     os.environ.setdefault("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", "60")
     os.environ.setdefault("RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S", "60")
@@ -44,10 +45,10 @@ def cluster(tmp_path_factory):
                            address=c.address, threads=1, max_per_node=1)
         # a second app on the same proxy: one replica per model, one request in flight, a queue of 1 (for the
         # overload), and another model (RGB, uniform prior)
-        small = server.build_app({"mnist": str(bundled_models()["mnist"]), "rgb": str(rgb)}, replicas=1,
+        small = server.build_app({"mnist": str(bundled_models()["mnist"]), "rgb": str(rgb), "cond": str(cond)}, replicas=1,
                                  max_batch_size=1, threads=1, queue_per_replica=1)
         serve.run(small, name="small", route_prefix="/small")
-        yield {"url": url, "host": f"127.0.0.1:{port}", "rgb": rgb, "fragile": fragile, "cluster": c}
+        yield {"url": url, "host": f"127.0.0.1:{port}", "rgb": rgb, "fragile": fragile, "cluster": c, "cond": cond}
     finally:
         server.stop()
         c.shutdown()
@@ -406,3 +407,39 @@ def test_a_large_json_answer_keeps_the_servers_memory_bounded(cluster):
 
 
 MAX_GROWTH_MB = 256
+
+
+def test_a_conditional_model_takes_a_label_and_answers_the_runtimes_bytes(cluster):
+    """The v2 input ``label`` (INT64, one for all or one per image), the seed's labels without it, and
+    ``grid.png?label=`` by name or index: the same bytes as the Python runtime; bad labels 400."""
+    url = cluster["url"] + "small/v2/models/cond"
+    gen = Generator.load(cluster["cond"], device="cpu")
+    meta = requests.get(url, timeout=30).json()
+    assert {"name": "label", "datatype": "INT64", "shape": [-1]} in meta["inputs"]
+
+    def infer(*extra):
+        body = {"inputs": [{"name": "seed", "datatype": "UINT64", "shape": [1], "data": [5]},
+                           {"name": "n", "datatype": "INT64", "shape": [1], "data": [4]}, *extra]}
+        return requests.post(url + "/infer", json=body, timeout=60)
+
+    def images(r):
+        out = r.json()["outputs"][0]
+        return np.array(out["data"], np.uint8).reshape(out["shape"])
+    assert np.array_equal(images(infer()), gen.generate(4, seed=5))
+    one = {"name": "label", "datatype": "INT64", "shape": [1], "data": [2]}
+    assert np.array_equal(images(infer(one)), gen.generate(4, seed=5, label="eel"))
+    each = {"name": "label", "datatype": "INT64", "shape": [4], "data": [1, 0, 2, 1]}
+    assert np.array_equal(images(infer(each)), gen.generate(4, seed=5, label=[1, 0, 2, 1]))
+    for bad, words in (({"name": "label", "datatype": "INT64", "shape": [1], "data": [3]}, "from 0 to 2"),
+                       ({"name": "label", "datatype": "INT64", "shape": [2], "data": [0, 1]}, "INT64 [1] or [4]")):
+        r = infer(bad)
+        assert r.status_code == 400 and words in r.json()["error"], r.text
+    png = requests.get(url + "/grid.png", params={"seed": 5, "n": 4, "label": "dog"}, timeout=60)
+    same = requests.get(url + "/grid.png", params={"seed": 5, "n": 4, "label": "1"}, timeout=60)
+    assert png.status_code == 200 and png.content == same.content
+    from PIL import Image
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(png.content))), grid(gen.generate(4, seed=5, label=1))[..., 0])
+    r = requests.get(url + "/grid.png", params={"label": "owl"}, timeout=60)
+    assert r.status_code == 400 and "unknown class 'owl'" in r.json()["error"]
+    r = requests.get(cluster["url"] + "small/v2/models/rgb/grid.png", params={"label": "1"}, timeout=60)
+    assert r.status_code == 400 and "not class-conditional" in r.json()["error"]

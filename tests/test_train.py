@@ -396,9 +396,10 @@ def test_two_process_data_parallel_training(tmp_path):
 def test_a_two_node_launch_on_one_machine_trains_like_one_node(tmp_path):
     """``torchrun --nnodes 2`` with the c10d rendezvous on 127.0.0.1: two "nodes" of one process each give the
     weights two processes on one node give (spectral-norm D, DiffAugment at an adaptive strength whose signal
-    is averaged over the ranks, hinge loss, R1 under DDP)."""
+    is averaged over the ranks, hinge loss, R1 under DDP; class-conditional, each rank with its slice's labels)."""
     from conftest import free_port
-    r = recipe(tmp_path, arch="dcgan64", steps=2, checkpoint_every=2, batch_size=4, loss="hinge", spectral_norm=True,
+    r = recipe(tmp_path, arch="dcgan64", data="synthetic:64:3", conditional="on", steps=2, checkpoint_every=2,
+               batch_size=4, loss="hinge", spectral_norm=True,
                augment="color,translation,cutout", ada_target=0.1, ada_images=8, r1=1.0, r1_every=1,
                net={"g_width": 8, "d_width": 8, "channels": 3})
     port = free_port()
@@ -442,3 +443,38 @@ def test_the_recipe_reference_in_training_readme_is_a_valid_recipe():
     block = re.search(r"```toml\n(.*?)```", text, re.S).group(1)
     cfg = TrainConfig.from_dict(tomllib.loads(block))
     assert cfg == TrainConfig.from_file(ROOT / "training" / "dcgan64-folder.toml", data="images/")
+
+
+@pytest.mark.slow
+def test_a_conditional_run_takes_the_datas_labels_and_resumes_exactly(tmp_path):
+    """conditional = "on": G takes a label beside z, D projects it; the classes are the data's, carried by the
+    checkpoint and the deployable generator; a run resumed half-way equals the straight one, bit for bit."""
+    from dcgan_deploy.checkpoint import open_checkpoint
+    settings = dict(arch="mnist-dcgan", data="synthetic:64:3", conditional="on", steps=4, checkpoint_every=2,
+                    batch_size=8, ema=0.5, net=TINY)
+    Trainer(TrainConfig.of(**settings), tmp_path / "straight", progress=False).train()
+    Trainer(TrainConfig.of(**{**settings, "steps": 2}), tmp_path / "split", progress=False).train()
+    Trainer.resume(tmp_path / "split", progress=False, steps=4).train()
+    assert same_weights(tmp_path / "straight", tmp_path / "split")
+    state = load_torch(tmp_path / "straight" / "train_state.pt")
+    assert state["classes"] == ["a", "b", "c"] and state["net_config"]["num_classes"] == 3
+    tensors, net, meta = load_generator_file(tmp_path / "straight" / "generator.safetensors")
+    assert net.num_classes == 3 and json.loads(meta["classes"]) == ["a", "b", "c"] and "embed.weight" in tensors
+    g = open_checkpoint(tmp_path / "straight" / "generator.safetensors").model
+    z = torch.randn(3, net.latent_dim)
+    by_label = [g(z, torch.full((3,), k)) for k in range(3)]
+    assert not torch.allclose(by_label[0], by_label[1])  # the label changes the image
+    with pytest.raises(ValueError, match="give labels"):
+        g(z)
+
+
+def test_conditional_training_needs_labelled_data(tmp_path):
+    r = recipe(tmp_path, data="synthetic:64", conditional="on")
+    res = cli("train", r, "--out", tmp_path / "run", check=False)
+    assert res.returncode == 1 and "needs labelled data" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "run" / "train_state.pt").exists()
+    # "auto": conditional where the data is labelled, not where it is not
+    assert Trainer(TrainConfig.of(arch="mnist-dcgan", data="synthetic:16", conditional="auto", batch_size=8, net=TINY),
+                   tmp_path / "a", progress=False).classes == ()
+    assert Trainer(TrainConfig.of(arch="mnist-dcgan", data="synthetic:16:2", conditional="auto", batch_size=8,
+                                  net=TINY), tmp_path / "b", progress=False).classes == ("a", "b")

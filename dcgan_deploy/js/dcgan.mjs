@@ -153,6 +153,7 @@ export class LatentStream {
 // which the Python and the JavaScript runtimes both run) -------------------------------------------------
 export const MAX_STRENGTH = 100;
 export const MAX_DIRECTIONS = 64;
+export const MAX_CLASSES = 1000;
 const NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
 
 /** A seed: a BigInt or a safe-integer Number from 0 to 2**64 - 1 (no strings, booleans or arrays). */
@@ -373,6 +374,28 @@ function checkMetadata(meta, where) {
     if (!/^[0-9]+$/.test(meta[k]) || +meta[k] < 1 || +meta[k] > hi) throw new Error(`${where}: metadata ${k} is not 1 to ${hi}`);
   }
   if (!["normal", "uniform"].includes(meta.latent_prior)) throw new Error(`${where}: unknown latent_prior`);
+  if ("classes" in meta) checkClasses(meta.classes, where);
+}
+
+/** A class-conditional model's ``classes``: a JSON list of 2 to 1000 different, printable names. */
+export function checkClasses(text, where = "model") {
+  let v;
+  try { v = JSON.parse(text); } catch { v = null; }
+  const ok = Array.isArray(v) && v.length >= 2 && v.length <= MAX_CLASSES && new Set(v).size === v.length
+    && v.every((x) => typeof x === "string" && x.length > 0 && x.length <= 100 && !/[\x00-\x1f\x7f]/.test(x));
+  if (!ok) throw new Error(`${where}: metadata 'classes' must be a list of 2 to ${MAX_CLASSES} different, printable names`);
+  return v;
+}
+
+/**
+ * A conditional model's labels when none are given, as Python's ``latent.seed_labels``: image ``i`` of
+ * ``seed`` (from ``start``) is of class (seed + start + i) mod k. BigInt64Array of ``n``.
+ */
+export function seedLabels(n, seed, k, start = 0) {
+  const first = Number((checkSeed(seed) + BigInt(start)) % BigInt(k));
+  const out = new BigInt64Array(checkCount(n, "n"));
+  for (let i = 0; i < out.length; i++) out[i] = BigInt((first + i) % k);
+  return out;
 }
 
 // ---- the generator -------------------------------------------------------------------------------
@@ -393,30 +416,63 @@ export class Generator {
       d = metadata.directions ? checkDirections(JSON.parse(metadata.directions), this.latentDim) : null;
     } catch (e) { throw new Error(`${source}: metadata 'directions': ${e.message}`); }
     this.directions = d ? d.directions.map((x) => ({ ...x, vector: Float32Array.from(x.vector) })) : [];
+    this.classes = metadata.classes ? checkClasses(metadata.classes, source) : [];  // label i = classes[i]
+  }
+
+  /** A class by index (7, "7") or name -> its index; RangeError naming the classes otherwise. */
+  classIndex(label) {
+    if (typeof label === "string" && this.classes.includes(label)) return this.classes.indexOf(label);
+    const i = typeof label === "string" && /^[0-9]+$/.test(label) ? Number(label) : label;
+    if (Number.isInteger(i) && i >= 0 && i < this.classes.length) return i;
+    throw new RangeError(`unknown class ${describe(label)}: this model's classes are ${this.classes.slice(0, 20).join(", ")} `
+      + `(or their indices 0 to ${this.classes.length - 1})`);
+  }
+
+  /** Labels of images start .. start + count - 1 of ``seed``: ``label`` one class for all, one per image (an
+   *  array of the run's length, or of 1), or undefined: the seed's (``seedLabels``). Null for an unconditional model. */
+  labels(count, seed, label, start = 0, total = count) {
+    if (!this.classes.length) {
+      if (label !== undefined && label !== null) throw new RangeError(`${this.source} is not class-conditional: it takes no label`);
+      return null;
+    }
+    if (label === undefined || label === null) return seedLabels(count, seed, this.classes.length, start);
+    if (typeof label === "string" || typeof label === "number") return new BigInt64Array(count).fill(BigInt(this.classIndex(label)));
+    if (!Array.isArray(label)) throw new RangeError(`label must be a class, or one class per image, got ${describe(label)}`);
+    if (label.length !== 1 && label.length !== total) throw new RangeError(`${label.length} labels for ${total} images; give one, or one per image`);
+    const picked = label.length === 1 ? Array(count).fill(label[0]) : label.slice(start, start + count);
+    return BigInt64Array.from(picked, (x) => BigInt(this.classIndex(x)));
   }
 
   latents(n, seed, truncation = 1) { return latents(n, seed, this.latentDim, this.prior, truncation); }
 
   /** Latents (Float32Array of n * latentDim) -> float images [n, C, H, W] in [-1, 1], one session run. */
-  async run(z) {
+  async run(z, labels = null) {
     if (!(z instanceof Float32Array) || z.length === 0 || z.length % this.latentDim !== 0)
       throw new RangeError(`latents must be a Float32Array of n * ${this.latentDim} values`);
     if (!z.every(Number.isFinite)) throw new RangeError("latents contain NaN or infinite values");
     const n = z.length / this.latentDim;
-    const out = await this.session.run({ z: new this.ort.Tensor("float32", z, [n, this.latentDim]) });
+    const feeds = { z: new this.ort.Tensor("float32", z, [n, this.latentDim]) };
+    if (this.classes.length) {
+      if (!(labels instanceof BigInt64Array) || labels.length !== n || labels.some((y) => y < 0n || y >= BigInt(this.classes.length)))
+        throw new RangeError(`labels must be a BigInt64Array of ${n} class indices from 0 to ${this.classes.length - 1}`);
+      feeds.label = new this.ort.Tensor("int64", labels, [n]);
+    } else if (labels !== null && labels !== undefined) throw new RangeError(`${this.source} is not class-conditional: it takes no label`);
+    const out = await this.session.run(feeds);
     const image = out.image.data;
     if (!image.every(Number.isFinite)) throw new Error(`${this.source}: the model produced NaN or infinite values`);
     return image;
   }
 
   /** Images of given latents, ``batchSize`` per session run: {float, uint8, rgba, n, width, height, channels}. */
-  async images(z, batchSize = 64) {
+  async images(z, batchSize = 64, label = undefined, seed = 0n) {
     checkCount(batchSize, "batchSize");
     const n = z.length / this.latentDim, per = this.channels * this.height * this.width;
+    this.labels(n, seed, label);  // checked before anything runs
     const float = new Float32Array(n * per);
     for (let i = 0; i < n; i += batchSize) {
       const m = Math.min(batchSize, n - i);
-      float.set(await this.run(z.subarray(i * this.latentDim, (i + m) * this.latentDim)), i * per);
+      float.set(await this.run(z.subarray(i * this.latentDim, (i + m) * this.latentDim), this.labels(m, seed, label, i, n)),
+                i * per);
     }
     const uint8 = toUint8(float, n, this.channels, this.height, this.width);
     return { n, width: this.width, height: this.height, channels: this.channels, float, uint8,
@@ -424,12 +480,12 @@ export class Generator {
   }
 
   /** ``n`` images for ``seed``: the same as Python's ``Generator.generate(n, seed, truncation=...)``. */
-  async generate(n, seed, { truncation = 1, batchSize = 64 } = {}) {
-    return this.images(this.latents(checkCount(n, "n"), seed, truncation), batchSize);
+  async generate(n, seed, { truncation = 1, batchSize = 64, label = undefined } = {}) {
+    return this.images(this.latents(checkCount(n, "n"), seed, truncation), batchSize, label, seed);
   }
 
   /** A walk through the seeds' first latents, ``frames`` frames from each to the next, then the last seed. */
-  async interpolate(seeds, frames, { method = "slerp", truncation = 1 } = {}) {
+  async interpolate(seeds, frames, { method = "slerp", truncation = 1, label = undefined } = {}) {
     if (seeds.length < 2) throw new RangeError("an interpolation needs at least two seeds");
     checkCount(frames, "frames");
     const total = (seeds.length - 1) * frames + 1;
@@ -440,7 +496,9 @@ export class Generator {
     for (let k = 0; k + 1 < points.length; k++)
       for (let f = 0; f < frames; f++) z.set(interpolateOne(points[k], points[k + 1], f / frames, method), d * row++);
     z.set(points[points.length - 1], d * row);
-    return this.images(z);
+    // a conditional model walks in one class: ``label``, or the first seed's
+    const one = this.classes.length ? Number(this.labels(1, seeds[0], label === undefined ? undefined : [label])[0]) : undefined;
+    return this.images(z, 64, one);
   }
 
   /** A latent ``z`` moved along named directions: ``moves`` = [[name, strength], ...]. */
@@ -502,7 +560,8 @@ export async function loadGenerator(source, options = {}) {
     if (verdict === "failed") throw new Error(`${where}: this model failed the browser parity gate on ${ep}; use another backend`);
   }
   const session = await ort.InferenceSession.create(u8, { executionProviders: providers, graphOptimizationLevel: "all" });
-  if (session.inputNames.join() !== "z" || session.outputNames.join() !== "image")
-    throw new Error(`${where}: the graph must have one input 'z' and one output 'image'`);
+  const inputs = metadata.classes ? "z,label" : "z";
+  if (session.inputNames.join() !== inputs || session.outputNames.join() !== "image")
+    throw new Error(`${where}: the graph must have input${metadata.classes ? "s 'z' and 'label'" : " 'z'"} and one output 'image'`);
   return new Generator(session, metadata, ort, where);
 }
