@@ -1,4 +1,5 @@
-"""What the generation benchmarks share: their command-line options and stand-in generators."""
+"""What the generation benchmarks share: their command-line options and stand-in generators (the shipped
+models' trained weights: ``weights.py``)."""
 import argparse
 from pathlib import Path
 
@@ -58,3 +59,4 @@ def gate_and_time(original: GeneratorNet, form: torch.nn.Module, path: Path, arg
     gate = run_gate(original, path, seeds=(0,), batch_sizes=(1, 7))
     return gate, timed_with_ceiling(path, args.threads, [args.batch_size], args.seconds, original if eager else None,
                                     rounds=args.rounds)[0]
+

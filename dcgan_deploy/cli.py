@@ -250,6 +250,8 @@ def format_info(facts: dict) -> str:
         lines.append("directions " + ", ".join(map(direction_fact, facts["directions"])))
     lines.append(f"providers  active: {', '.join(facts['providers']['active'])}; "
                  f"available: {', '.join(facts['providers']['available'])}")
+    if "cuda" in facts:
+        lines.append(f"cuda       {printable(facts['cuda'], 300)}")
     lines.append(f"cpu        {printable(facts['cpu']['name'], 100)} ({facts['cpu']['summary']}; "
                  f"int8 kernels: {facts['cpu']['int8_kernel']})")
     return "\n".join(lines)

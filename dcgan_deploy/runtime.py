@@ -18,7 +18,7 @@ from .latent import (LatentStream, check_count, check_seed, check_truncation, pa
                      truncate)
 from .edits import Direction, from_metadata
 from .modelfile import ModelError, check_classes, check_directions, check_metadata, json_entry
-from .session import CPU, CUDA, Session, first_line, open_session
+from .session import CPU, CUDA, Session, cuda_status, first_line, open_session
 
 __all__ = ["CpuDependentWarning", "Generator", "ModelError", "UnverifiedModelWarning", "check_threads", "first_line"]
 
@@ -65,13 +65,15 @@ class Generator:
     # ---- construction -------------------------------------------------------------
     @classmethod
     def load(cls, model: str | os.PathLike | None = None, device: str = "auto",
-             threads: int | None = None, engine: str = "onnxruntime") -> "Generator":
+             threads: int | None = None, engine: str = "onnxruntime",
+             cuda_options: dict[str, str] | None = None) -> "Generator":
         """Open a ``.onnx`` file or a bundled model by name (``None``: the default).
 
         ``device``: ``auto`` (CUDA when it is really active, else CPU), ``cpu`` or
         ``cuda`` (CUDA or a ``ModelError`` saying why). ``threads``: onnxruntime's
         intra-op thread count (default: onnxruntime's choice). ``engine``: a registered
-        ``session`` engine (``session.ENGINES``).
+        ``session`` engine (``session.ENGINES``). ``cuda_options``: onnxruntime's CUDA provider options
+        (``{"cudnn_conv_algo_search": "HEURISTIC"}``, say) over ``session.CUDA_OPTIONS``.
 
         The file is checked before it runs: its metadata (``modelfile.check_metadata``), its graph
         (no random or training-only op), and its input and output against the metadata.
@@ -86,7 +88,7 @@ class Generator:
         graph = modelfile.read(path)
         metadata = check_metadata(graph.metadata, path)
         modelfile.check_ops(graph)
-        session = open_session(path, device, threads, engine)
+        session = open_session(path, device, threads, engine, cuda_options)
         _check_graph(session, path, metadata)
         gen = cls(session, path, metadata, graph.precision)
         if gen.precision == "int8":
@@ -276,6 +278,7 @@ class Generator:
             "directions": [{k: v for k, v in d.to_json().items() if k != "vector"} for d in self.directions],
             "classes": list(self.classes),
             "providers": self.session.facts(),
+            "cuda": cuda_status(),
             "engine": self.session.engine,
             "cpu": cpu.features(),
         }

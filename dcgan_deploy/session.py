@@ -46,8 +46,11 @@ class Session(Protocol):
     def facts(self) -> dict: ...                      # what ``info`` shows of the engine
 
 
-Opener = Callable[[Path, str, "int | None"], Session]  # (path, device "auto" | "cpu" | "cuda", threads)
+Opener = Callable[..., Session]  # (path, device "auto" | "cpu" | "cuda", threads, cuda_options=None)
 ENGINES: dict[str, Opener] = {}
+# What the runtime passes to onnxruntime's CUDA provider unless told otherwise (onnxruntime's own defaults,
+# cudnn_conv_algo_search EXHAUSTIVE among them, until a GPU measurement says better: benchmarks/gpu_check.py).
+CUDA_OPTIONS: dict[str, str] = {}
 
 
 def register(name: str, opener: Opener) -> None:
@@ -55,9 +58,12 @@ def register(name: str, opener: Opener) -> None:
     ENGINES[name] = opener
 
 
-def open_session(path: Path, device: str, threads: int | None, engine: str = "onnxruntime") -> Session:
+def open_session(path: Path, device: str, threads: int | None, engine: str = "onnxruntime",
+                 cuda_options: dict[str, str] | None = None) -> Session:
     if engine not in ENGINES:
         raise ValueError(f"unknown engine {engine!r}; available: {', '.join(ENGINES)}")
+    if cuda_options:
+        return ENGINES[engine](path, device, threads, cuda_options=cuda_options)
     return ENGINES[engine](path, device, threads)
 
 
@@ -88,7 +94,10 @@ class OrtSession:
         if device == "cuda" and CUDA not in available:
             raise ModelError("device 'cuda' requested, but this onnxruntime build has no CUDA provider "
                              "(replace onnxruntime with onnxruntime-gpu: pip install 'dcgan-deploy[gpu]')")
-        providers = [(CUDA, cuda_options or {}), CPU] if device != "cpu" and CUDA in available else [CPU]
+        if device != "cpu" and CUDA in available:
+            prepare_cuda()
+        cuda_options = {**CUDA_OPTIONS, **(cuda_options or {})}
+        providers = [(CUDA, cuda_options), CPU] if device != "cpu" and CUDA in available else [CPU]
         try:
             session = ort.InferenceSession(str(path), opts, providers=providers)
         except Exception as e:
@@ -98,8 +107,10 @@ class OrtSession:
             raise ModelError(f"{path}: {what} ({first_line(e)})") from None
         # onnxruntime silently drops a provider that fails to initialise; check what is active.
         if device == "cuda" and session.get_providers()[0] != CUDA:
-            raise ModelError("device 'cuda' requested, but the CUDA provider did not initialise "
-                             "(onnxruntime fell back to CPU: check the CUDA and cuDNN libraries)")
+            missing = missing_cuda_library()
+            raise ModelError("device 'cuda' requested, but the CUDA provider did not initialise: " + (
+                f"{missing} cannot be loaded (pip install the nvidia-* package that has it, or put it on "
+                "LD_LIBRARY_PATH)" if missing else "onnxruntime fell back to CPU (check the CUDA and cuDNN libraries)"))
         return cls(session)
 
     @property
@@ -121,6 +132,78 @@ class OrtSession:
 
     def facts(self) -> dict:
         return {"available": ort.get_available_providers(), "active": self.ort.get_providers()}
+
+
+# ---- the CUDA libraries -------------------------------------------------------------------------
+_CUDA_STATE: dict = {}
+
+
+def prepare_cuda() -> dict:
+    """Once per process, before the first CUDA session: onnxruntime-gpu's ``preload_dlls`` loads CUDA,
+    cuBLAS, cuRAND and cuDNN from the ``nvidia-*`` pip packages where they are installed (or PyTorch's),
+    so no LD_LIBRARY_PATH is needed. Returns what happened (``cuda_status`` shows it)."""
+    if not _CUDA_STATE:
+        preload = getattr(ort, "preload_dlls", None)
+        try:
+            if preload is not None:
+                preload()
+            _CUDA_STATE.update(preloaded=preload is not None, error=None)
+        except Exception as e:  # noqa: BLE001 -- a library it could not load: say which, later, in one line
+            _CUDA_STATE.update(preloaded=False, error=first_line(e))
+    return _CUDA_STATE
+
+
+def cuda_status() -> str:
+    """One line for ``info``: whether this onnxruntime has a CUDA provider and whether its libraries load."""
+    if CUDA not in ort.get_available_providers():
+        return "no CUDA provider in this onnxruntime build (the gpu extra installs onnxruntime-gpu)"
+    state = prepare_cuda()
+    missing = missing_cuda_library()
+    return ("CUDA provider available; " + (f"{missing} cannot be loaded" if missing else "its libraries load")
+            + (" (preloaded from the nvidia-* packages where installed)" if state.get("preloaded") else "")
+            + (f"; preload: {state['error']}" if state.get("error") else ""))
+
+
+def missing_cuda_library() -> str | None:
+    """The first library onnxruntime's CUDA provider needs that cannot be loaded here (``None``: all load,
+    or there is no CUDA provider library to ask)."""
+    lib = Path(ort.__file__).parent / "capi" / "libonnxruntime_providers_cuda.so"
+    return first_unloadable(elf_needed(lib)) if lib.is_file() else None
+
+
+def first_unloadable(names) -> str | None:
+    import ctypes
+    for name in names:
+        try:
+            ctypes.CDLL(name)
+        except OSError:
+            return name
+    return None
+
+
+def elf_needed(path: Path) -> list[str]:
+    """The ``DT_NEEDED`` libraries of a 64-bit little-endian ELF shared object (what the loader must find
+    for it), read from its dynamic segment; ``[]`` for anything else."""
+    import struct
+    data = path.read_bytes()
+    if data[:4] != b"\x7fELF" or data[4] != 2 or data[5] != 1:
+        return []
+    phoff, phentsize, phnum = struct.unpack_from("<Q", data, 32)[0], *struct.unpack_from("<HH", data, 54)
+    loads, dynamic = [], None
+    for i in range(phnum):
+        kind, _, offset, vaddr, _, filesz, _, _ = struct.unpack_from("<IIQQQQQQ", data, phoff + i * phentsize)
+        if kind == 1:
+            loads.append((vaddr, offset, filesz))
+        elif kind == 2:
+            dynamic = (offset, filesz)
+    if dynamic is None:
+        return []
+    entries = [struct.unpack_from("<qQ", data, dynamic[0] + k) for k in range(0, dynamic[1], 16)]
+    strtab = next((v for tag, v in entries if tag == 5), None)
+    base = next((off + strtab - va for va, off, size in loads if strtab is not None and va <= strtab < va + size), None)
+    if base is None:
+        return []
+    return [data[base + v:data.index(b"\0", base + v)].decode() for tag, v in entries if tag == 1]
 
 
 def _port(arg) -> Port:

@@ -36,26 +36,16 @@ def test_default_model_draws_digit_like_images():
     assert x.std(axis=0).mean() > 0.5 * real.std(axis=0).mean()      # no mode collapse to one image
 
 
-# The commit that last holds emoji64's trained weights in the tree (training/emoji64/RECORD.md).
-EMOJI64_WEIGHTS = ("a3b9021033dc2a6ea80ec7b1712e5620be945df1", "training/emoji64/generator.safetensors")
-
-
 def recorded_weights(name: str, tmp_path: Path) -> Path:
-    """A bundled model's trained weights: in the tree (mnist), or out of the commit its record names (emoji64);
-    skips, saying why, where the source is not a git checkout holding that commit (an installed package)."""
-    if name != "emoji64":
-        return RECORD / "generator.safetensors"
-    commit, path = EMOJI64_WEIGHTS
-    try:
-        blob = subprocess.run(["git", "-C", str(ROOT), "show", f"{commit}:{path}"], capture_output=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        pytest.skip(f"emoji64's weights live in commit {commit[:7]}, and this is not a git checkout holding it")
-    out = tmp_path / "emoji64.safetensors"
-    out.write_bytes(blob)
-    return out
+    """A bundled model's trained weights (``benchmarks/common.py``: emoji64's come out of the commit its record
+    names); skips, saying why, where the source is not a git checkout holding that commit (an installed package)."""
+    from conftest import load_script
+    found = load_script("benchmarks/weights.py", "bench_weights").recorded_weights(name.removesuffix("-int8"), tmp_path)
+    if found is None:
+        pytest.skip(f"{name}'s weights live in a commit this is not a git checkout of")
+    return found
 
 
-@pytest.mark.slow
 def test_bundled_model_passes_verify_against_its_recorded_weights(tmp_path):
     from click.testing import CliRunner
 

@@ -240,3 +240,19 @@ def test_another_engine_is_one_class_behind_the_session_interface(tmp_path, monk
         Generator.load(path, engine="numpy-gemm")
     with pytest.raises(ValueError, match="unknown engine 'coreml'; available: onnxruntime"):
         Generator.load(path, engine="coreml")
+
+
+def test_the_cuda_libraries_a_provider_needs_are_read_from_its_elf_file_and_named_when_missing():
+    """``info``'s cuda line, and the one line a failed CUDA start gives: the libraries a shared object needs
+    are read from its dynamic segment (as the loader reads them), and the first that cannot be loaded is named."""
+    from pathlib import Path
+
+    from dcgan_deploy import session
+    state = Path(ort.__file__).parent / "capi"
+    needed = session.elf_needed(next(state.glob("onnxruntime_pybind11_state*.so")))
+    assert "libc.so.6" in needed and all(n.startswith(("lib", "ld-")) for n in needed)
+    assert session.first_unloadable(needed) is None  # this process runs it: every one loads
+    assert session.first_unloadable(["libc.so.6", "libcudnn_not_here.so.9"]) == "libcudnn_not_here.so.9"
+    assert session.elf_needed(Path(__file__)) == []  # not an ELF file
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        assert "no CUDA provider" in session.cuda_status() and session.missing_cuda_library() is None

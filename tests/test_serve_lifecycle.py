@@ -49,7 +49,7 @@ def test_sigterm_answers_what_is_in_flight_and_stops_cleanly():
             try:
                 if requests.get(f"{url}v2/models/mnist/grid.png?seed=1&n=1", timeout=5).status_code == 200:
                     break
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):  # not up yet, or its replica still starting
                 pass
             time.sleep(1)
         else:
