@@ -382,7 +382,7 @@ def test_cli_demo_offers_bundled_and_given_models(models, monkeypatch):
     monkeypatch.setattr(gr.Blocks, "launch", fake_launch)
     r = CliRunner().invoke(main, ["demo", "-m", str(models["rgb"])])
     assert r.exit_code == 0, r.output
-    assert seen["choices"] == ["rgb", "mnist", "emoji64", "mnist-int8"]  # given first, then the bundled ones, default first
+    assert seen["choices"] == ["rgb", "mnist", "emoji64", "mnist-cond", "mnist-int8"]  # given, then the bundled, default first
     assert seen["kwargs"]["server_name"] == "127.0.0.1" and seen["kwargs"]["auth"] is None
 
 
