@@ -51,7 +51,7 @@ def test_bundled_model_passes_verify_against_its_recorded_weights(tmp_path):
 
     from dcgan_deploy.cli import main
     # the int8 file under its own (PSNR) gate; the RGB model against the weights its record names
-    for name in (DEFAULT_MODEL, "mnist-int8", "emoji64"):
+    for name in (DEFAULT_MODEL, "mnist-int8", "emoji64", "mnist-cond"):
         r = CliRunner().invoke(main, ["verify", str(bundled_models()[name]), str(recorded_weights(name, tmp_path))])
         assert r.exit_code == 0, r.output
         assert "parity: PASSED" in r.output
