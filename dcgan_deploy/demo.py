@@ -353,10 +353,12 @@ class Demo:
             raw = {"preprocess": False}
             model.change(safe(self.edit_choices), model, [info, d_note, *pickers, label], api_name="model_info", **raw)
             rand.click(lambda: str(random_seed()), None, seed, api_name="random_seed")
-            # the class picker is an input only where a model has classes (the "grid" API keeps its four inputs)
-            conditional = any(self.generator(n).classes for n in names)
-            go.click(safe(self.seed_grid), [model, seed, side, psi, *([label] if conditional else [])],
-                     [grid_out, grid_note], api_name="grid", **raw)
+            # the class picker reaches the handler through per-session state, so the "grid" API keeps its four
+            # inputs (an API call gets the seed's classes in turn)
+            picked = gr.State(None)
+            label.change(lambda value: value, label, picked, api_name=False, **raw)
+            go.click(safe(self.seed_grid), [model, seed, side, psi, picked], [grid_out, grid_note], api_name="grid",
+                     **raw)
             interp.click(safe(self.interpolate), [model, seed_a, seed_b, frames, method, i_psi], [gallery, gif],
                          api_name="interpolate", **raw)
             edit_inputs = [model, e_seed, e_index, *[c for pair in zip(pickers, sliders) for c in pair]]
