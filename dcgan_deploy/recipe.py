@@ -142,6 +142,8 @@ class TrainConfig:
             top, tables = _sorted_keys(raw)
             for key, value in overrides.items():
                 if value is not None:
+                    if key not in TOP and key not in HOME:
+                        raise ValueError(f"unknown setting(s) {key}")
                     (top if key in TOP else tables[HOME[key]])[key] = value
             if "arch" not in top:
                 raise ValueError("the recipe must name an 'arch'")

@@ -84,6 +84,8 @@ def test_a_recipe_is_tables_validated_into_nested_dataclasses(tmp_path):
                        ({"discriminator": {"augment": "scale"}}, "unknown policy 'scale'")):
         with pytest.raises(ValueError, match=re.escape(words)):
             TrainConfig.from_dict({"arch": "dcgan64", **bad})
+    with pytest.raises(ValueError, match="unknown setting"):  # an override by a name no table has
+        TrainConfig.from_dict({"arch": "dcgan64"}, bogus=1)
 
 
 def test_dry_run_prints_the_resolved_recipe_and_builds_nothing(tmp_path):
