@@ -188,17 +188,20 @@ def generate_all_classes(gen, z, latents_file, count, seed, psi, out, overwrite,
               help=f"GIF frame time in ms (10 to {MAX_GIF_MS}).")
 @truncation_option
 @click.option("--label", default=None, help="A class-conditional model's class (name or index); default: the seed's.")
+@click.option("--to-label", default=None,
+              help="Walk one seed's image from --label to this class instead (a class-conditional model).")
 @device_option
 @friendly_errors
-def interpolate(model, seeds, frames, method, out, duration, psi, label, device):
-    """Interpolate through the latents of several seeds.
+def interpolate(model, seeds, frames, method, out, duration, psi, label, to_label, device):
+    """Interpolate through the latents of several seeds, or one seed from a class to another.
 
     Each seed's latent is its first image's latent (`generate -n 1 --seed S`).
 
     \b
-    Example:
+    Examples:
         dcgan-deploy interpolate --seeds 3,14,15 --frames 24 -o walk
         # -> walk.png (all frames in a strip) and walk.gif
+        dcgan-deploy interpolate -m mnist-cond --seeds 5 --label 3 --to-label 8 -o three-to-eight
     """
     from .images import save_strip_and_gif
 
@@ -206,8 +209,12 @@ def interpolate(model, seeds, frames, method, out, duration, psi, label, device)
         raise ValueError(f"--duration must be from 10 to {MAX_GIF_MS} ms per frame, got {duration}")
     stem = out[:-4] if out.lower().endswith((".png", ".gif")) else out
     points = seed_list(seeds)
+    if to_label is not None and (label is None or len(points) != 1):
+        raise ValueError("--to-label walks one seed from --label to --to-label: give --label and one seed "
+                         "(e.g. --seeds 5 --label 3 --to-label 8)")
     gen = load_generator(model, device)
-    images = gen.interpolate(points, frames, method, psi, label)
+    images = gen.interpolate(points, frames, method, psi, label) if to_label is None else \
+        gen.class_walk(points[0], label, to_label, frames, psi)
     strip, anim = save_strip_and_gif(images, stem, per_row=frames + 1, duration_ms=duration,
                                      scale=max(1, 128 // gen.height))
     click.echo(f"wrote {len(images)} frames to {strip} and {anim}", err=True)

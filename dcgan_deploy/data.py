@@ -62,7 +62,8 @@ class Dataset:
 def load(source: str, channels: int, size: int, seed: int = 0) -> np.ndarray:
     """A data source -> the uint8 training images ``[N, channels, size, size]`` (held-out images excluded).
 
-    ``source``: ``mnist-sample`` (embedded), ``synthetic`` or ``synthetic:N``, a ``.npz`` with
+    ``source``: ``mnist-sample`` (embedded; ``mnist-sample:heldout`` keeps 500 of them out of training),
+    ``synthetic`` or ``synthetic:N``, a ``.npz`` with
     ``images``, a folder with MNIST IDX files, an emoji-datasource package folder (with
     ``emoji.json``), or any folder of images.
     """
@@ -73,10 +74,11 @@ def load_dataset(source: str, channels: int, size: int, seed: int = 0) -> Datase
     """A data source -> ``Dataset`` (labels, groups and the held-out mask where the source has them)."""
     if not isinstance(source, str) or not source:
         raise DataError(f"data must be a data source name or path, got {source!r}")
-    if source == "mnist-sample":
+    if source in ("mnist-sample", MNIST_HELDOUT):
         with np.load(mnist_sample_path()) as f:
-            return Dataset(fit(f["images"], channels, size), f["labels"].astype(np.int64),
-                           tuple(str(d) for d in range(10)))
+            labels = f["labels"].astype(np.int64)
+            return Dataset(fit(f["images"], channels, size), labels, tuple(str(d) for d in range(10)),
+                           heldout=mnist_heldout(labels) if source == MNIST_HELDOUT else None)
     if source.startswith("synthetic"):
         _, _, count = source.partition(":")
         count, _, kinds = count.partition(":")
@@ -94,7 +96,8 @@ def load_dataset(source: str, channels: int, size: int, seed: int = 0) -> Datase
         return Dataset(images, labels, tuple(chr(ord("a") + i) for i in range(k)))
     path = Path(source).expanduser()
     if not path.exists():
-        raise DataError(f"data source not found: {source} (use mnist-sample, synthetic, or a folder/file)")
+        raise DataError(f"data source not found: {source} "
+                        "(use mnist-sample, mnist-sample:heldout, synthetic, or a folder/file)")
     if path.is_file() and path.suffix == ".npz":
         return read_npz(path, channels, size)
     if path.is_file() and "idx3" in path.name:
@@ -110,6 +113,18 @@ def load_dataset(source: str, channels: int, size: int, seed: int = 0) -> Datase
 
 
 MAX_SYNTHETIC = 100_000
+MNIST_HELDOUT = "mnist-sample:heldout"
+HELDOUT_PER_CLASS = 50
+
+
+def mnist_heldout(labels: np.ndarray) -> np.ndarray:
+    """``mnist-sample:heldout``: the embedded sample with 50 images of each digit (500 in all, the same ones
+    everywhere: a fixed permutation) kept out of training, for the memorisation check."""
+    held = np.zeros(len(labels), bool)
+    order = np.random.default_rng(20261207).permutation(len(labels))
+    for k in np.unique(labels):
+        held[order[labels[order] == k][:HELDOUT_PER_CLASS]] = True
+    return held
 
 
 def read_npz(path: Path, channels: int, size: int) -> Dataset:

@@ -328,7 +328,8 @@ def evaluate(model: str | Path | None = None, data: str | None = None, n: int = 
         if gen.image_shape != (28, 28, 1):
             raise ValueError(f"{gen.path.name} makes {gen.height}x{gen.width}x{gen.channels} images: give --data, the "
                              "real images it was trained on (for the emoji model: the .npz of training/emoji/prepare.py)")
-        data = "mnist-sample"
+        # the embedded sample, with its held-out digits where the model was trained without them
+        data = datasets.MNIST_HELDOUT if gen.metadata.get("dataset") == datasets.MNIST_HELDOUT else "mnist-sample"
     extractor = Extractor.load(features, (gen.channels, gen.height, gen.width))
     extractor.check_images(gen.channels, gen.height, gen.width)  # before generating anything
     dataset = datasets.load_dataset(data, gen.channels, gen.height)

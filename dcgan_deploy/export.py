@@ -12,6 +12,7 @@ import os
 import warnings
 from pathlib import Path
 
+import numpy as np
 import onnx
 import torch
 from torch import nn
@@ -85,7 +86,9 @@ def to_onnx(model: nn.Module, cfg: NetConfig, dest: str | os.PathLike, opset: in
     batch = torch.export.Dim("batch")
     shapes = {"z": {0: batch}}
     if cfg.num_classes:
-        example, names, shapes = (*example, torch.zeros(2, dtype=torch.int64)), ["z", "label"], {**shapes, "label": {0: batch}}
+        example = (*example, torch.zeros(2, dtype=torch.int64), torch.ones(2, dtype=torch.int64), torch.zeros(2))
+        names = ["z", "label", *CLASS_MIX]
+        shapes = {**shapes, "label": {0: batch}, "label_to": {0: batch}, "mix": {0: batch}}
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -93,6 +96,42 @@ def to_onnx(model: nn.Module, cfg: NetConfig, dest: str | os.PathLike, opset: in
             model, example, input_names=names, output_names=["image"], opset_version=opset,
             dynamic_shapes=shapes, dynamo=True, verbose=False)
     program.save(str(dest))
+    if cfg.num_classes:
+        class_mix_defaults(dest)
+
+
+CLASS_MIX = ("label_to", "mix")  # a conditional file's optional inputs: a walk between two classes
+
+
+def class_mix_defaults(path: str | os.PathLike) -> None:
+    """Give a conditional file's ``label_to`` and ``mix`` inputs defaults (``[0]`` and ``[0.0]``: initializers
+    of the same names, which onnxruntime lets a caller override), so a caller that feeds ``z`` and ``label``
+    alone gets exactly ``label``'s images; one ``[1]`` value or one per image, whatever the batch."""
+    model = onnx.load(str(path))
+    with_class_mix_defaults(model)
+    onnx.save(model, str(path))
+
+
+def with_class_mix_defaults(model: onnx.ModelProto) -> onnx.ModelProto:
+    graph = model.graph
+    kept = [i for i in graph.input if i.name not in CLASS_MIX]
+    for name, value in zip(CLASS_MIX, (np.zeros(1, np.int64), np.zeros(1, np.float32))):
+        graph.initializer.append(onnx.numpy_helper.from_array(value, name))
+        kept.append(onnx.helper.make_tensor_value_info(name, onnx.helper.np_dtype_to_tensor_dtype(value.dtype),
+                                                       [f"{name}_count"]))
+    del graph.input[:]
+    graph.input.extend(kept)
+    del graph.value_info[:]  # the tracer's intermediate shapes say [batch, ...] where a [1] mix now broadcasts
+    return model
+
+
+def without_class_mix_defaults(model: onnx.ModelProto) -> bool:
+    """Drop the defaults of ``label_to`` and ``mix`` (they stay inputs); whether the file had them."""
+    kept = [t for t in model.graph.initializer if t.name not in CLASS_MIX]
+    had = len(kept) < len(model.graph.initializer)
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(kept)
+    return had
 
 
 def check_graph(path: str | os.PathLike) -> None:
@@ -203,7 +242,11 @@ def export_fp16(c: Checkpoint, fp32_path: Path, meta: dict[str, str], thresholds
     from .runtime import ModelError
 
     out = fp32_path.with_name(fp32_path.stem + "-fp16.onnx")
-    model = float16.convert_float_to_float16(onnx.load(str(fp32_path)), keep_io_types=True)
+    model = onnx.load(str(fp32_path))
+    mixes = without_class_mix_defaults(model)  # so the converter keeps them float32 inputs, as z
+    model = float16.convert_float_to_float16(model, keep_io_types=True)
+    if mixes:
+        with_class_mix_defaults(model)
     has_cuda = parity.CUDA in parity.providers_to_check()
     with atomic_path(out) as tmp:
         onnx.save(model, str(tmp))
@@ -260,7 +303,7 @@ def quantize_int8(fp32_path: str | os.PathLike, dest: str | os.PathLike, cfg: Ne
     class Calibration(CalibrationDataReader):
         def __init__(self):
             self.feeds = iter([{"z": latents(INT8_CALIBRATION_BATCH, seed, cfg.latent_dim, cfg.latent_prior)}
-                               | ({"label": seed_labels(INT8_CALIBRATION_BATCH, seed, cfg.num_classes)}
+                               | (class_feeds(seed_labels(INT8_CALIBRATION_BATCH, seed, cfg.num_classes))
                                   if cfg.num_classes else {}) for seed in INT8_CALIBRATION_SEEDS])
 
         def get_next(self):
@@ -272,7 +315,10 @@ def quantize_int8(fp32_path: str | os.PathLike, dest: str | os.PathLike, cfg: Ne
     try:
         with tempfile.TemporaryDirectory() as tmp:
             pre = Path(tmp) / "pre.onnx"  # shapes inferred and graph simplified, as the quantizer wants it
-            quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
+            plain = onnx.load(str(fp32_path))
+            mixes = without_class_mix_defaults(plain)  # else the simplifier folds the class walk away
+            onnx.save(plain, str(Path(tmp) / "plain.onnx"))
+            quant_pre_process(str(Path(tmp) / "plain.onnx"), str(pre), skip_symbolic_shape=True)
             # every op the quantizer knows (its default) except MatMul: the export's MatMuls only place
             # values (forms.interleave), and re-quantizing what they place would add a rounding
             ops = sorted((set(QDQRegistry) | set(QLinearOpsRegistry)) - {"MatMul"})
@@ -280,8 +326,17 @@ def quantize_int8(fp32_path: str | os.PathLike, dest: str | os.PathLike, cfg: Ne
                             op_types_to_quantize=ops,
                             weight_type=QuantType.QInt8, reduce_range=weight_bits == 7,
                             activation_type=QuantType.QUInt8 if activations == "uint8" else QuantType.QInt8)
+            if mixes:
+                class_mix_defaults(dest)
     finally:
         root.setLevel(level)
+
+
+def class_feeds(labels: np.ndarray) -> dict:
+    """A conditional file's class inputs for calibrating on ``labels``: each image also part of the way (0,
+    0.1, ... 1) towards the next image's class, so the class walk keeps its range once quantized."""
+    return {"label": labels, "label_to": np.roll(labels, 1),
+            "mix": (np.arange(len(labels)) % 11 / 10).astype(np.float32)}
 
 
 def export_int8(c: Checkpoint, fp32_path: Path, meta: dict[str, str], thresholds: Thresholds,

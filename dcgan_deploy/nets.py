@@ -110,11 +110,18 @@ class GeneratorNet(nn.Module):
         if cfg.arch == "dcgan64" and not next(self.parameters()).is_meta:  # meta: counted, never run
             self.apply(dcgan_init)
 
-    def forward(self, z: torch.Tensor, label: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, z: torch.Tensor, label: torch.Tensor | None = None, label_to: torch.Tensor | None = None,
+                mix: torch.Tensor | None = None) -> torch.Tensor:
+        """``label_to`` and ``mix`` (a conditional generator's, optional): the class embedding moved a share
+        ``mix`` of the way from ``label``'s to ``label_to``'s, ``e + mix * (e_to - e)`` (at ``mix`` 0 exactly
+        ``label``'s): a walk from one class to another for one latent."""
         if self.cfg.num_classes:
             if label is None:
                 raise ValueError(f"this generator is class-conditional ({self.cfg.num_classes} classes): give labels")
-            z = torch.cat([z, self.embed(label)], 1)
+            e = self.embed(label)
+            if mix is not None:
+                e = e + mix[:, None] * (self.embed(label_to) - e)
+            z = torch.cat([z, e], 1)
         if self.cfg.arch == "dcgan64":
             z = z[:, :, None, None]  # [n, nz] -> [n, nz, 1, 1]: the canonical net starts from a 1x1 map
         return self.main(z)
@@ -127,16 +134,24 @@ class DiscriminatorNet(nn.Module):
     each weight divided by its largest singular value, estimated by one power iteration per
     training forward), and the BatchNorms removed: D is then 1-Lipschitz per layer, and each
     image's logit depends on that image alone.
+
+    ``classifier``: a conditional D also gets an auxiliary classifier (Odena et al. 2017), a linear head on
+    the features its last layer reads, that names the image's class; ``forward(x, label, classes=True)``
+    returns ``(logit, class_logits)``.
     """
 
-    def __init__(self, cfg: NetConfig, spectral_norm: bool = False):
+    def __init__(self, cfg: NetConfig, spectral_norm: bool = False, classifier: bool = False):
         super().__init__()
         self.cfg = cfg
         self.main = _DISCRIMINATORS[cfg.arch](cfg)
+        if classifier and not cfg.num_classes:
+            raise ValueError("an auxiliary classifier needs a class-conditional discriminator")
         if cfg.num_classes:  # projection (Miyato & Koyama 2018): <embed(y), the features D's last layer reads>
-            self.project = nn.Embedding(cfg.num_classes, self._features())
+            features = self._features()
+            self.project = nn.Embedding(cfg.num_classes, features)
             if not self.project.weight.is_meta:
                 nn.init.normal_(self.project.weight, 0, 0.02)
+            self.classify = nn.Linear(features, cfg.num_classes) if classifier else None
         if cfg.arch == "dcgan64" and not next(self.parameters()).is_meta:  # meta: counted, never run
             self.apply(dcgan_init)
         if spectral_norm:
@@ -160,11 +175,16 @@ class DiscriminatorNet(nn.Module):
     def has_batchnorm(self) -> bool:
         return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.modules())
 
-    def forward(self, x: torch.Tensor, label: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, label: torch.Tensor | None = None, classes: bool = False):
         if not self.cfg.num_classes:
             return self.main(x).reshape(-1)
         h = self.main[:-1](x)
-        return self.main[-1](h).reshape(-1) + (self.project(label) * h.flatten(1)).sum(1)
+        logit = self.main[-1](h).reshape(-1) + (self.project(label) * h.flatten(1)).sum(1)
+        if not classes:
+            return logit
+        if self.classify is None:
+            raise ValueError("this discriminator has no auxiliary classifier")
+        return logit, self.classify(h.flatten(1))
 
 
 def dcgan_init(m: nn.Module) -> None:

@@ -44,16 +44,16 @@ class Dist:
             dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
         return cls(dist.get_rank(), dist.get_world_size())
 
-    def wrap(self, module: nn.Module) -> nn.Module:
+    def wrap(self, module: nn.Module, unused: bool = False) -> nn.Module:
         """``module`` for its training forward passes: in DistributedDataParallel under torchrun (gradients
         averaged over the ranks during the backward pass, BatchNorm buffers taken from rank 0 at each
-        forward), as it is in one process."""
+        forward), as it is in one process. ``unused``: some forward passes leave parameters out."""
         if self.world == 1:
             return module
         from torch.nn.parallel import DistributedDataParallel
         device = next(module.parameters()).device
         return DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None,
-                                       broadcast_buffers=True)
+                                       broadcast_buffers=True, find_unused_parameters=unused)
 
     def sync_buffers(self, module: nn.Module) -> None:
         """Rank 0's buffers on every rank (DDP does this at each forward; once more after the last step)."""

@@ -61,7 +61,9 @@ class GeneratorSide:
 class DiscriminatorSide:
     """D's side, for small data sets (the generator and its export never change): the loss (``bce``:
     non-saturating; ``hinge``), DiffAugment / ADA policies on real and generated images alike, ADA's
-    adaptive strength (``ada_target``: 0 = every image augmented), spectral normalisation, lazy R1."""
+    adaptive strength (``ada_target``: 0 = every image augmented), spectral normalisation, lazy R1, and for a
+    conditional run an auxiliary classifier (``classifier``: the weight of its cross-entropy, 0 = off; D's head
+    learns the real images' classes, G's images are pushed towards being read as their labels)."""
 
     loss: str = "bce"
     augment: str = ""
@@ -70,6 +72,7 @@ class DiscriminatorSide:
     spectral_norm: bool = False
     r1: float = 0.0
     r1_every: int = 16
+    classifier: float = 0.0
 
 
 @dataclass
@@ -185,8 +188,12 @@ class TrainConfig:
         for name in ("beta1", "beta2"):
             if not 0 <= getattr(o, name) < 1:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(o, name)}")
-        if not (math.isfinite(d.r1) and d.r1 >= 0):
-            raise ValueError(f"r1 must be a non-negative finite number, got {d.r1}")
+        for name in ("r1", "classifier"):
+            if not (math.isfinite(getattr(d, name)) and getattr(d, name) >= 0):
+                raise ValueError(f"{name} must be a non-negative finite number, got {getattr(d, name)}")
+        if d.classifier and self.conditional == "off":
+            raise ValueError("classifier (an auxiliary classifier in D) needs a conditional run: "
+                             "conditional = \"on\" or \"auto\"")
         from .losses import LOSSES
         if d.loss not in LOSSES:
             raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {d.loss!r}")
@@ -298,6 +305,8 @@ def conditioned(cfg: TrainConfig) -> tuple:
     net = cfg.net_config()
     data = data_module.load_dataset(cfg.data, net.channels, net.image_size, seed=cfg.seed).training
     labelled = data.labels is not None and len(data.labels) and int(data.labels.max()) >= 1
+    if cfg.conditional == "auto" and not labelled and cfg.discriminator.classifier:
+        raise data_module.DataError(f"classifier (an auxiliary classifier in D) needs labelled data; {cfg.data} has none")
     if cfg.conditional == "off" or cfg.conditional == "auto" and not labelled:
         return net, (), data
     if not labelled:

@@ -169,16 +169,22 @@ class Generator:
         raise ValueError(f"unknown class {label!r:.60}: this model's classes are {shown} (or their indices 0 to "
                          f"{len(self.classes) - 1})")
 
-    def run(self, z: np.ndarray, label: np.ndarray | None = None) -> np.ndarray:
+    def run(self, z: np.ndarray, label: np.ndarray | None = None, label_to: np.ndarray | None = None,
+            mix: np.ndarray | None = None) -> np.ndarray:
         """Float32 latents ``[n, latent_dim]`` (and a conditional model's int64 labels ``[n]``) -> float32
-        images ``[n, C, H, W]`` in [-1, 1].
+        images ``[n, C, H, W]`` in [-1, 1]. ``label_to`` (int64 ``[n]``) and ``mix`` (float32 ``[n]``, 0 to 1):
+        each image's class moved a share ``mix`` of the way from ``label`` to ``label_to`` (``class_walk``).
 
         A model whose output holds NaN or infinite values (broken weights) raises ``ModelError``
         instead of passing garbage on."""
         self._check_latents(z)
         self.check_batch_size(len(z))
         self._check_labels(label, len(z))
-        out = self.session.run(z, label)
+        walk = None
+        if label_to is not None or mix is not None:
+            self._check_walk(label_to, mix, len(z))
+            walk = (label_to, mix)
+        out = self.session.run(z, label) if walk is None else self.session.run(z, label, walk)
         if not np.isfinite(out).all():
             raise ModelError(f"{self.path}: the model produced NaN or infinite values (its weights are broken); "
                              "no images were written")
@@ -235,6 +241,25 @@ class Generator:
         one = None if not self.classes else self.labels(1, seeds[0], None if label is None else [label])[0]
         return np.concatenate(list(self.images(z, label=None if one is None else int(one))))
 
+    def class_walk(self, seed: int, label, label_to, frames: int = 16, truncation: float = 1.0) -> np.ndarray:
+        """One latent (``generate(1, seed)``'s) walked from class ``label`` to class ``label_to``: its class
+        embedding moved in ``frames`` equal steps; uint8 ``[frames + 1, H, W, C]``, the first image exactly
+        ``generate(1, seed, label=label)``'s and the last ``generate(1, seed, label=label_to)``'s."""
+        if not self.classes:
+            raise ValueError(f"{self.path.name} is not class-conditional: it has no classes to walk between")
+        if not self.session.walks:
+            raise ValueError(f"{self.path.name} takes no class walk (no label_to and mix inputs): export it again "
+                             "with this version of dcgan-deploy")
+        frames = check_count(frames, "frames")
+        if frames + 1 > MAX_FRAMES:
+            raise ValueError(f"{frames + 1} frames requested; the limit is {MAX_FRAMES}")
+        a, b = self.class_index(label), self.class_index(label_to)
+        z = np.repeat(self.latents(1, seed, truncation), frames + 1, axis=0)
+        # the last frame is label_to's own image (mix 0 from it), not e + 1 * (e_to - e) rounded
+        labels = np.array([a] * frames + [b], np.int64)
+        mix = np.append(np.arange(frames, dtype=np.float64) / frames, 0).astype(np.float32)
+        return to_uint8(self.run(z, labels, np.full(frames + 1, b, np.int64), mix))
+
     def check_batch_size(self, batch_size, what: str = "batch_size") -> int:
         """A batch size whose float32 images fit ``MAX_BATCH_BYTES``, or a ValueError saying the largest that does."""
         batch_size = check_count(batch_size, what)
@@ -256,6 +281,16 @@ class Generator:
                              f"{getattr(label, 'dtype', type(label).__name__)} {list(getattr(label, 'shape', []))}")
         if len(label) and not (0 <= label.min() and label.max() < len(self.classes)):
             raise ValueError(f"labels must be class indices from 0 to {len(self.classes) - 1}")
+
+    def _check_walk(self, label_to, mix, n: int) -> None:
+        if not self.classes or not self.session.walks:
+            raise ValueError(f"{self.path.name} takes no class walk (label_to and mix)")
+        self._check_labels(label_to, n)
+        if not (isinstance(mix, np.ndarray) and mix.dtype == np.float32 and mix.shape == (n,)):
+            raise ValueError(f"mix must be a float32 array [{n}], got "
+                             f"{getattr(mix, 'dtype', type(mix).__name__)} {list(getattr(mix, 'shape', []))}")
+        if not (np.isfinite(mix).all() and (mix >= 0).all() and (mix <= 1).all()):
+            raise ValueError("mix must be from 0 to 1 (the share of the way from label to label_to)")
 
     def _check_latents(self, z) -> None:
         if not isinstance(z, np.ndarray):

@@ -41,8 +41,10 @@ class Session(Protocol):
 
     def inputs(self) -> list[Port]: ...
     def outputs(self) -> list[Port]: ...
-    def run(self, z: np.ndarray, label: np.ndarray | None = None) -> np.ndarray: ...
-    #   float32 z [n, latent_dim] (and a conditional model's int64 label [n]) -> float32 images [n, C, H, W]
+    def run(self, z: np.ndarray, label: np.ndarray | None = None, walk: tuple | None = None) -> np.ndarray: ...
+    #   float32 z [n, latent_dim] (and a conditional model's int64 label [n]) -> float32 images [n, C, H, W];
+    #   walk: (int64 label_to [n], float32 mix [n]), for a file that takes a class walk (``walks``)
+    walks: bool     # whether the file takes label_to and mix (a conditional export's class walk)
     def facts(self) -> dict: ...                      # what ``info`` shows of the engine
 
 
@@ -127,8 +129,15 @@ class OrtSession:
     def outputs(self) -> list[Port]:
         return [_port(a) for a in self.ort.get_outputs()]
 
-    def run(self, z: np.ndarray, label: np.ndarray | None = None) -> np.ndarray:
-        return self.ort.run(["image"], {"z": z} if label is None else {"z": z, "label": label})[0]
+    @property
+    def walks(self) -> bool:
+        return {"label_to", "mix"} <= {a.name for a in self.ort.get_overridable_initializers()}
+
+    def run(self, z: np.ndarray, label: np.ndarray | None = None, walk: tuple | None = None) -> np.ndarray:
+        feeds = {"z": z} if label is None else {"z": z, "label": label}
+        if walk is not None:
+            feeds["label_to"], feeds["mix"] = walk
+        return self.ort.run(["image"], feeds)[0]
 
     def facts(self) -> dict:
         return {"available": ort.get_available_providers(), "active": self.ort.get_providers()}

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from .augment import augment, parse_policy
 from .checkpoint import (STATE_FORMAT, CheckpointError, average_note, check_average, load_mean, load_torch,
@@ -74,14 +75,16 @@ class Trainer:
         self.progress = progress and self.dist.main
         torch.manual_seed(cfg.seed)
         self.G = GeneratorNet(self.net).to(self.device)
-        self.D = DiscriminatorNet(self.net, spectral_norm=d.spectral_norm).to(self.device)
+        self.D = DiscriminatorNet(self.net, spectral_norm=d.spectral_norm,
+                                  classifier=bool(d.classifier and self.classes)).to(self.device)
         fast_bf16 = self.device.type == "cuda" or cpu_has_amx()
         self.amp = run.amp == "on" or (run.amp == "auto" and fast_bf16)
         self.memory_format = torch.channels_last if run.channels_last == "on" or (
             run.channels_last == "auto" and fast_bf16) else torch.contiguous_format
         self.G.to(memory_format=self.memory_format)
         self.D.to(memory_format=self.memory_format)
-        self.G_train, self.D_train = self.dist.wrap(self.G), self.dist.wrap(self.D)  # DDP under torchrun
+        # DDP under torchrun; an auxiliary classifier's head takes no part in R1's pass (DDP is told so)
+        self.G_train, self.D_train = self.dist.wrap(self.G), self.dist.wrap(self.D, unused=bool(d.classifier))
         self.ema = copy.deepcopy(self.G).eval() if cfg.generator.ema else None
         o = cfg.optim
         self.optG = torch.optim.Adam(self.G.parameters(), o.lr, betas=(o.beta1, o.beta2))
@@ -255,6 +258,9 @@ class Trainer:
             fake = self.G_train(z, y_fake) if self.classes else self.G_train(z)
             d_real, d_fake = self.discriminate(real, fake.detach(), y_real, y_fake)
             d_loss = self.loss.d(d_real, d_fake)
+            if d.classifier:  # the auxiliary classifier learns the real images' classes
+                d_class = F.cross_entropy(self.class_logits, y_real)
+                d_loss = d_loss + d.classifier * d_class
         self.optD.zero_grad(set_to_none=True)
         d_loss.backward()
         if d.r1 and self.step % d.r1_every == 0:
@@ -266,8 +272,12 @@ class Trainer:
         self.optG.zero_grad(set_to_none=True)
         self.D.requires_grad_(False)
         with autocast:
-            d_on_fake = self.D(self.augmented(fake), y_fake)  # D's logits on G's images
-            g_loss = self.loss.g(d_on_fake)
+            if d.classifier:  # ... and G's images are pushed towards being read as their labels
+                d_on_fake, fake_classes = self.D(self.augmented(fake), y_fake, classes=True)
+                g_loss = self.loss.g(d_on_fake) + d.classifier * F.cross_entropy(fake_classes, y_fake)
+            else:
+                d_on_fake = self.D(self.augmented(fake), y_fake)  # D's logits on G's images
+                g_loss = self.loss.g(d_on_fake)
         g_loss.backward()
         self.D.requires_grad_(True)
         self.optG.step()
@@ -278,10 +288,14 @@ class Trainer:
         # overfitting signal (the share of real images D calls real, minus those it calls fake), read together.
         values = [d_loss.detach().float(), g_loss.detach().float(), torch.sigmoid(d_real).mean().float(),
                   torch.sigmoid(d_fake).mean().float(), all_finite(self.G, self.D).float()]
+        if d.classifier:
+            values.append(d_class.detach().float())
         if d.ada_target:
             values.append(self.dist.mean(torch.sign(d_real.detach().float()).mean()))
         stats = torch.stack(values).tolist()
         record = {**dict(zip(("d_loss", "g_loss", "d_real", "d_fake"), stats[:4])), "finite": stats[4] == 1.0, "lr": lr}
+        if d.classifier:  # the classifier's cross-entropy on the real batch
+            record["d_class"] = stats.pop(5)
         if d.ada_target:  # the strength this step trained with and the signal it saw; then the next step's
             record["augment_p"], record["ada_signal"] = self.augment_p, stats[5]
             self.adapt_augmentation(stats[5])
@@ -303,11 +317,21 @@ class Trainer:
                      y_fake: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """D's logits for the real and the fake batch (and their labels, for a conditional D). A D without
         BatchNorm sees both in one forward (each logit depends on its own image only); with BatchNorm each
-        batch normalises by its own statistics, as in the Radford et al. recipe, so they go through apart."""
+        batch normalises by its own statistics, as in the Radford et al. recipe, so they go through apart.
+        With an auxiliary classifier, its logits for the real batch are left in ``self.class_logits``."""
+        aux = bool(self.cfg.discriminator.classifier)
         if self.D.has_batchnorm:
-            return self.D_train(self.augmented(real), y_real), self.D_train(self.augmented(fake), y_fake)
+            real_out = self.D_train(self.augmented(real), y_real, classes=aux) if aux else \
+                self.D_train(self.augmented(real), y_real)
+            if aux:
+                real_out, self.class_logits = real_out
+            return real_out, self.D_train(self.augmented(fake), y_fake)
         labels = None if y_real is None else torch.cat([y_real, y_fake])
-        logits = self.D_train(self.augmented(torch.cat([real, fake])), labels)
+        if aux:
+            logits, classes = self.D_train(self.augmented(torch.cat([real, fake])), labels, classes=True)
+            self.class_logits = classes[:len(real)]
+        else:
+            logits = self.D_train(self.augmented(torch.cat([real, fake])), labels)
         return logits[:len(real)], logits[len(real):]
 
     def train(self) -> dict:

@@ -31,8 +31,11 @@ def cond(tmp_path_factory):
 def test_the_export_takes_a_label_and_its_gate_covers_every_class(cond):
     tmp, result = cond
     m = onnx.load(str(tmp / "cond.onnx"))
-    assert [i.name for i in m.graph.input] == ["z", "label"]
+    assert [i.name for i in m.graph.input] == ["z", "label", "label_to", "mix"]
     assert m.graph.input[1].type.tensor_type.elem_type == onnx.TensorProto.INT64
+    # the class walk's inputs have defaults (overridable initializers): a caller may feed z and label alone
+    defaults = {t.name: onnx.numpy_helper.to_array(t) for t in m.graph.initializer if t.name in ("label_to", "mix")}
+    assert defaults["label_to"].tolist() == [0] and defaults["mix"].tolist() == [0.0]
     meta = {p.key: p.value for p in m.metadata_props}
     assert json.loads(meta["classes"]) == ["a", "b", "c"] and json.loads(meta["net_config"])["num_classes"] == 3
     report = result["parity"]
@@ -87,6 +90,69 @@ def test_a_file_whose_metadata_names_classes_needs_a_label_input(tmp_path):
         Generator.load(path)
 
 
+def test_one_seed_walks_from_one_class_to_another(cond, tmp_path):
+    """``class_walk``: the seed's latent with its class embedding moved in equal steps from one class to the
+    other; the ends are the two classes' own images, the frames between change step by step. The CLI's
+    ``interpolate --label A --to-label B`` writes it; misuse gets one line."""
+    gen = Generator.load(cond[0] / "cond.onnx", device="cpu")
+    walk = gen.class_walk(5, "a", "c", frames=6)
+    assert walk.shape == (7, 28, 28, 1)
+    assert np.array_equal(walk[0], gen.generate(1, 5, label="a")[0])
+    assert np.array_equal(walk[-1], gen.generate(1, 5, label="c")[0])
+    steps = [np.abs(walk[i + 1].astype(int) - walk[i]).sum() for i in range(6)]
+    assert all(s > 0 for s in steps)  # every frame moves
+    # half way in the walk's terms: the fp32 file's own embedding arithmetic, fed directly
+    z = gen.latents(1, 5)
+    half = gen.run(z, np.array([0]), np.array([2]), np.array([0.5], np.float32))
+    assert not np.array_equal(half, gen.run(z, np.array([0]))) and not np.array_equal(half, gen.run(z, np.array([2])))
+    for args, words in (((np.array([3]), np.array([0.5], np.float32)), "labels must be class indices"),
+                        ((np.array([2]), np.array([1.5], np.float32)), "mix must be from 0 to 1"),
+                        ((np.array([2]), np.array([0.5])), "mix must be a float32 array")):
+        with pytest.raises(ValueError, match=words):
+            gen.run(z, np.array([0]), *args)
+    model, out = str(cond[0] / "cond.onnx"), tmp_path / "walk"
+    r = CliRunner().invoke(main, ["interpolate", "-m", model, "--seeds", "5", "--label", "a", "--to-label", "c",
+                                  "--frames", "6", "-o", str(out)])
+    assert r.exit_code == 0 and "7 frames" in r.stderr
+    assert Image.open(out.with_suffix(".gif")).n_frames == 7
+    for args in (["--seeds", "5,6", "--label", "a"], ["--seeds", "5"]):
+        r = CliRunner().invoke(main, ["interpolate", "-m", model, *args, "--to-label", "c", "-o", str(tmp_path / "x")])
+        assert r.exit_code == 1 and "--to-label walks one seed" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+        assert not (tmp_path / "x.png").exists()
+    with pytest.raises(ValueError, match="not class-conditional"):
+        Generator.load("mnist").class_walk(0, 1, 2)
+
+
+def test_a_conditional_file_from_before_class_walks_is_told_to_be_exported_again(cond, tmp_path):
+    """A conditional file without ``label_to`` and ``mix`` (as exported before class walks) still generates
+    by class; a walk asks for a new export, in one line."""
+    m = onnx.load(str(cond[0] / "cond.onnx"))
+    walk = {"label_to", "mix"}
+    chain = {n.output[0] for n in m.graph.node if walk & set(n.input)}
+    while True:  # every node downstream of the walk's inputs, up to the Add that rejoins the label's embedding
+        more = {n.output[0] for n in m.graph.node if chain & set(n.input) and n.op_type != "Concat"} - chain
+        if not more:
+            break
+        chain |= more
+    add = next(n for n in m.graph.node if n.output[0] in chain and n.op_type == "Add")
+    embedding = next(i for i in add.input if i not in chain)
+    for n in m.graph.node:
+        n.input[:] = [embedding if i == add.output[0] else i for i in n.input]
+    kept = [n for n in m.graph.node if n.output[0] not in chain]
+    del m.graph.node[:]
+    m.graph.node.extend(kept)
+    for field in (m.graph.input, m.graph.initializer):
+        kept = [x for x in field if x.name not in walk]
+        del field[:]
+        field.extend(kept)
+    onnx.checker.check_model(m)
+    onnx.save(m, str(tmp_path / "old.onnx"))
+    old, new = (Generator.load(p, device="cpu") for p in (tmp_path / "old.onnx", cond[0] / "cond.onnx"))
+    assert np.array_equal(old.generate(4, 3, label="b"), new.generate(4, 3, label="b"))
+    with pytest.raises(ValueError, match="export it again"):
+        old.class_walk(3, "a", "b")
+
+
 def test_the_command_line_generates_by_class(cond, tmp_path):
     model = str(cond[0] / "cond.onnx")
     r = CliRunner().invoke(main, ["generate", "-m", model, "--label", "c", "-n", "4", "--seed", "2", "-o",
@@ -119,16 +185,24 @@ def test_the_int8_variant_carries_the_label(cond, tmp_path):
     gen = Generator.load(tmp_path / "c-int8.onnx", device="cpu")
     assert gen.classes == ("a", "b", "c") and gen.precision == "int8"
     assert gen.generate(3, seed=1, label="a").shape == (3, 28, 28, 1)
-
-
+    # the class walk survives quantization (calibrated with mixes from 0 to 1, not folded to its default):
+    # half way, the int8 file is nearer the fp32 file's half-way images than either end
+    fp32, z = Generator.load(tmp_path / "c.onnx", device="cpu"), gen.latents(4, 1)
+    walk = (np.zeros(4, np.int64), np.full(4, 2), np.full(4, 0.5, np.float32))
+    half, half32 = gen.run(z, *walk), fp32.run(z, *walk)
+    ends = [gen.run(z, np.full(4, k)) for k in (0, 2)]
+    assert all(np.abs(half - end).mean() > 1.5 * np.abs(half - half32).mean() for end in ends)
+    assert np.array_equal(gen.class_walk(1, "a", "c", 4)[0], gen.generate(1, 1, label="a")[0])
 
 
 @pytest.mark.slow
 def test_evaluate_reports_each_class_of_a_conditional_model(tmp_path):
     """On mnist-sample's digits: per class, the share the shipped MNIST classifier calls that digit, and the
-    class's FID against the real images of that digit with its own real-vs-real floor."""
+    class's FID against the real images of that digit with its own real-vs-real floor. Trained on
+    ``mnist-sample:heldout``, the model is evaluated on the same data by default, with the memorisation check
+    against the 500 digits it never saw."""
     from dcgan_deploy.evaluate import evaluate, format_quality, quality_summary
-    cfg = TrainConfig.of(arch="mnist-dcgan", data="mnist-sample", conditional="on", steps=2, batch_size=16,
+    cfg = TrainConfig.of(arch="mnist-dcgan", data="mnist-sample:heldout", conditional="on", steps=2, batch_size=16,
                          checkpoint_every=2, sample_every=2, net=TINY)
     Trainer(cfg, tmp_path / "run", progress=False).train()
     export(tmp_path / "run" / "generator.safetensors", tmp_path / "digits.onnx")
@@ -141,6 +215,8 @@ def test_evaluate_reports_each_class_of_a_conditional_model(tmp_path):
     assert "class 7" in text and "classified as it" in text
     summary = quality_summary(report)["ratios"]
     assert summary["min_class_accuracy"] == round(min(r["accuracy"] for r in rows.values()), 4)
+    assert report["real"]["data"] == "mnist-sample:heldout" and report["real"]["half_size"] == 2250
+    assert {"passed", "median_ratio", "close_share"} <= set(report["memorisation"]) and "memorisation" in text
 
 
 @pytest.mark.slow

@@ -24,6 +24,16 @@ def test_mnist_sample_is_embedded():
     assert np.bincount(labels).tolist() == [500] * 10
 
 
+def test_mnist_sample_heldout_keeps_fifty_of_each_digit_out_of_training():
+    """``mnist-sample:heldout``: the same 500 images (50 per digit) held out on every call, for the
+    memorisation check; the training images are the other 4,500."""
+    d = data.load_dataset("mnist-sample:heldout", 1, 28)
+    assert d.heldout.sum() == 500 and np.bincount(d.labels[d.heldout]).tolist() == [50] * 10
+    assert np.array_equal(d.heldout, data.load_dataset("mnist-sample:heldout", 1, 28).heldout)
+    assert len(data.load("mnist-sample:heldout", 1, 28)) == 4500 and len(data.load("mnist-sample", 1, 28)) == 5000
+    assert data.load_dataset("mnist-sample", 1, 28).heldout is None
+
+
 @pytest.mark.parametrize("name", ["train-images-idx3-ubyte", "train-images-idx3-ubyte.gz"])
 def test_idx_folder(tmp_path, name):
     imgs = np.random.default_rng(0).integers(0, 256, (10, 28, 28)).astype(np.uint8)

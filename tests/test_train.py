@@ -1,4 +1,5 @@
 import json
+import math
 import os
 import re
 import signal
@@ -398,10 +399,11 @@ def test_two_process_data_parallel_training(tmp_path):
 def test_a_two_node_launch_on_one_machine_trains_like_one_node(tmp_path):
     """``torchrun --nnodes 2`` with the c10d rendezvous on 127.0.0.1: two "nodes" of one process each give the
     weights two processes on one node give (spectral-norm D, DiffAugment at an adaptive strength whose signal
-    is averaged over the ranks, hinge loss, R1 under DDP; class-conditional, each rank with its slice's labels)."""
+    is averaged over the ranks, hinge loss, R1 under DDP; class-conditional, each rank with its slice's labels,
+    an auxiliary classifier in D)."""
     from conftest import free_port
     r = recipe(tmp_path, arch="dcgan64", data="synthetic:64:3", conditional="on", steps=2, checkpoint_every=2,
-               batch_size=4, loss="hinge", spectral_norm=True,
+               batch_size=4, loss="hinge", spectral_norm=True, classifier=0.5,
                augment="color,translation,cutout", ada_target=0.1, ada_images=8, r1=1.0, r1_every=1,
                net={"g_width": 8, "d_width": 8, "channels": 3})
     port = free_port()
@@ -449,17 +451,19 @@ def test_the_recipe_reference_in_training_readme_is_a_valid_recipe():
 
 @pytest.mark.slow
 def test_a_conditional_run_takes_the_datas_labels_and_resumes_exactly(tmp_path):
-    """conditional = "on": G takes a label beside z, D projects it; the classes are the data's, carried by the
-    checkpoint and the deployable generator; a run resumed half-way equals the straight one, bit for bit."""
+    """conditional = "on": G takes a label beside z, D projects it (and here also has an auxiliary classifier);
+    the classes are the data's, carried by the checkpoint and the deployable generator; a run resumed half-way
+    equals the straight one, bit for bit."""
     from dcgan_deploy.checkpoint import open_checkpoint
     settings = dict(arch="mnist-dcgan", data="synthetic:64:3", conditional="on", steps=4, checkpoint_every=2,
-                    batch_size=8, ema=0.5, net=TINY)
+                    batch_size=8, ema=0.5, classifier=1.0, net=TINY)
     Trainer(TrainConfig.of(**settings), tmp_path / "straight", progress=False).train()
     Trainer(TrainConfig.of(**{**settings, "steps": 2}), tmp_path / "split", progress=False).train()
     Trainer.resume(tmp_path / "split", progress=False, steps=4).train()
     assert same_weights(tmp_path / "straight", tmp_path / "split")
     state = load_torch(tmp_path / "straight" / "train_state.pt")
     assert state["classes"] == ["a", "b", "c"] and state["net_config"]["num_classes"] == 3
+    assert state["D"]["classify.weight"].shape[0] == 3  # the auxiliary classifier's head resumes with D
     tensors, net, meta = load_generator_file(tmp_path / "straight" / "generator.safetensors")
     assert net.num_classes == 3 and json.loads(meta["classes"]) == ["a", "b", "c"] and "embed.weight" in tensors
     g = open_checkpoint(tmp_path / "straight" / "generator.safetensors").model
@@ -480,3 +484,33 @@ def test_conditional_training_needs_labelled_data(tmp_path):
                    tmp_path / "a", progress=False).classes == ()
     assert Trainer(TrainConfig.of(arch="mnist-dcgan", data="synthetic:16:2", conditional="auto", batch_size=8,
                                   net=TINY), tmp_path / "b", progress=False).classes == ("a", "b")
+
+
+@pytest.mark.slow
+def test_an_auxiliary_classifier_learns_the_classes_and_steers_the_generator(tmp_path):
+    """``classifier = w``: D's head learns the real images' classes (its cross-entropy, logged as ``d_class``,
+    falls from chance), and G's loss adds w times the head's cross-entropy on its own images (so G trains
+    apart from a run without it)."""
+    settings = dict(arch="mnist-dcgan", data="synthetic:64:3", conditional="on", steps=100, batch_size=16,
+                    checkpoint_every=100, sample_every=100, lr=1e-3, net=TINY)
+    Trainer(TrainConfig.of(**settings, classifier=1.0), tmp_path / "aux", progress=False).train()
+    log = [json.loads(x) for x in (tmp_path / "aux" / "log.jsonl").read_text().splitlines()]
+    first, last = log[0]["d_class"], log[-1]["d_class"]
+    assert abs(first - math.log(3)) < 0.3 and last < first / 2, (first, last)
+    short = {**settings, "steps": 2, "checkpoint_every": 2}
+    Trainer(TrainConfig.of(**short), tmp_path / "plain", progress=False).train()
+    Trainer(TrainConfig.of(**short, classifier=1.0), tmp_path / "two", progress=False).train()
+    assert "d_class" not in (tmp_path / "plain" / "log.jsonl").read_text()
+    g = [load_torch(tmp_path / run / "train_state.pt")["G"] for run in ("plain", "two")]
+    assert not all(torch.equal(g[0][k], g[1][k]) for k in g[0])  # the same start, G steered apart
+
+
+def test_an_auxiliary_classifier_needs_a_conditional_run_on_labelled_data(tmp_path):
+    with pytest.raises(ValueError, match="classifier .* needs a conditional run"):
+        TrainConfig.of(arch="mnist-dcgan", classifier=1.0).check()
+    with pytest.raises(ValueError, match="classifier must be a non-negative"):
+        TrainConfig.of(arch="mnist-dcgan", conditional="on", classifier=-1.0).check()
+    r = recipe(tmp_path, data="synthetic:64", conditional="auto", classifier=1.0)
+    res = cli("train", r, "--out", tmp_path / "run", check=False)
+    assert res.returncode == 1 and "classifier" in res.stderr and "needs labelled data" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1 and not (tmp_path / "run" / "train_state.pt").exists()

@@ -559,7 +559,8 @@ export async function loadGenerator(source, options = {}) {
     const verdict = ep === "wasm" ? gate["wasm-1-thread"] : gate[ep];
     if (verdict === "failed") throw new Error(`${where}: this model failed the browser parity gate on ${ep}; use another backend`);
   }
-  const session = await ort.InferenceSession.create(u8, { executionProviders: providers, graphOptimizationLevel: "all" });
+  const session = await ort.InferenceSession.create(u8, { executionProviders: providers, graphOptimizationLevel: "all",
+    logSeverityLevel: 3 });  // errors only, as the Python runtime
   const inputs = metadata.classes ? "z,label" : "z";
   if (session.inputNames.join() !== inputs || session.outputNames.join() !== "image")
     throw new Error(`${where}: the graph must have input${metadata.classes ? "s 'z' and 'label'" : " 'z'"} and one output 'image'`);
