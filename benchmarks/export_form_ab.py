@@ -17,13 +17,13 @@ import tempfile
 from pathlib import Path
 
 from dcgan_deploy.bench import bench_model
-from dcgan_deploy.checkpoint import Checkpoint, open_checkpoint
+from dcgan_deploy.checkpoint import Checkpoint
 from dcgan_deploy.export import DEFAULT_OPSET, base_metadata, deploy_form, fold_batchnorm, to_onnx
 from dcgan_deploy.modelfile import write_metadata
 
 from common import trained_like
+from weights import recorded_model
 
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def main():
@@ -34,7 +34,7 @@ def main():
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--seconds", type=float, default=1.5)
     args = ap.parse_args()
-    g = (open_checkpoint(ROOT / "training" / "mnist" / "generator.safetensors").model if args.arch == "mnist-dcgan"
+    g = (recorded_model("mnist") if args.arch == "mnist-dcgan"
          else trained_like(args.arch))
     rates = {"plain": [], "export": []}
     with tempfile.TemporaryDirectory() as tmp:

@@ -26,12 +26,11 @@ from pathlib import Path
 import torch
 
 from ceiling import count_macs
-from dcgan_deploy.checkpoint import open_checkpoint
 from dcgan_deploy.export import fold_batchnorm, to_onnx
 
 from common import trained_like
+from weights import recorded_model
 
-ROOT = Path(__file__).resolve().parent.parent
 ARCHS = ["mnist-dcgan", "mnist-dcgan-wide", "mnist-convt", "mnist-mlp", "dcgan64"]
 
 
@@ -78,7 +77,7 @@ def to_uint8(x: torch.Tensor) -> torch.Tensor:
 
 def bench_arch(arch: str, batches: list[int], seconds: float) -> list[dict]:
     if arch == "mnist-dcgan":
-        g = open_checkpoint(ROOT / "training" / "mnist" / "generator.safetensors").model
+        g = recorded_model("mnist")
     else:
         g = trained_like(arch)
     with tempfile.TemporaryDirectory() as tmp:

@@ -25,7 +25,7 @@ import warnings
 from pathlib import Path
 
 from dcgan_deploy import cpu
-from dcgan_deploy.checkpoint import Checkpoint, open_checkpoint
+from dcgan_deploy.checkpoint import Checkpoint
 from dcgan_deploy.export import base_metadata, deploy_form, quantize_int8, to_onnx
 from dcgan_deploy.modelfile import write_metadata
 from dcgan_deploy.nets import NetConfig
@@ -34,14 +34,14 @@ from dcgan_deploy.runtime import Generator
 
 from ceiling import ceiling_summary, timed_with_ceiling
 from common import archs, speed_args, trained_like
+from weights import recorded_model
 
 SHIP_SPEEDUP, SHIP_PSNR = 1.5, 30.0
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def exported_forms(arch: str, tmp: Path, smoke: bool = False) -> tuple[Path, Path]:
     """(the fp32 export, the float32 graph its int8 variants are quantized from)."""
-    g = (open_checkpoint(ROOT / "training" / "mnist" / "generator.safetensors").model if arch == "mnist-dcgan" and not smoke
+    g = (recorded_model("mnist") if arch == "mnist-dcgan" and not smoke
          else trained_like(arch, smoke))
     paths = []
     for name, int8 in (("fp32", False), ("int8-form", True)):

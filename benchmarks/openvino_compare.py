@@ -31,15 +31,15 @@ import numpy as np
 
 from ceiling import timed_with_ceiling
 from common import SMOKE, archs, trained_like
+from weights import recorded_model
 from dcgan_deploy import cpu
-from dcgan_deploy.checkpoint import open_checkpoint, save_generator
+from dcgan_deploy.checkpoint import save_generator
 from dcgan_deploy.export import INT8_CALIBRATION_BATCH, INT8_CALIBRATION_SEEDS, export
 from dcgan_deploy.images import compare_images
 from dcgan_deploy.latent import latents
 from dcgan_deploy.nets import ARCHITECTURES
 from dcgan_deploy.runtime import Generator
 
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def compiled_for(model, shape: list[int], threads: int, **config):
@@ -88,7 +88,7 @@ def nncf_int8(fp32: Path, cfg):
 
 def measure(arch: str, tmp: Path, args) -> list[dict]:
     import openvino as ov
-    g = (open_checkpoint(ROOT / "training" / "mnist" / "generator.safetensors").model
+    g = (recorded_model("mnist")
          if arch == "mnist-dcgan" and not args.smoke else trained_like(arch, args.smoke))
     ckpt = tmp / f"{arch}.safetensors"
     save_generator(g.state_dict(), g.cfg, ckpt)

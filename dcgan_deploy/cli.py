@@ -392,7 +392,7 @@ def bench(models, device, batch_sizes, threads, seconds, ckpt, compile_, bound, 
     \b
     Example:
         dcgan-deploy bench --threads 2 --batch-size 64
-        dcgan-deploy bench -m exports/mnist.onnx --ckpt training/mnist/generator.safetensors --compile --json
+        dcgan-deploy bench -m exports/mnist.onnx --ckpt runs/mnist/generator.safetensors --compile --json
         dcgan-deploy bench --device cuda --batch-size 256,4096,32768 --io-binding --cuda-graph
     """
     from . import bench as benchmark
@@ -715,7 +715,7 @@ def export(ckpt, out, arch, opset, fp16, int8, plain, labelled, triton, attribut
     Examples:
         dcgan-deploy export runs/mnist/train_state.pt -o exports/mnist.onnx
         dcgan-deploy export netG_epoch_24.pth --arch dcgan64 --fp16 --triton model_repository
-        dcgan-deploy export training/mnist/generator.safetensors -o exports/mnist.onnx --int8
+        dcgan-deploy export runs/mnist/generator.safetensors -o exports/mnist.onnx --int8
     """
     need_torch("export")
     from .export import export as run_export

@@ -33,6 +33,15 @@ def load_script(relative: str, name: str):
     return module
 
 
+def recorded_weights(name: str, folder) -> Path:
+    """A bundled model's trained weights (``benchmarks/weights.py``: out of the commit its record names);
+    skips, saying why, where the source is not a git checkout holding that commit (an installed package)."""
+    found = load_script("benchmarks/weights.py", "bench_weights").recorded_weights(name.removesuffix("-int8"), folder)
+    if found is None:
+        pytest.skip(f"{name}'s weights live in a commit this is not a git checkout of")
+    return found
+
+
 def make_model(path, latent_dim=8, channels=1, height=6, width=6, prior="normal", seed=0,
                metadata=None, drop=(), z_name="z", image_name="image", fixed_batch=False, classes=None):
     """Write a contract-following generator; ``metadata`` overrides, ``drop`` removes keys. ``classes``: a

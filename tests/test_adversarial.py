@@ -21,7 +21,7 @@ import pytest
 from click.testing import CliRunner
 from onnx import TensorProto, helper, numpy_helper
 
-from conftest import ROOT, make_model
+from conftest import make_model, recorded_weights
 from dcgan_deploy.cli import main
 
 torch = pytest.importorskip("torch")
@@ -54,11 +54,24 @@ def nan_model(path: Path, **kwargs) -> Path:
     return path
 
 
+def tiny_checkpoint(path):
+    """A small untrained mnist-dcgan generator file, for the export's argument checks."""
+    import torch
+
+    from dcgan_deploy.checkpoint import save_generator
+    from dcgan_deploy.nets import GeneratorNet, NetConfig
+    cfg = NetConfig.for_arch("mnist-dcgan", g_width=8, d_width=8)
+    torch.manual_seed(0)
+    save_generator(GeneratorNet(cfg).state_dict(), cfg, path)
+    return path
+
+
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("hostile")
     f = {
         "good": make_model(tmp / "good.onnx"),
+        "ckpt": tiny_checkpoint(tmp / "generator.safetensors"),
         "random_op": random_op_model(tmp / "random_op.onnx"),
         "nan_weights": nan_model(tmp / "nan_weights.onnx"),
         "nan28": nan_model(tmp / "nan28.onnx", height=28, width=28),
@@ -181,9 +194,9 @@ CASES = [
      "as float32 above 0"),
     # outputs
     ("folder not empty", ["generate", "-m", "{good}", "-n", 3, "-o", "full/"], "is not empty; pass --overwrite"),
-    ("export to png", ["export", str(ROOT / "training" / "mnist" / "generator.safetensors"), "-o", "x.png"],
+    ("export to png", ["export", "{ckpt}", "-o", "x.png"],
      "give a path ending in .onnx"),
-    ("export opset 99", ["export", str(ROOT / "training" / "mnist" / "generator.safetensors"), "-o", "x.onnx",
+    ("export opset 99", ["export", "{ckpt}", "-o", "x.onnx",
                          "--opset", 99], "--opset must be from 17"),
     ("edit unknown direction", ["edit", "-m", "{good}", "--seed", 1, "--direction", "sefa-1", "-o", "e.png"],
      "carries no latent directions"),
@@ -498,7 +511,7 @@ def test_verify_picks_the_gate_from_the_graph_not_the_metadata(tmp_path):
     w.flat[::97] += 0.003  # small enough for PSNR > 30 dB, far beyond the fp32 gate's 1e-4
     init.CopyFrom(numpy_helper.from_array(w, init.name))
     onnx.save(m, str(tampered))
-    ckpt = ROOT / "training" / "mnist" / "generator.safetensors"
+    ckpt = recorded_weights("mnist", tmp_path)
     assert run(["verify", tampered, ckpt], tmp_path)[0] == 4
     write_metadata(tampered, {**read(tampered).metadata, "precision": "int8"})
     r = CliRunner().invoke(main, ["verify", str(tampered), str(ckpt)])

@@ -42,9 +42,9 @@ def test_peers_are_timed_in_the_same_rounds(tiny_model):
     assert lo <= row["speedup_vs_other"] <= hi
 
 
-def test_bench_with_a_checkpoint_compares_pytorch_side_by_side():
-    from pathlib import Path
-    ckpt = Path(__file__).resolve().parent.parent / "training" / "mnist" / "generator.safetensors"
+def test_bench_with_a_checkpoint_compares_pytorch_side_by_side(tmp_path):
+    from conftest import recorded_weights
+    ckpt = recorded_weights("mnist", tmp_path)
     r = CliRunner().invoke(main, ["bench", "--batch-size", "8", "--seconds", "0.1", "--ckpt", str(ckpt), "--json"])
     assert r.exit_code == 0, r.output
     row = json.loads(r.output)["rows"][0]

@@ -12,6 +12,8 @@ from dcgan_deploy.bundled import DEFAULT_MODEL, bundled_models
 from dcgan_deploy.images import compare_images as compare
 from dcgan_deploy.images import grid
 
+from conftest import recorded_weights
+
 ROOT = Path(__file__).resolve().parent.parent
 RECORD = ROOT / "training" / "mnist"
 
@@ -34,16 +36,6 @@ def test_default_model_draws_digit_like_images():
     assert 0.5 * real_ink < ink < 1.5 * real_ink
     assert x[:, :3, :].mean() < 0.05 and x[:, :, :3].mean() < 0.05  # empty borders, as in MNIST
     assert x.std(axis=0).mean() > 0.5 * real.std(axis=0).mean()      # no mode collapse to one image
-
-
-def recorded_weights(name: str, tmp_path: Path) -> Path:
-    """A bundled model's trained weights (``benchmarks/common.py``: emoji64's come out of the commit its record
-    names); skips, saying why, where the source is not a git checkout holding that commit (an installed package)."""
-    from conftest import load_script
-    found = load_script("benchmarks/weights.py", "bench_weights").recorded_weights(name.removesuffix("-int8"), tmp_path)
-    if found is None:
-        pytest.skip(f"{name}'s weights live in a commit this is not a git checkout of")
-    return found
 
 
 def test_bundled_model_passes_verify_against_its_recorded_weights(tmp_path):
