@@ -256,10 +256,10 @@ class Trainer:
         # (1) Update D: tell real from fake (both augmented alike when `augment` is set)
         with autocast:
             fake = self.G_train(z, y_fake) if self.classes else self.G_train(z)
-            d_real, d_fake = self.discriminate(real, fake.detach(), y_real, y_fake)
+            d_real, d_fake, real_classes = self.discriminate(real, fake.detach(), y_real, y_fake)
             d_loss = self.loss.d(d_real, d_fake)
             if d.classifier:  # the auxiliary classifier learns the real images' classes
-                d_class = F.cross_entropy(self.class_logits, y_real)
+                d_class = F.cross_entropy(real_classes, y_real)
                 d_loss = d_loss + d.classifier * d_class
         self.optD.zero_grad(set_to_none=True)
         d_loss.backward()
@@ -314,25 +314,21 @@ class Trainer:
         return augment(x, self.policy, self.aug_gen, self.augment_p) if self.policy else x
 
     def discriminate(self, real: torch.Tensor, fake: torch.Tensor, y_real: torch.Tensor | None = None,
-                     y_fake: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """D's logits for the real and the fake batch (and their labels, for a conditional D). A D without
-        BatchNorm sees both in one forward (each logit depends on its own image only); with BatchNorm each
-        batch normalises by its own statistics, as in the Radford et al. recipe, so they go through apart.
-        With an auxiliary classifier, its logits for the real batch are left in ``self.class_logits``."""
+                     y_fake: torch.Tensor | None = None) -> tuple:
+        """D's logits for the real and the fake batch (and their labels, for a conditional D), and with an
+        auxiliary classifier its class logits for the real batch (else None). A D without BatchNorm sees both
+        batches in one forward (each logit depends on its own image only); with BatchNorm each batch
+        normalises by its own statistics, as in the Radford et al. recipe, so they go through apart."""
         aux = bool(self.cfg.discriminator.classifier)
         if self.D.has_batchnorm:
-            real_out = self.D_train(self.augmented(real), y_real, classes=aux) if aux else \
-                self.D_train(self.augmented(real), y_real)
-            if aux:
-                real_out, self.class_logits = real_out
-            return real_out, self.D_train(self.augmented(fake), y_fake)
+            out = self.D_train(self.augmented(real), y_real, classes=aux)
+            real_logits, classes = out if aux else (out, None)
+            return real_logits, self.D_train(self.augmented(fake), y_fake), classes
         labels = None if y_real is None else torch.cat([y_real, y_fake])
-        if aux:
-            logits, classes = self.D_train(self.augmented(torch.cat([real, fake])), labels, classes=True)
-            self.class_logits = classes[:len(real)]
-        else:
-            logits = self.D_train(self.augmented(torch.cat([real, fake])), labels)
-        return logits[:len(real)], logits[len(real):]
+        out = self.D_train(self.augmented(torch.cat([real, fake])), labels, classes=aux)
+        logits, classes = out if aux else (out, None)
+        n = len(real)
+        return logits[:n], logits[n:], None if classes is None else classes[:n]
 
     def train(self) -> dict:
         """Train up to ``cfg.steps`` (the run's total), checkpointing as configured; returns the last record.
