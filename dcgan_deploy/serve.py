@@ -330,6 +330,61 @@ async def read_body(chunks, limit: int = MAX_BODY_BYTES, stall_s: float = BODY_S
     return b"".join(parts)
 
 
+class BodyFirst:
+    """An ASGI middleware for Ray Serve's HTTP proxy: a request's body is read there, whole, before the
+    request is routed (bounded by ``MAX_BODY_BYTES`` and ``BODY_STALL_S`` as the ingress bounds it), then
+    handed on. A client that stalls its body is answered 408 by the proxy and never takes an ingress slot or
+    a Ray call, so thousands of them cost the proxy a waiting coroutine each and honest requests pass."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
+            return await self.app(scope, receive, send)
+        length = dict(scope.get("headers") or ()).get(b"content-length")
+        if length is not None and (not whole(length.decode("latin-1"), 12) or int(length) > MAX_BODY_BYTES):
+            return await self.app(scope, receive, send)  # the ingress refuses it (413) without reading it
+
+        gone = []
+
+        async def chunks():
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    gone.append(True)
+                    return
+                yield message.get("body", b"")
+                if not message.get("more_body", False):
+                    return
+        try:
+            body = await read_body(chunks())
+            if gone:  # the client left before its body was whole: nothing to answer
+                return
+        except RequestError as e:
+            payload = json.dumps({"error": str(e)}).encode()
+            await send({"type": "http.response.start", "status": e.status,
+                        "headers": [(b"content-type", b"application/json"),
+                                    (b"content-length", str(len(payload)).encode()), (b"connection", b"close")]})
+            await send({"type": "http.response.body", "body": payload})
+            return
+        handed = False
+
+        async def replay():  # the body once, whole; then what the client sends next (its disconnect)
+            nonlocal handed
+            if handed:
+                return await receive()
+            handed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        await self.app(scope, replay, send)
+
+
+def proxy_middlewares() -> list:
+    """The HTTP proxy's middlewares (Ray Serve calls this in the proxy's process)."""
+    from starlette.middleware import Middleware
+    return [Middleware(BodyFirst)]
+
+
 def describe_failure(e: BaseException) -> str:
     """One clean line for an unexpected failure: a replica's exception arrives wrapped in Ray's task error,
     whose text holds the actor's repr and terminal colour codes; the line names the cause alone."""
@@ -568,6 +623,15 @@ def build_app(models: dict[str, str], replicas: int = 1, max_batch_size: int = 2
     return Ingress.bind(handles)
 
 
+# What Ray's processes need in their environment (a Ray that `serve` starts inherits it; the nodes of a
+# cluster given by --address need it set alike): a busy or small machine can take longer than Ray Serve's 5 s
+# to start its HTTP proxy, and the controller would then restart the proxy in a loop, so give it a minute;
+# and Serve's hook for the proxy's middlewares, so the proxy reads each request's body before routing it
+# (``BodyFirst``).
+RAY_ENVIRONMENT = {"RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "60", "RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S": "60",
+                   "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": "dcgan_deploy.serve.proxy_middlewares"}
+
+
 def start(models=(), host: str = "127.0.0.1", port: int = 8000, replicas: int = 1, max_batch_size: int = 256,
           address: str | None = None, threads: int | None = None, replica_resources: dict | None = None,
           max_per_node: int | None = None) -> str:
@@ -586,10 +650,8 @@ def start(models=(), host: str = "127.0.0.1", port: int = 8000, replicas: int = 
             raise ValueError(f"--threads: {e}") from None
     chosen = {name: str(path.resolve()) for name, path in bundled.pick(models).items()}  # checked before anything starts
     app = build_app(chosen, replicas, max_batch_size, threads, replica_resources, max_per_node=max_per_node)
-    # A busy or small machine can take longer than Ray Serve's 5 s to start its HTTP proxy; then the
-    # controller would restart the proxy in a loop. Give it a minute (inherited by Ray's processes).
-    for key in ("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", "RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S"):
-        os.environ.setdefault(key, "60")
+    for key, value in RAY_ENVIRONMENT.items():  # inherited by the Ray processes this one starts
+        os.environ.setdefault(key, value)
     global _own_session
     if not ray.is_initialized():
         ray.init(address=address, include_dashboard=False, logging_level="ERROR", log_to_driver=False)

@@ -33,8 +33,8 @@ def cluster(tmp_path_factory):
     rgb = make_model(folder / "rgb.onnx", latent_dim=5, channels=3, height=4, width=5, prior="uniform")
     cond = make_model(folder / "cond.onnx", latent_dim=4, classes=["cat", "dog", "eel"])
     fragile = fragile_model(folder / "fragile.onnx")
-    os.environ.setdefault("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", "60")
-    os.environ.setdefault("RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S", "60")
+    for key, value in server.RAY_ENVIRONMENT.items():  # as a cluster's nodes need it (docs/DESIGN.md)
+        os.environ.setdefault(key, value)
     c = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "resources": {"node_a": 1}})
     c.add_node(num_cpus=2, resources={"node_b": 1})
     ray.init(address=c.address, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
@@ -357,6 +357,44 @@ def test_a_json_answer_is_made_a_piece_at_a_time(monkeypatch):
     assert answer["id"] == "r1" and np.array_equal(np.array(out["data"], np.uint8).reshape(out["shape"]), images)
 
 
+def test_the_proxy_reads_a_body_whole_before_the_request_goes_on(monkeypatch):
+    """``BodyFirst`` (the HTTP proxy's middleware): the app gets the body in one piece, and only once it is
+    whole; a stalled body is answered 408 and a client that leaves mid-body is dropped, neither reaching the
+    app; bodyless methods and declared-oversize bodies pass straight on (the ingress answers those)."""
+    import asyncio
+    monkeypatch.setattr(server.read_body, "__defaults__", (server.MAX_BODY_BYTES, 0.2))
+
+    def call(method, messages, headers=()):
+        seen, sent = [], []
+
+        async def app(scope, receive, send):
+            seen.append(await receive())
+
+        async def receive():
+            if messages:
+                return messages.pop(0)
+            await asyncio.sleep(3600)
+
+        async def send(message):
+            sent.append(message)
+        scope = {"type": "http", "method": method, "headers": list(headers)}
+        asyncio.run(server.BodyFirst(app)(scope, receive, send))
+        return seen, sent
+    pieces = [{"type": "http.request", "body": b"ab", "more_body": True},
+              {"type": "http.request", "body": b"cd", "more_body": False}]
+    seen, sent = call("POST", list(pieces))
+    assert seen == [{"type": "http.request", "body": b"abcd", "more_body": False}] and sent == []
+    seen, sent = call("POST", pieces[:1])  # then nothing: stalled
+    assert seen == [] and sent[0]["status"] == 408 and b"stopped arriving" in sent[1]["body"]
+    seen, sent = call("POST", [pieces[0], {"type": "http.disconnect"}])
+    assert seen == [] and sent == []
+    seen, _ = call("GET", list(pieces))
+    assert seen == [pieces[0]]  # untouched
+    seen, _ = call("POST", list(pieces), [(b"content-length", str(10 ** 9).encode())])
+    assert seen == [pieces[0]]
+    assert server.proxy_middlewares()[0].cls is server.BodyFirst
+
+
 def test_a_stalled_body_is_sent_away_and_honest_clients_are_answered_meanwhile(cluster):
     import socket
     host, port = cluster["host"].split(":")
@@ -368,11 +406,14 @@ def test_a_stalled_body_is_sent_away_and_honest_clients_are_answered_meanwhile(c
     try:
         r = infer(cluster["url"], "mnist", seed_inputs(5, 2))  # an honest client, while they hang on
         assert r.status_code == 200 and np.array_equal(as_images(r), Generator.load("mnist").generate(2, 5))
+        assert "x-request-id" in r.headers  # Serve's id for a request it routed
         for s in slow:  # each is answered 408 once its body has stalled for BODY_STALL_S
             answer = b""
             while b"stopped arriving" not in answer and (piece := s.recv(4096)):
                 answer += piece
             assert answer.startswith(b"HTTP/1.1 408") and b"stopped arriving" in answer, answer[:300]
+            # ... by the proxy, before routing (BodyFirst): no request id, no ingress slot or Ray call taken
+            assert b"x-request-id" not in answer.lower(), answer[:300]
     finally:
         for s in slow:
             s.close()
