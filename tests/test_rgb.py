@@ -201,6 +201,15 @@ def test_the_memorisation_check_catches_a_copying_generator():
     assert ev.memorisation(honest, heldout, training)["passed"]
     caught = ev.memorisation(copies, heldout, training)
     assert not caught["passed"] and caught["close_share"] > 0.9 and caught["median_ratio"] < 0.1
+    # a generator exactly as far from its training set as unseen real images sits at 1 give or take the
+    # held-out median's noise: a ratio a little under 1 passes, one well under the noise does not
+    unseen = ev.memorisation(heldout, heldout, training)
+    assert unseen["passed"] and unseen["median_ratio"] == 1.0 and 0.8 < unseen["median_ratio_floor"] < 1.0
+    nearest = training[np.argmin(((honest[:, None] - training[None]) ** 2).sum(-1), 1)]
+    for shrink, passes in ((1 - (1 - unseen["median_ratio_floor"]) / 4, True), (0.75, False)):
+        closer = nearest + shrink * (honest - nearest)  # every distance to the training set times shrink
+        out = ev.memorisation(closer, heldout, training)
+        assert out["passed"] is passes, (shrink, out)
 
 
 def test_class_shares_flag_a_major_class_that_is_missing():
