@@ -8,7 +8,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # Trained weights of the bundled models: in the tree, or in the commit a model's record names.
 WEIGHTS = {"mnist": ("acdfaab789c709b68567d879b3e95c898c1a4a22", "training/mnist/generator.safetensors"),
            "emoji64": ("a3b9021033dc2a6ea80ec7b1712e5620be945df1", "training/emoji64/generator.safetensors"),
-           "mnist-cond": ("64404acd4d9c73f3bc0fd0346276d63d873b0c31", "training/mnist-cond/generator.safetensors")}
+           "mnist-cond": ("e936a8abedea4e416080a21512585de749b6f928", "training/mnist-cond/generator.safetensors")}
 
 
 def recorded_weights(name: str, folder: Path) -> Path | None:
