@@ -247,7 +247,7 @@ class Generator:
         ``generate(1, seed, label=label)``'s and the last ``generate(1, seed, label=label_to)``'s."""
         if not self.classes:
             raise ValueError(f"{self.path.name} is not class-conditional: it has no classes to walk between")
-        if not self.session.walks:
+        if not getattr(self.session, "walks", False):
             raise ValueError(f"{self.path.name} takes no class walk (no label_to and mix inputs): export it again "
                              "with this version of dcgan-deploy")
         frames = check_count(frames, "frames")
@@ -283,7 +283,7 @@ class Generator:
             raise ValueError(f"labels must be class indices from 0 to {len(self.classes) - 1}")
 
     def _check_walk(self, label_to, mix, n: int) -> None:
-        if not self.classes or not self.session.walks:
+        if not self.classes or not getattr(self.session, "walks", False):
             raise ValueError(f"{self.path.name} takes no class walk (label_to and mix)")
         self._check_labels(label_to, n)
         if not (isinstance(mix, np.ndarray) and mix.dtype == np.float32 and mix.shape == (n,)):

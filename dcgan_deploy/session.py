@@ -44,7 +44,7 @@ class Session(Protocol):
     def run(self, z: np.ndarray, label: np.ndarray | None = None, walk: tuple | None = None) -> np.ndarray: ...
     #   float32 z [n, latent_dim] (and a conditional model's int64 label [n]) -> float32 images [n, C, H, W];
     #   walk: (int64 label_to [n], float32 mix [n]), for a file that takes a class walk (``walks``)
-    walks: bool     # whether the file takes label_to and mix (a conditional export's class walk)
+    walks: bool     # whether the file takes label_to and mix (a class walk); an engine may leave it out (False)
     def facts(self) -> dict: ...                      # what ``info`` shows of the engine
 
 
