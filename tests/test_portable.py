@@ -130,8 +130,24 @@ EMULATED = """
 import sys, numpy as np
 from dcgan_deploy import Generator
 for i, path in enumerate(sys.argv[3:]):
-    np.save(f"{sys.argv[1]}/{i}.npy", Generator.load(path, device="cpu", threads=1).generate(int(sys.argv[2]), seed=0))
+    g = Generator.load(path, device="cpu", threads=1)
+    images = g.generate(int(sys.argv[2]), seed=0)
+    if g.classes:  # and a class walk, through the file's label_to and mix
+        images = np.concatenate([images, g.class_walk(0, 0, 1, 4)])
+    np.save(f"{sys.argv[1]}/{i}.npy", images)
 """
+
+
+@pytest.fixture(scope="module")
+def conditional_int8(tmp_path_factory):
+    """The int8 file `export --int8` writes for a (briefly trained) class-conditional generator."""
+    from dcgan_deploy.train import TrainConfig, Trainer
+    tmp = tmp_path_factory.mktemp("cond8")
+    cfg = TrainConfig.of(arch="mnist-dcgan", data="synthetic:64:3", conditional="on", steps=2, batch_size=8,
+                         checkpoint_every=2, sample_every=2, net={"g_width": 8, "d_width": 8})
+    Trainer(cfg, tmp / "run", progress=False).train()
+    export(tmp / "run" / "generator.safetensors", tmp / "c.onnx", int8=True)
+    return tmp / "c-int8.onnx"
 
 
 def run_on(cpu_model: str | None, paths, n: int, out) -> list[np.ndarray]:
@@ -144,19 +160,20 @@ def run_on(cpu_model: str | None, paths, n: int, out) -> list[np.ndarray]:
 
 @pytest.mark.slow
 @needs_emulator
-def test_the_same_bytes_on_avx2_sse_and_this_cpu(int8_pair, tmp_path):
+def test_the_same_bytes_on_avx2_sse_and_this_cpu(int8_pair, conditional_int8, tmp_path):
     _, seven, eight = int8_pair
-    paths = [SHIPPED_INT8, seven, eight, ROOT / "exports" / "mnist.onnx", ROOT / "exports" / "emoji64.onnx"]
+    paths = [SHIPPED_INT8, seven, eight, conditional_int8, ROOT / "exports" / "mnist.onnx",
+             ROOT / "exports" / "emoji64.onnx", ROOT / "exports" / "mnist-cond.onnx"]
     here = run_on(None, paths, 32, tmp_path / "here")
     avx2 = run_on("Haswell", paths, 32, tmp_path / "avx2")
-    sse = run_on("Nehalem", paths[:3], 32, tmp_path / "sse")
+    sse = run_on("Nehalem", paths[:4], 32, tmp_path / "sse")
     # the emulated AVX2 CPU really runs the saturating kernel: the 8-bit file's images differ there
     assert not np.array_equal(avx2[2], sse[2])
-    # 7-bit int8 files (the shipped one and a fresh export): identical bytes
-    for i in (0, 1):
+    # 7-bit int8 files (the shipped one, a fresh export, a conditional one with its class walk): identical bytes
+    for i in (0, 1, 3):
         assert np.array_equal(here[i], avx2[i]) and np.array_equal(here[i], sse[i]), paths[i]
     # float32 models: the cross-CPU contract (the float kernels sum in another order per instruction set)
-    for i in (3, 4):
+    for i in (4, 5, 6):
         diff = np.abs(here[i].astype(int) - avx2[i].astype(int))
         assert diff.max() <= CROSS_CPU_LEVELS and np.mean(diff > 0) <= CROSS_CPU_CHANGED, paths[i]
 
