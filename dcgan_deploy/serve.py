@@ -309,6 +309,12 @@ MAX_CONNECTIONS = 10_000  # requests the ingress holds at once (most of a flood 
 BODY_STALL_S = 10.0  # the longest a request's body may pause; a client that stalls longer is sent away (408)
 
 
+def declared_too_large(length: str | None) -> bool:
+    """Whether a request's Content-Length (``None``: not given) is not a number of bytes, or is over the
+    body limit: such a body is refused (413) without being read."""
+    return length is not None and (not whole(length, 12) or int(length) > MAX_BODY_BYTES)
+
+
 async def read_body(chunks, limit: int = MAX_BODY_BYTES, stall_s: float = BODY_STALL_S) -> bytes:
     """A request's body from its stream, refused (413) as soon as it passes ``limit`` bytes: a chunked body
     (no Content-Length) is bounded while it is read, not after. A body that stops arriving for ``stall_s``
@@ -343,7 +349,7 @@ class BodyFirst:
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
             return await self.app(scope, receive, send)
         length = dict(scope.get("headers") or ()).get(b"content-length")
-        if length is not None and (not whole(length.decode("latin-1"), 12) or int(length) > MAX_BODY_BYTES):
+        if declared_too_large(None if length is None else length.decode("latin-1")):
             return await self.app(scope, receive, send)  # the ingress refuses it (413) without reading it
 
         gone = []
@@ -589,8 +595,7 @@ def build_app(models: dict[str, str], replicas: int = 1, max_batch_size: int = 2
         @app.post("/v2/models/{name}/versions/1/infer")
         async def infer(self, name: str, request: Request):
             info = self._info(name)
-            length = request.headers.get("content-length")
-            if length is not None and (not whole(length, 12) or int(length) > MAX_BODY_BYTES):
+            if declared_too_large(request.headers.get("content-length")):
                 raise RequestError(f"the request body is over {MAX_BODY_BYTES} bytes", 413)
             body = await read_body(request.stream())
             parsed, tail = split_body(body, request.headers.get("inference-header-content-length"))

@@ -53,6 +53,11 @@ def all_finite(*modules: nn.Module) -> torch.Tensor:
     return torch.isfinite(torch.cat(tensors)).all()
 
 
+def with_classes(out, aux: bool) -> tuple:
+    """D's output as (logits, class logits or None), whether or not it was asked for its classes."""
+    return out if aux else (out, None)
+
+
 @torch.no_grad()
 def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
     torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1 - decay)
@@ -272,12 +277,11 @@ class Trainer:
         self.optG.zero_grad(set_to_none=True)
         self.D.requires_grad_(False)
         with autocast:
-            if d.classifier:  # ... and G's images are pushed towards being read as their labels
-                d_on_fake, fake_classes = self.D(self.augmented(fake), y_fake, classes=True)
-                g_loss = self.loss.g(d_on_fake) + d.classifier * F.cross_entropy(fake_classes, y_fake)
-            else:
-                d_on_fake = self.D(self.augmented(fake), y_fake)  # D's logits on G's images
-                g_loss = self.loss.g(d_on_fake)
+            aux = bool(d.classifier)
+            d_on_fake, fake_classes = with_classes(self.D(self.augmented(fake), y_fake, classes=aux), aux)
+            g_loss = self.loss.g(d_on_fake)  # D's logits on G's images
+            if aux:  # ... and G's images are pushed towards being read as their labels
+                g_loss = g_loss + d.classifier * F.cross_entropy(fake_classes, y_fake)
         g_loss.backward()
         self.D.requires_grad_(True)
         self.optG.step()
@@ -321,12 +325,10 @@ class Trainer:
         normalises by its own statistics, as in the Radford et al. recipe, so they go through apart."""
         aux = bool(self.cfg.discriminator.classifier)
         if self.D.has_batchnorm:
-            out = self.D_train(self.augmented(real), y_real, classes=aux)
-            real_logits, classes = out if aux else (out, None)
+            real_logits, classes = with_classes(self.D_train(self.augmented(real), y_real, classes=aux), aux)
             return real_logits, self.D_train(self.augmented(fake), y_fake), classes
         labels = None if y_real is None else torch.cat([y_real, y_fake])
-        out = self.D_train(self.augmented(torch.cat([real, fake])), labels, classes=aux)
-        logits, classes = out if aux else (out, None)
+        logits, classes = with_classes(self.D_train(self.augmented(torch.cat([real, fake])), labels, classes=aux), aux)
         n = len(real)
         return logits[:n], logits[n:], None if classes is None else classes[:n]
 
