@@ -5,7 +5,8 @@
   ``weights_only=False``.
 - ``generator.safetensors``: the deployable generator, its ``NetConfig`` in the metadata.
 - a bare generator state dict (``netG_epoch_N.pth`` of pytorch/examples' DCGAN) when the
-  architecture is named.
+  architecture is named; pytorch-GAN's ``gan``/``cgan`` and ``dcgan``/``acgan`` generators' state
+  dicts with ``--arch pytorch-gan-mlp`` / ``pytorch-gan-dcgan`` (their keys renamed to ours).
 
 A checkpoint is untrusted input: its configs are validated (types, ranges, and the size of
 the net they describe, counted before anything is allocated), and every key and shape of
@@ -221,8 +222,10 @@ def open_checkpoint(ckpt: str | os.PathLike, arch: str | None = None) -> Checkpo
         return Checkpoint(model, cfg, name, data if isinstance(data, str) else "unknown", step, str(path), notes,
                           averaged, checked_classes(obj.get("classes"), cfg, path))
     state = obj.get("state_dict", obj) if isinstance(obj.get("state_dict"), dict) else obj
-    cfg = infer_config(state, _need_arch(arch, path), path)
-    return Checkpoint(build_generator(cfg, state, path), cfg, name, source=str(path))
+    state = from_pytorch_gan(state, _need_arch(arch, path))
+    cfg = infer_config(state, arch, path)
+    return Checkpoint(build_generator(cfg, state, path), cfg, name, source=str(path),
+                      classes=checked_classes(None, cfg, path))
 
 
 def _need_arch(arch: str | None, path: Path) -> str:
@@ -230,6 +233,46 @@ def _need_arch(arch: str | None, path: Path) -> str:
         raise CheckpointError(f"{path}: a bare state dict does not say its architecture; pass --arch "
                               "(e.g. --arch dcgan64 for pytorch/examples' netG_epoch_N.pth)")
     return arch
+
+
+def from_pytorch_gan(state: dict, arch: str) -> dict:
+    """A pytorch-GAN generator's state dict under our names (others are returned as they are):
+    ``label_emb`` is ``embed``; gan/cgan's ``model.k`` is ``main.k``; dcgan/acgan's ``l1.0`` is ``main.0`` and
+    ``conv_blocks.k`` (``conv_model.k`` in some copies) ``main.(k + 2)``. cgan joins its class embedding
+    *before* the latent, ours after it: the first layer's input columns are swapped to match."""
+    if arch not in ("pytorch-gan-mlp", "pytorch-gan-dcgan") or not isinstance(state, dict) \
+            or not any(isinstance(k, str) and k.startswith(("model.", "l1.")) for k in state):
+        return state
+
+    def rename(key):
+        if not isinstance(key, str):
+            return key
+        head, _, rest = key.partition(".")
+        if key == "label_emb.weight":
+            return "embed.weight"
+        if head in ("model", "l1"):
+            return "main." + rest
+        index, _, tail = rest.partition(".")
+        if head in ("conv_blocks", "conv_model") and index.isdigit():
+            return f"main.{int(index) + 2}.{tail}"
+        return key
+    out = {rename(k): v for k, v in state.items()}
+    first, embed = out.get("main.0.weight"), out.get("embed.weight")
+    if arch == "pytorch-gan-mlp" and all(isinstance(t, torch.Tensor) and t.dim() == 2 for t in (first, embed)) \
+            and first.shape[1] > embed.shape[1]:
+        classes = embed.shape[1]
+        out["main.0.weight"] = torch.cat([first[:, classes:], first[:, :classes]], 1)
+    return out
+
+
+def _shape(state: dict, key: str, dims: int) -> tuple | None:
+    t = state.get(key)
+    return tuple(int(n) for n in t.shape) if isinstance(t, torch.Tensor) and t.dim() == dims else None
+
+
+def _square(n: int) -> int | None:
+    root = int(round(n ** 0.5))
+    return root if root > 0 and root * root == n else None
 
 
 def infer_config(state: dict, arch: str, path: Path | str = "checkpoint") -> NetConfig:
@@ -241,10 +284,34 @@ def infer_config(state: dict, arch: str, path: Path | str = "checkpoint") -> Net
             nz, ngf8 = state["main.0.weight"].shape[:2]         # ConvT(nz -> ngf*8): weight [nz, ngf*8, 4, 4]
             nc = state["main.12.weight"].shape[1]               # ConvT(ngf -> nc):   weight [ngf, nc, 4, 4]
             cfg = NetConfig.for_arch(arch, latent_dim=int(nz), g_width=int(ngf8) // 8, channels=int(nc))
+        elif arch in ("pytorch-gan-mlp", "pytorch-gan-dcgan"):
+            cfg = NetConfig.for_arch(arch, **pytorch_gan_sizes(state, arch))
         check_size(cfg)
     except ValueError as e:
         raise CheckpointError(f"{path}: {e}") from None
     return cfg
+
+
+def pytorch_gan_sizes(state: dict, arch: str) -> dict:
+    """The sizes a pytorch-GAN layout's weights show (under our names): latent, width, channels, image size and
+    classes; what they do not show is left to the architecture's defaults (and the key check names it)."""
+    first, embed = _shape(state, "main.0.weight", 2), _shape(state, "embed.weight", 2)
+    classes = embed[0] if embed else 0
+    sizes = {"num_classes": classes}
+    if arch == "pytorch-gan-mlp":
+        last = _shape(state, "main.11.weight", 2)
+        if first:
+            sizes.update(g_width=first[0], latent_dim=first[1] - (embed[1] if embed else 0))
+        if last:
+            channels = 1 if _square(last[0]) else 3
+            sizes.update(channels=channels, image_size=_square(last[0] // channels) or 0)
+    else:
+        conv, out = _shape(state, "main.4.weight", 4), _shape(state, "main.11.weight", 4)
+        if first and conv:
+            sizes.update(latent_dim=first[1], g_width=conv[0], image_size=4 * (_square(first[0] // conv[0]) or 0))
+        if out:
+            sizes["channels"] = out[0]
+    return sizes
 
 
 def build_generator(cfg: NetConfig, state, path: Path | str) -> GeneratorNet:

@@ -685,7 +685,11 @@ def thresholds_from(max_abs_cpu, max_abs_cuda, max_changed_cuda):
 @main.command()
 @click.argument("ckpt", type=click.Path(dir_okay=False))
 @click.option("-o", "--out", default=None, help="Output .onnx (default: exports/<name>.onnx).")
-@click.option("--arch", default=None, help="Architecture of a bare state dict (e.g. dcgan64 for netG_epoch_N.pth).")
+@click.option("--arch", default=None, help="Architecture of a bare state dict (e.g. dcgan64 for netG_epoch_N.pth; "
+                                           "pytorch-gan-mlp for pytorch-GAN's gan/cgan, pytorch-gan-dcgan for its "
+                                           "dcgan/acgan).")
+@click.option("--classes", default=None, help="A conditional generator's class names in label order, comma-separated "
+                                              "(e.g. for a bare state dict; default 0, 1, ...).")
 @click.option("--opset", type=int, default=18, show_default=True)
 @click.option("--fp16", is_flag=True, help="Also write a float16 variant for CUDA (<name>-fp16.onnx).")
 @click.option("--int8", is_flag=True,
@@ -703,7 +707,7 @@ def thresholds_from(max_abs_cpu, max_abs_cuda, max_changed_cuda):
 @threshold_options
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @friendly_errors
-def export(ckpt, out, arch, opset, fp16, int8, plain, labelled, triton, attribution, max_abs_cpu, max_abs_cuda,
+def export(ckpt, out, arch, classes, opset, fp16, int8, plain, labelled, triton, attribution, max_abs_cpu, max_abs_cuda,
            max_changed_cuda, as_json):
     """Export a checkpoint to ONNX and prove parity with PyTorch.
 
@@ -715,6 +719,7 @@ def export(ckpt, out, arch, opset, fp16, int8, plain, labelled, triton, attribut
     Examples:
         dcgan-deploy export runs/mnist/train_state.pt -o exports/mnist.onnx
         dcgan-deploy export netG_epoch_24.pth --arch dcgan64 --fp16 --triton model_repository
+        dcgan-deploy export acgan_generator.pth --arch pytorch-gan-dcgan --int8
         dcgan-deploy export runs/mnist/generator.safetensors -o exports/mnist.onnx --int8
     """
     need_torch("export")
@@ -724,7 +729,8 @@ def export(ckpt, out, arch, opset, fp16, int8, plain, labelled, triton, attribut
     thresholds = thresholds_from(max_abs_cpu, max_abs_cuda, max_changed_cuda)
     try:
         result = run_export(ckpt, out, arch=arch, opset=opset, fp16=fp16, int8=int8, triton=triton,
-                            thresholds=thresholds, forms=not plain, labelled=labelled, attribution=attribution)
+                            thresholds=thresholds, forms=not plain, labelled=labelled, attribution=attribution,
+                            classes=None if classes is None else [x.strip() for x in classes.split(",")])
     except GateError as e:
         report_gate(e.report, as_json, error=str(e))
         sys.exit(EXIT_PARITY)

@@ -43,13 +43,15 @@ def first_layer_map(model: modelfile.ModelFile, latent_dim: int) -> np.ndarray:
     Follows ``z`` through ops that only reshape it (and an int8 file's quantize/dequantize pair) to
     the first Gemm, MatMul or ConvTranspose on a 1x1 map, whose weight gives ``A``. A conditional
     model joins its class embedding after ``z`` (a Concat on the feature axis): ``A`` is the columns
-    that read ``z``."""
+    that read ``z``. One that multiplies ``z`` by its class embedding ``e_y`` (pytorch-gan-dcgan) has a map
+    ``A diag(e_y)`` per class: ``A`` is then those maps stacked, over the square root of the class count,
+    so that ``A^T A`` is their average over the classes."""
     producers = {o: n for n in model.graph.nodes for o in n.outputs}
     consumers: dict[str, list] = {}
     for n in model.graph.nodes:
         for i in n.inputs:
             consumers.setdefault(i, []).append(n)
-    name, seen, joined = "z", 0, False
+    name, seen, joined, scaled = "z", 0, False, False
     while seen < 16:
         seen += 1
         users = consumers.get(name, [])
@@ -62,6 +64,9 @@ def first_layer_map(model: modelfile.ModelFile, latent_dim: int) -> np.ndarray:
         if node.op_type == "Concat" and node.inputs[0] == name and node.attributes.get("axis") in (1, -1) \
                 and not joined:
             name, joined = node.outputs[0], True  # z first, then the class embedding
+            continue
+        if node.op_type == "Mul" and name in node.inputs and not scaled and not joined:
+            name, scaled = node.outputs[0], True  # z times the class embedding
             continue
         weight = _constant(model, node.inputs[1], producers) if len(node.inputs) > 1 else None
         if weight is None:
@@ -78,6 +83,14 @@ def first_layer_map(model: modelfile.ModelFile, latent_dim: int) -> np.ndarray:
             break
         if a.shape[1] != latent_dim and not (joined and a.shape[1] > latent_dim):
             break
+        if scaled:
+            tables = {n.inputs[0] for n in model.graph.nodes if n.op_type == "Gather"}
+            embeddings = [e for e in (_constant(model, t, producers) for t in tables)
+                          if e is not None and e.ndim == 2 and e.shape[1] == latent_dim]
+            if len(embeddings) != 1:
+                break
+            e = embeddings[0]
+            return np.concatenate([a * row for row in e]) / np.sqrt(len(e))
         return a[:, :latent_dim].astype(np.float64)
     raise ModelError(f"{model.path}: cannot find a first layer that is a linear map of z (a Gemm, MatMul or "
                      "ConvTranspose reading z); SeFa needs one")

@@ -23,6 +23,7 @@ from . import bundled, modelfile
 from .runtime import CPU, Generator, ModelError
 
 DEFAULT_EXTRACTOR = "mnist-classifier"
+DIGIT_SIZE = 28           # what the digit classifier reads; square grayscale images of other sizes are resized
 MAX_SAMPLES = 50_000      # generated images of one evaluation
 MIN_HALF = 100            # real images per half, for stable metrics
 CLOSE_QUANTILE = 0.05     # memorisation: the share of generated images nearer to a training image than this
@@ -323,22 +324,34 @@ def evaluate(model: str | Path | None = None, data: str | None = None, n: int = 
              features: str | Path | None = None, device: str = "cpu", truncation: float = 1.0) -> dict:
     """Generated (``n`` images, ``seed``) vs the real held-out half, beside the real-vs-real floor.
 
-    ``data``: default the embedded MNIST sample for 28x28 grayscale models; other models need it.
-    A data set that marks held-out images (never trained on) also gets the memorisation check."""
+    ``data``: default the embedded MNIST sample for square grayscale models; other models need it.
+    A data set that marks held-out images (never trained on) also gets the memorisation check.
+    A square grayscale model of another size than 28 (a pytorch-GAN import at 32x32, say) is measured with
+    the digit classifier on images resized to 28x28, the real ones (read at the model's size, as it was
+    trained) and the generated ones alike, unless ``features`` names an extractor."""
     from . import data as datasets
     from .latent import check_count, check_seed
     n, seed = check_count(n, "-n"), check_seed(seed)
     if n > MAX_SAMPLES:
         raise ValueError(f"-n {n} is more than {MAX_SAMPLES:,} samples; FID and KID settle well below that")
     gen = Generator.load(model, device=device)
+    digits = gen.channels == 1 and gen.height == gen.width
     if data is None:
-        if gen.image_shape != (28, 28, 1):
+        if not digits:
             raise ValueError(f"{gen.path.name} makes {gen.height}x{gen.width}x{gen.channels} images: give --data, the "
                              "real images it was trained on (for the emoji model: the .npz of training/emoji/prepare.py)")
         # the embedded sample, with its held-out digits where the model was trained without them
         data = datasets.MNIST_HELDOUT if gen.metadata.get("dataset") == datasets.MNIST_HELDOUT else "mnist-sample"
-    extractor = Extractor.load(features, (gen.channels, gen.height, gen.width))
-    extractor.check_images(gen.channels, gen.height, gen.width)  # before generating anything
+    size = DIGIT_SIZE if features is None and digits else gen.height  # what the extractor reads
+    shape = (gen.channels, size, size) if digits else (gen.channels, gen.height, gen.width)
+    extractor = Extractor.load(features, shape)
+    extractor.check_images(*shape)  # before generating anything
+
+    def measure(images: np.ndarray) -> tuple:
+        """uint8 ``[N, H, W, C]`` at the model's size -> the extractor's (features, probabilities)."""
+        if size != gen.height:
+            images = datasets.fit(images.transpose(0, 3, 1, 2), gen.channels, size).transpose(0, 2, 3, 1)
+        return extractor(to_float(images))
     dataset = datasets.load_dataset(data, gen.channels, gen.height)
     train = dataset.training
     ia, ib = split_halves(train, seed=0)
@@ -346,8 +359,7 @@ def evaluate(model: str | Path | None = None, data: str | None = None, n: int = 
     m = min(n, len(ia), len(ib))
     if m < MIN_HALF:
         raise ValueError(f"need at least {MIN_HALF} images per half for stable metrics, have {m}")
-    fake, a, b = (extractor(to_float(x)) for x in (gen.generate(n, seed=seed, truncation=truncation),
-                                                   real[ia[:m]], real[ib]))
+    fake, a, b = (measure(x) for x in (gen.generate(n, seed=seed, truncation=truncation), real[ia[:m]], real[ib]))
     generated = compare_features(fake, b[0], seed)  # each set's features once (Inception is slow)
     floor = compare_features(a, b[0], seed)
     real_b = compare_features(b, a[0], seed)
@@ -357,7 +369,8 @@ def evaluate(model: str | Path | None = None, data: str | None = None, n: int = 
                                    "split": "by group (near-duplicates on one side)" if train.groups is not None
                                    else "by class" if train.labels is not None else "random"},
         "extractor": {"path": str(extractor.path), **{k: v for k, v in extractor.info.items()
-                                                     if k not in ("dcgan_deploy.features", "class_names")}},
+                                                     if k not in ("dcgan_deploy.features", "class_names")},
+                      **({"resized_to": f"{size}x{size}"} if size != gen.height else {})},
         "generated": generated, "floor": floor,
         # KID is unbiased: its real-vs-real floor is 0 in expectation, so the ratio is taken
         # against the floor's noise level, |mean| + std over the subsets.
@@ -373,8 +386,8 @@ def evaluate(model: str | Path | None = None, data: str | None = None, n: int = 
         report["per_class"] = per_class(gen, n, seed, fake, (a[0], train.labels[ia[:m]]), (b[0], train.labels[ib]),
                                         extractor.class_names)
     if dataset.heldout is not None and dataset.heldout.any():
-        held = extractor(to_float(dataset.images[dataset.heldout].transpose(0, 2, 3, 1)))[0]
-        training = np.concatenate([a[0], b[0]]) if m == len(ia) else extractor(to_float(real))[0]
+        held = measure(dataset.images[dataset.heldout].transpose(0, 2, 3, 1))[0]
+        training = np.concatenate([a[0], b[0]]) if m == len(ia) else measure(real)[0]
         report["memorisation"] = memorisation(fake[0], held, training)
     return report
 

@@ -35,8 +35,9 @@ MIN_OPSET = 17
 def fold_batchnorm(model: GeneratorNet) -> GeneratorNet:
     """A copy of ``model`` with eval-mode BatchNorm folded into an adjacent linear layer.
 
-    Folds BN into the Conv/ConvTranspose/Linear right before it, or, for a 1-d BN,
-    into the Linear right after it. A BN that is neither (e.g. after a ReLU and
+    Folds BN into the Conv/ConvTranspose/Linear right before it (a 2-d BN also into a Linear whose
+    output is unflattened into its channels), or, for a 1-d BN, into the Linear right after it. A BN
+    that is neither (e.g. after a ReLU and
     before a transposed convolution, where borders make folding inexact) stays.
     """
     model = copy.deepcopy(model).eval()
@@ -48,6 +49,12 @@ def fold_batchnorm(model: GeneratorNet) -> GeneratorNet:
         shift = bn.bias - bn.running_mean * scale
         prev = layers[i - 1] if i else None
         nxt = layers[i + 1] if i + 1 < len(layers) else None
+        if isinstance(prev, nn.Unflatten) and i > 1 and isinstance(layers[i - 2], nn.Linear) \
+                and isinstance(bn, nn.BatchNorm2d) and len(prev.unflattened_size) == 3 \
+                and prev.unflattened_size[0] == bn.num_features:
+            pixels = prev.unflattened_size[1] * prev.unflattened_size[2]  # [C*H*W] features, channel-major
+            scale, shift = scale.repeat_interleave(pixels), shift.repeat_interleave(pixels)
+            prev = layers[i - 2]
         if isinstance(prev, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)) and getattr(prev, "groups", 1) == 1:
             axis = 1 if isinstance(prev, nn.ConvTranspose2d) else 0  # output-channel axis of the weight
             shape = [1] * prev.weight.dim()
@@ -176,7 +183,7 @@ def check_opset(opset) -> int:
 def export(ckpt: str | os.PathLike, out: str | os.PathLike | None = None, arch: str | None = None,
            opset: int = DEFAULT_OPSET, fp16: bool = False, int8: bool = False, triton: str | os.PathLike | None = None,
            thresholds: Thresholds | None = None, name: str | None = None, forms: bool = True,
-           labelled: bool = False, attribution: str | None = None) -> dict:
+           labelled: bool = False, attribution: str | None = None, classes: list[str] | None = None) -> dict:
     """Checkpoint -> ``out`` (default ``exports/<name>.onnx``), proven by the parity gate.
 
     Returns ``{"model": path, "report": path, "parity": report, ...}``. On a parity
@@ -184,11 +191,20 @@ def export(ckpt: str | os.PathLike, out: str | os.PathLike | None = None, arch: 
     ``forms=False`` writes the plain graph instead of the CPU-tuned forms. The file carries its SeFa latent
     directions (and with ``labelled`` the classifier-labelled ones, see ``directions``); so do its variants.
     ``attribution``: the credit the training data asks for (a licence's terms), kept in the metadata.
+    ``classes``: a conditional generator's class names, in label order (for a checkpoint that does not name
+    them, such as a bare state dict, whose classes are otherwise "0", "1", ...).
     """
     opset = check_opset(opset)
     if out is not None and Path(out).suffix.lower() != ".onnx":
         raise ValueError(f"-o {out}: an exported model is an ONNX file; give a path ending in .onnx")
     c = open_checkpoint(ckpt, arch)
+    if classes is not None:
+        if not c.cfg.num_classes:
+            raise ValueError(f"--classes: {ckpt} is not class-conditional; it has no classes to name")
+        if len(classes) != c.cfg.num_classes or len(set(classes)) != len(classes) or not all(classes):
+            raise ValueError(f"--classes: {ckpt} has {c.cfg.num_classes} classes; give {c.cfg.num_classes} different "
+                             f"names, got {', '.join(map(repr, classes))}")
+        c.classes = tuple(classes)
     if c.classes and labelled:
         raise ValueError(f"{ckpt} is class-conditional: --labelled (directions towards a class) does not take such "
                          "a generator; its label gives the class outright")

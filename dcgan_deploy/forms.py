@@ -156,7 +156,7 @@ def _same_conv3x3(m: nn.Module) -> bool:
 
 
 def phase_tail(model: GeneratorNet, taps: bool = True) -> GeneratorNet | None:
-    """A copy of ``model`` (BatchNorm already folded) whose last Upsample(x2, nearest), Conv 3x3, ReLU,
+    """A copy of ``model`` (BatchNorm already folded) whose last Upsample(x2, nearest), Conv 3x3, (leaky) ReLU,
     Conv 3x3, Tanh run as one ``PhaseTail`` (``taps``: its float32 form, else its int8 form);
     ``None`` when the generator does not end that way."""
     model = copy.deepcopy(model)  # nothing of the result is shared with the argument
@@ -166,7 +166,7 @@ def phase_tail(model: GeneratorNet, taps: bool = True) -> GeneratorNet | None:
     up, conv_a, act, conv_b, out_act = layers[-5:]
     if not (isinstance(up, nn.Upsample) and up.mode == "nearest" and up.size is None
             and up.scale_factor in (2, 2.0, (2, 2), (2.0, 2.0)) and _same_conv3x3(conv_a) and _same_conv3x3(conv_b)
-            and isinstance(act, nn.ReLU) and isinstance(out_act, nn.Tanh)):
+            and isinstance(act, (nn.ReLU, nn.LeakyReLU)) and isinstance(out_act, nn.Tanh)):
         return None
     model.main = nn.Sequential(*layers[:-5], PhaseTail(conv_a, act, conv_b, out_act, taps))
     return model

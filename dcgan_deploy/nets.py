@@ -27,7 +27,17 @@ DEFAULTS = {
     "dcgan64": (100, "normal", 3, 64, 64, 64),
     "mnist-mlp": (100, "normal", 1, 28, 256, 256),
     "mnist-convt": (96, "uniform", 1, 28, 64, 32),
+    "pytorch-gan-mlp": (100, "normal", 1, 28, 128, 512),
+    "pytorch-gan-dcgan": (100, "normal", 1, 28, 128, 16),
 }
+# pytorch-GAN's layouts (``gan``/``cgan``, ``dcgan``/``acgan``) are built for any ``--img_size``: these
+# architectures take any image size that is a multiple of 4 in this range; the others only their own.
+ANY_SIZE = ("pytorch-gan-mlp", "pytorch-gan-dcgan")
+IMAGE_SIZES = range(8, 129, 4)
+# How a conditional generator takes its label: its class embedding joined to the latent ("join", an
+# embedding as wide as there are classes, as pytorch-GAN's cgan), or the latent multiplied by an embedding
+# as wide as the latent ("multiply", as pytorch-GAN's acgan).
+CONDITIONING = {"pytorch-gan-dcgan": "multiply"}
 ARCHITECTURES = tuple(DEFAULTS)
 MAX_WIDTH = 1024       # g_width / d_width, a sanity bound; the real one is MAX_PARAMETERS
 MAX_CLASSES = 1000     # classes of a conditional model
@@ -60,7 +70,11 @@ class NetConfig:
             raise ValueError(f"channels must be 1 (grayscale) or 3 (RGB), got {self.channels!r}")
         if self.latent_prior not in PRIORS:
             raise ValueError(f"latent_prior must be one of {', '.join(PRIORS)}, got {self.latent_prior!r}")
-        if self.image_size != DEFAULTS[self.arch][3]:
+        if self.arch in ANY_SIZE:
+            if isinstance(self.image_size, bool) or self.image_size not in IMAGE_SIZES:
+                raise ValueError(f"{self.arch} makes images of a size that is a multiple of 4 from "
+                                 f"{IMAGE_SIZES[0]} to {IMAGE_SIZES[-1]}; image_size={self.image_size!r} is not one")
+        elif self.image_size != DEFAULTS[self.arch][3]:
             raise ValueError(f"{self.arch} makes {DEFAULTS[self.arch][3]}x{DEFAULTS[self.arch][3]} images; "
                              f"image_size={self.image_size!r} is not supported")
 
@@ -90,24 +104,35 @@ class NetConfig:
         return cls(**{f.name: d[f.name] for f in dataclasses.fields(cls) if f.name in d})  # num_classes: 0 if absent
 
     @property
+    def conditioning(self) -> str:
+        """How a conditional generator takes its label: "join" or "multiply" (``CONDITIONING``)."""
+        return CONDITIONING.get(self.arch, "join")
+
+    @property
+    def embed_dim(self) -> int:
+        """The width of a conditional generator's class embedding."""
+        return self.latent_dim if self.conditioning == "multiply" else self.num_classes
+
+    @property
     def input_dim(self) -> int:
-        """What the generator's first layer takes: the latent, and a conditional model's class embedding."""
-        return self.latent_dim + self.num_classes
+        """What the generator's first layer takes: the latent, and a conditional model's joined class embedding."""
+        return self.latent_dim + (self.num_classes if self.conditioning == "join" else 0)
 
 
 class GeneratorNet(nn.Module):
     """z ``[n, latent_dim]`` (and, class-conditional, ``label`` int64 ``[n]``) -> image ``[n, C, H, W]`` in [-1, 1].
 
     A conditional generator joins a learned class embedding (``num_classes`` wide, as pytorch-GAN's
-    ``cgan``) to the latent before its first layer."""
+    ``cgan``) to the latent before its first layer, or (``pytorch-gan-dcgan``, as pytorch-GAN's ``acgan``)
+    multiplies the latent by one as wide as the latent."""
 
     def __init__(self, cfg: NetConfig):
         super().__init__()
         self.cfg = cfg
         self.main = _GENERATORS[cfg.arch](cfg)
         if cfg.num_classes:
-            self.embed = nn.Embedding(cfg.num_classes, cfg.num_classes)
-        if cfg.arch == "dcgan64" and not next(self.parameters()).is_meta:  # meta: counted, never run
+            self.embed = nn.Embedding(cfg.num_classes, cfg.embed_dim)
+        if cfg.arch in ("dcgan64", "pytorch-gan-dcgan") and not next(self.parameters()).is_meta:  # meta: counted, never run
             self.apply(dcgan_init)
 
     def forward(self, z: torch.Tensor, label: torch.Tensor | None = None, label_to: torch.Tensor | None = None,
@@ -121,7 +146,7 @@ class GeneratorNet(nn.Module):
             e = self.embed(label)
             if mix is not None:
                 e = e + mix[:, None] * (self.embed(label_to) - e)
-            z = torch.cat([z, e], 1)
+            z = z * e if self.cfg.conditioning == "multiply" else torch.cat([z, e], 1)
         if self.cfg.arch == "dcgan64":
             z = z[:, :, None, None]  # [n, nz] -> [n, nz, 1, 1]: the canonical net starts from a 1x1 map
         return self.main(z)
@@ -152,7 +177,7 @@ class DiscriminatorNet(nn.Module):
             if not self.project.weight.is_meta:
                 nn.init.normal_(self.project.weight, 0, 0.02)
             self.classify = nn.Linear(features, cfg.num_classes) if classifier else None
-        if cfg.arch == "dcgan64" and not next(self.parameters()).is_meta:  # meta: counted, never run
+        if cfg.arch in ("dcgan64", "pytorch-gan-dcgan") and not next(self.parameters()).is_meta:  # meta: never run
             self.apply(dcgan_init)
         if spectral_norm:
             layers = [nn.Identity() if isinstance(m, nn.modules.batchnorm._BatchNorm) else m for m in self.main]
@@ -262,6 +287,28 @@ def g_mnist_convt(c: NetConfig) -> nn.Sequential:
     )
 
 
+def g_pytorch_gan_mlp(c: NetConfig) -> nn.Sequential:
+    # Layer order and indices match pytorch-GAN's gan.py / cgan.py Generator.model (model.0 ... model.12);
+    # its BatchNorm1d(n, 0.8) is eps 0.8.
+    w, s = c.g_width, c.image_size
+    layers, cin = [nn.Linear(c.input_dim, w), nn.LeakyReLU(0.2)], w
+    for cout in (2 * w, 4 * w, 8 * w):
+        layers += [nn.Linear(cin, cout), nn.BatchNorm1d(cout, eps=0.8), nn.LeakyReLU(0.2)]
+        cin = cout
+    return nn.Sequential(*layers, nn.Linear(cin, c.channels * s * s), nn.Tanh(), nn.Unflatten(1, (c.channels, s, s)))
+
+
+def g_pytorch_gan_dcgan(c: NetConfig) -> nn.Sequential:
+    # pytorch-GAN's dcgan.py / acgan.py Generator: l1.0 is main.0, conv_blocks.k is main.(k + 2).
+    w, s = c.g_width, c.image_size // 4
+    return nn.Sequential(
+        nn.Linear(c.input_dim, w * s * s), nn.Unflatten(1, (w, s, s)), nn.BatchNorm2d(w),          # size/4
+        nn.Upsample(scale_factor=2), conv3(w, w), nn.BatchNorm2d(w, eps=0.8), nn.LeakyReLU(0.2),   # size/2
+        nn.Upsample(scale_factor=2), conv3(w, w // 2), nn.BatchNorm2d(w // 2, eps=0.8), nn.LeakyReLU(0.2),  # size
+        conv3(w // 2, c.channels), nn.Tanh(),
+    )
+
+
 # ---- discriminators -----------------------------------------------------------------
 def d_mnist_dcgan(c: NetConfig) -> nn.Sequential:
     w = c.d_width
@@ -314,10 +361,28 @@ def d_mnist_convt(c: NetConfig) -> nn.Sequential:
     )
 
 
+def d_pytorch_gan_mlp(c: NetConfig) -> nn.Sequential:
+    w = c.d_width
+    return nn.Sequential(
+        nn.Flatten(), nn.Linear(c.channels * c.image_size ** 2, w), nn.LeakyReLU(0.2),
+        nn.Linear(w, w // 2), nn.LeakyReLU(0.2), nn.Linear(w // 2, 1),
+    )
+
+
+def d_pytorch_gan_dcgan(c: NetConfig) -> nn.Sequential:
+    w, layers, cin, s = c.d_width, [], c.channels, c.image_size
+    for cout, bn in ((w, False), (2 * w, True), (4 * w, True), (8 * w, False)):
+        layers += [conv3(cin, cout, 2), nn.LeakyReLU(0.2), nn.Dropout2d(0.25)] + ([nn.BatchNorm2d(cout, eps=0.8)] if bn else [])
+        cin, s = cout, (s + 1) // 2
+    return nn.Sequential(*layers, nn.Flatten(), nn.Linear(8 * w * s * s, 1))
+
+
 _GENERATORS = {"mnist-dcgan": g_mnist_dcgan, "mnist-dcgan-wide": g_mnist_dcgan_wide, "dcgan64": g_dcgan64,
-               "mnist-mlp": g_mnist_mlp, "mnist-convt": g_mnist_convt}
+               "mnist-mlp": g_mnist_mlp, "mnist-convt": g_mnist_convt, "pytorch-gan-mlp": g_pytorch_gan_mlp,
+               "pytorch-gan-dcgan": g_pytorch_gan_dcgan}
 _DISCRIMINATORS = {"mnist-dcgan": d_mnist_dcgan, "mnist-dcgan-wide": d_mnist_dcgan_wide, "dcgan64": d_dcgan64,
-                   "mnist-mlp": d_mnist_mlp, "mnist-convt": d_mnist_convt}
+                   "mnist-mlp": d_mnist_mlp, "mnist-convt": d_mnist_convt, "pytorch-gan-mlp": d_pytorch_gan_mlp,
+                   "pytorch-gan-dcgan": d_pytorch_gan_dcgan}
 
 
 def sample_prior(n: int, cfg: NetConfig, generator: torch.Generator | None = None,

@@ -33,6 +33,24 @@ def load_script(relative: str, name: str):
     return module
 
 
+def run_ort_web(name: str, script: str, *args) -> dict:
+    """``script`` (an ES module importing onnxruntime-web and ``./dcgan_deploy/js/dcgan.mjs``) run by Node from the
+    repository root with ``args``; its stdout read as JSON. Skips, saying why, without Node or `npm ci`."""
+    import shutil
+    import subprocess
+    node = shutil.which("node")
+    if not node or not (ROOT / "node_modules" / "onnxruntime-web").is_dir():
+        pytest.skip("needs Node and `npm ci` (onnxruntime-web in node_modules)")
+    path = ROOT / f"tmp_{name}.mjs"
+    path.write_text(script)
+    try:
+        r = subprocess.run([node, str(path), *map(str, args)], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    finally:
+        path.unlink()
+    assert r.returncode == 0, r.stderr[-2000:]
+    return json.loads(r.stdout)
+
+
 def recorded_weights(name: str, folder) -> Path:
     """A bundled model's trained weights (``benchmarks/weights.py``: out of the commit its record names);
     skips, saying why, where the source is not a git checkout holding that commit (an installed package)."""

@@ -224,15 +224,9 @@ def test_the_javascript_runtime_draws_the_same_classes(cond):
     """dcgan.mjs in Node (onnxruntime-web, wasm): labels by index and name, the seed's labels (seeds up to
     2**64 - 1), per-image labels, and a RangeError for a bad one; the images as Python draws them."""
     import base64
-    import shutil
-    import subprocess
 
-    from conftest import ROOT
-    node = shutil.which("node")
-    if not node or not (ROOT / "node_modules" / "onnxruntime-web").is_dir():
-        pytest.skip("needs Node and `npm ci` (onnxruntime-web in node_modules)")
-    script = ROOT / "tmp_conditional.mjs"
-    script.write_text("""
+    from conftest import run_ort_web
+    out = run_ort_web("conditional", """
 import * as ort from "onnxruntime-web";
 import { loadGenerator, seedLabels } from "./dcgan_deploy/js/dcgan.mjs";
 ort.env.wasm.numThreads = 1;
@@ -248,14 +242,7 @@ for (const bad of ["dog", 3, [0, 1], 1.5]) {
   catch (e) { out.errors.push(`${e.name}: ${e.message}`); }
 }
 process.stdout.write(JSON.stringify(out));
-""")
-    try:
-        r = subprocess.run([node, str(script), str(cond[0] / "cond.onnx")], capture_output=True, text=True, cwd=ROOT,
-                           timeout=300)
-    finally:
-        script.unlink()
-    assert r.returncode == 0, r.stderr[-2000:]
-    out = json.loads(r.stdout)
+""", cond[0] / "cond.onnx")
     gen = Generator.load(cond[0] / "cond.onnx", device="cpu")
     u8 = lambda key, n: np.frombuffer(base64.b64decode(out[key]), np.uint8).reshape(n, 28, 28, 1)  # noqa: E731
     assert out["classes"] == ["a", "b", "c"] and out["big"] == list(seed_labels(4, 2**64 - 1, 3))
@@ -290,10 +277,11 @@ def test_the_demo_has_a_class_picker_for_a_conditional_model(cond):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("arch", ["mnist-dcgan-wide", "mnist-mlp", "mnist-convt", "dcgan64"])
+@pytest.mark.parametrize("arch", ["mnist-dcgan-wide", "mnist-mlp", "mnist-convt", "dcgan64", "pytorch-gan-mlp",
+                                  "pytorch-gan-dcgan"])
 def test_every_architecture_exports_conditionally_with_its_directions(tmp_path, arch):
     """Each architecture's conditional generator through the export's forms, the gate (every class) and SeFa
-    (the first layer's columns that read z)."""
+    (the first layer's columns that read z, or its map through each class embedding)."""
     import torch
 
     from dcgan_deploy.checkpoint import save_generator
