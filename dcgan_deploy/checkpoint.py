@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import pickle
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -75,8 +76,10 @@ def load_torch(path: str | os.PathLike) -> dict:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         # weights_only refuses pickles that would import or call arbitrary code.
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
         raise CheckpointError(f"{path}: refused to load: the file holds objects other than tensors and plain "
-                              f"data, which could run code ({first_line(e)})") from None
+                              f"data, which could run code ({found.group(1) if found else first_line(e)}); a generator saved whole "
+                              "(torch.save(generator)) exports once saved as torch.save(generator.state_dict())") from None
     except Exception as e:  # torch.load raises many types (RuntimeError, EOFError, struct.error, ...)
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({first_line(e)})") from None
     if not isinstance(obj, dict):
@@ -222,7 +225,7 @@ def open_checkpoint(ckpt: str | os.PathLike, arch: str | None = None) -> Checkpo
         return Checkpoint(model, cfg, name, data if isinstance(data, str) else "unknown", step, str(path), notes,
                           averaged, checked_classes(obj.get("classes"), cfg, path))
     state = obj.get("state_dict", obj) if isinstance(obj.get("state_dict"), dict) else obj
-    state = from_pytorch_gan(state, _need_arch(arch, path))
+    state = from_pytorch_gan(unwrapped(state), _need_arch(arch, path))
     cfg = infer_config(state, arch, path)
     return Checkpoint(build_generator(cfg, state, path), cfg, name, source=str(path),
                       classes=checked_classes(None, cfg, path))
@@ -233,6 +236,18 @@ def _need_arch(arch: str | None, path: Path) -> str:
         raise CheckpointError(f"{path}: a bare state dict does not say its architecture; pass --arch "
                               "(e.g. --arch dcgan64 for pytorch/examples' netG_epoch_N.pth)")
     return arch
+
+
+WRAPPERS = ("module.", "_orig_mod.")  # DataParallel / DistributedDataParallel's, torch.compile's
+
+
+def unwrapped(state: dict) -> dict:
+    """A state dict saved from a wrapped net (every key under ``module.`` or ``_orig_mod.``, or both) under
+    the net's own keys; any other is returned as it is."""
+    for prefix in WRAPPERS * 2:
+        if state and all(isinstance(k, str) and k.startswith(prefix) for k in state):
+            state = {k[len(prefix):]: v for k, v in state.items()}
+    return state
 
 
 def from_pytorch_gan(state: dict, arch: str) -> dict:

@@ -241,3 +241,20 @@ def test_evaluate_measures_a_32_pixel_digit_model_with_the_digit_classifier(expo
     assert 0 < report["floor"]["fid"] < 10 and report["ratios"]["fid_vs_floor"] > 10  # an untrained generator
     assert set(report["per_class"]) == {str(k) for k in range(10)}
     assert all("accuracy" in row and "fid_vs_floor" in row for row in report["per_class"].values())
+
+
+def test_a_wrapped_or_whole_saved_generator(tmp_path):
+    """A state dict saved from a DataParallel / DDP or torch.compile wrapper loads under the net's own keys; a
+    generator saved whole is refused unloaded, naming its class and what to save instead."""
+    net = trained_looking(ConvGenerator(latent=16, classes=3, size=16), 0)
+    torch.save({f"module._orig_mod.{k}": v for k, v in net.state_dict().items()}, tmp_path / "wrapped.pth")
+    c = open_checkpoint(tmp_path / "wrapped.pth", "pytorch-gan-dcgan")
+    z, labels = torch.randn(3, 16), torch.tensor([0, 2, 1])
+    with torch.no_grad():
+        torch.testing.assert_close(c.model(z, labels), net(z, labels), atol=1e-6, rtol=0)
+    torch.save(net, tmp_path / "whole.pth")
+    r = CliRunner().invoke(main, ["export", str(tmp_path / "whole.pth"), "--arch", "pytorch-gan-dcgan",
+                                  "-o", str(tmp_path / "x.onnx")])
+    assert r.exit_code == 1 and len(r.output.strip().splitlines()) == 1, r.output
+    assert "test_pytorch_gan.ConvGenerator" in r.output and "torch.save(generator.state_dict())" in r.output
+    assert not (tmp_path / "x.onnx").exists()
