@@ -71,7 +71,7 @@ class NetConfig:
         if self.latent_prior not in PRIORS:
             raise ValueError(f"latent_prior must be one of {', '.join(PRIORS)}, got {self.latent_prior!r}")
         if self.arch in ANY_SIZE:
-            if isinstance(self.image_size, bool) or self.image_size not in IMAGE_SIZES:
+            if type(self.image_size) is not int or self.image_size not in IMAGE_SIZES:
                 raise ValueError(f"{self.arch} makes images of a size that is a multiple of 4 from "
                                  f"{IMAGE_SIZES[0]} to {IMAGE_SIZES[-1]}; image_size={self.image_size!r} is not one")
         elif self.image_size != DEFAULTS[self.arch][3]:

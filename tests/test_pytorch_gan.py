@@ -170,8 +170,9 @@ def test_the_architectures_take_pytorch_gan_image_sizes():
             with torch.no_grad():
                 image = GeneratorNet(cfg).eval()(torch.zeros(2, 100), torch.tensor([0, 2]))
             assert tuple(image.shape) == (2, 1, size, size)
-        with pytest.raises(ValueError, match="multiple of 4"):
-            NetConfig.for_arch(arch, image_size=30)
+        for bad in (30, 28.0, True, "32", 132):
+            with pytest.raises(ValueError, match="multiple of 4"):
+                NetConfig.for_arch(arch, image_size=bad)
     with pytest.raises(ValueError, match="makes 28x28 images"):
         NetConfig.for_arch("mnist-dcgan", image_size=32)
 
