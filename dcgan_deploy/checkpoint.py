@@ -77,9 +77,10 @@ def load_torch(path: str | os.PathLike) -> dict:
     except pickle.UnpicklingError as e:
         # weights_only refuses pickles that would import or call arbitrary code.
         found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+        what = found.group(1) if found else first_line(e)
         raise CheckpointError(f"{path}: refused to load: the file holds objects other than tensors and plain "
-                              f"data, which could run code ({found.group(1) if found else first_line(e)}); a generator saved whole "
-                              "(torch.save(generator)) exports once saved as torch.save(generator.state_dict())") from None
+                              f"data, which could run code ({what}); a generator saved whole (torch.save(generator)) "
+                              "exports once saved as torch.save(generator.state_dict())") from None
     except Exception as e:  # torch.load raises many types (RuntimeError, EOFError, struct.error, ...)
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({first_line(e)})") from None
     if not isinstance(obj, dict):

@@ -132,7 +132,7 @@ class GeneratorNet(nn.Module):
         self.main = _GENERATORS[cfg.arch](cfg)
         if cfg.num_classes:
             self.embed = nn.Embedding(cfg.num_classes, cfg.embed_dim)
-        if cfg.arch in ("dcgan64", "pytorch-gan-dcgan") and not next(self.parameters()).is_meta:  # meta: counted, never run
+        if cfg.arch in ("dcgan64", "pytorch-gan-dcgan") and not next(self.parameters()).is_meta:  # meta: never run
             self.apply(dcgan_init)
 
     def forward(self, z: torch.Tensor, label: torch.Tensor | None = None, label_to: torch.Tensor | None = None,
@@ -372,7 +372,8 @@ def d_pytorch_gan_mlp(c: NetConfig) -> nn.Sequential:
 def d_pytorch_gan_dcgan(c: NetConfig) -> nn.Sequential:
     w, layers, cin, s = c.d_width, [], c.channels, c.image_size
     for cout, bn in ((w, False), (2 * w, True), (4 * w, True), (8 * w, False)):
-        layers += [conv3(cin, cout, 2), nn.LeakyReLU(0.2), nn.Dropout2d(0.25)] + ([nn.BatchNorm2d(cout, eps=0.8)] if bn else [])
+        layers += [conv3(cin, cout, 2), nn.LeakyReLU(0.2), nn.Dropout2d(0.25)]
+        layers += [nn.BatchNorm2d(cout, eps=0.8)] if bn else []
         cin, s = cout, (s + 1) // 2
     return nn.Sequential(*layers, nn.Flatten(), nn.Linear(8 * w * s * s, 1))
 

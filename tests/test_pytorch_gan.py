@@ -88,8 +88,8 @@ def exported(tmp_path_factory):
         torch.manual_seed(i)
         net = trained_looking(make(), i)
         torch.save(net.state_dict(), tmp / f"{name}.pth")
-        r = CliRunner().invoke(main, ["export", str(tmp / f"{name}.pth"), "--arch", arch, "-o", str(tmp / f"{name}.onnx"),
-                                      "--int8", "--json"])
+        r = CliRunner().invoke(main, ["export", str(tmp / f"{name}.pth"), "--arch", arch,
+                                      "-o", str(tmp / f"{name}.onnx"), "--int8", "--json"])
         out[name] = (net, tmp / f"{name}.onnx", r)
     return tmp, out
 
@@ -189,7 +189,8 @@ import { loadGenerator } from "./dcgan_deploy/js/dcgan.mjs";
 ort.env.wasm.numThreads = 1;
 const gen = await loadGenerator(process.argv[2], { ort });
 const out = await gen.generate(4, 11n, { label: "6" });
-process.stdout.write(JSON.stringify({ width: out.width, height: out.height, u8: Buffer.from(out.uint8).toString("base64") }));
+const u8 = Buffer.from(out.uint8).toString("base64");
+process.stdout.write(JSON.stringify({ width: out.width, height: out.height, u8 }));
 """, exported[1]["cgan"][1])
     py = Generator.load(exported[1]["cgan"][1], device="cpu").generate(4, seed=11, label="6")
     assert (out["width"], out["height"]) == (32, 32)
