@@ -102,6 +102,7 @@ def test_each_layout_exports_gated_and_draws_what_its_own_module_draws(exported,
     assert r.exit_code == 0, r.output
     result = json.loads(r.output)
     assert result["parity"]["passed"] and result["int8"]["parity"]["passed"]
+    assert result["int8"]["parity"]["integer_sums"]["portable"]  # the same int8 bytes on every CPU, by the file
     gen = Generator.load(path, device="cpu")
     assert gen.image_shape == shape and gen.metadata["architecture"] == arch
     assert gen.classes == (tuple(str(k) for k in range(classes)) if classes else ())
