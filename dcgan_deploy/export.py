@@ -300,7 +300,8 @@ def quantize_int8(fp32_path: str | os.PathLike, dest: str | os.PathLike, cfg: Ne
     products can pass 16 bits on x86 CPUs without VNNI and the same file gives the same bytes on every
     CPU -- ``int8.report`` proves it from the file); activations ``uint8`` or ``int8`` with MinMax ranges
     calibrated on the model's own prior (``INT8_CALIBRATION_SEEDS`` x ``INT8_CALIBRATION_BATCH``
-    latents through the seed -> latent contract). Deterministic: the same file, the same result.
+    latents through the seed -> latent contract), except that the image's pre-tanh values are quantized over
+    at most +-``TANH_RANGE`` (``tanh_input_caps``). Deterministic: the same file, the same result.
     ``weight_bits=8``: the full int8 range, CPU-dependent (only for measuring what 7 bits cost).
     """
     import tempfile
@@ -338,14 +339,47 @@ def quantize_int8(fp32_path: str | os.PathLike, dest: str | os.PathLike, cfg: Ne
             # every op the quantizer knows (its default) except MatMul: the export's MatMuls only place
             # values (forms.interleave), and re-quantizing what they place would add a rounding
             ops = sorted((set(QDQRegistry) | set(QLinearOpsRegistry)) - {"MatMul"})
-            quantize_static(str(pre), str(dest), Calibration(), quant_format=QuantFormat.QDQ, per_channel=True,
-                            op_types_to_quantize=ops,
-                            weight_type=QuantType.QInt8, reduce_range=weight_bits == 7,
-                            activation_type=QuantType.QUInt8 if activations == "uint8" else QuantType.QInt8)
+
+            def quantize(overrides: dict):
+                quantize_static(str(pre), str(dest), Calibration(), quant_format=QuantFormat.QDQ, per_channel=True,
+                                op_types_to_quantize=ops,
+                                weight_type=QuantType.QInt8, reduce_range=weight_bits == 7,
+                                activation_type=QuantType.QUInt8 if activations == "uint8" else QuantType.QInt8,
+                                extra_options={"TensorQuantOverrides": overrides} if overrides else {})
+            quantize({})
+            capped = tanh_input_caps(onnx.load(str(dest)))
+            if capped:
+                quantize(capped)
             if mixes:
                 class_mix_defaults(dest)
     finally:
         root.setLevel(level)
+
+
+TANH_RANGE = 4.0  # beyond +-4 tanh is within 7e-4 of +-1: the extreme uint8 levels, whatever the input
+
+
+def tanh_input_caps(model: onnx.ModelProto) -> dict:
+    """Quantization ranges for the tensors that feed a Tanh (the image's last activation), capped at +-``TANH_RANGE``
+    where the calibrated range is wider: ``{tensor: [{"rmin", "rmax"}]}`` for the quantizer's overrides. MinMax
+    calibration takes the range of the pre-tanh values, tens of units wide where tanh saturates; its 8 bits
+    then step by a tenth of a unit or more where the image is made (the bundled model: 0.56). Capped, they
+    step by 8 / 255, in integers as before (the same bytes on every CPU)."""
+    init = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+    feeds_tanh = {n.input[0] for n in model.graph.node if n.op_type == "Tanh"}
+    quantized = {}  # a Tanh's input, as dequantized, is a DequantizeLinear's output; its QuantizeLinear holds the range
+    producers = {o: n for n in model.graph.node for o in n.output}
+    for name in feeds_tanh:
+        dq = producers.get(name)
+        q = producers.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
+        if q is None or q.op_type != "QuantizeLinear" or q.input[1] not in init or q.input[2] not in init:
+            continue
+        scale, zero = float(init[q.input[1]]), init[q.input[2]]
+        info = np.iinfo(zero.dtype)
+        low, high = (info.min - int(zero)) * scale, (info.max - int(zero)) * scale
+        if low < -TANH_RANGE or high > TANH_RANGE:
+            quantized[q.input[0]] = [{"rmin": np.float32(max(low, -TANH_RANGE)), "rmax": np.float32(min(high, TANH_RANGE))}]
+    return quantized
 
 
 def class_feeds(labels: np.ndarray) -> dict:

@@ -195,6 +195,41 @@ def test_canonical_example_state_dict(tmp_path):
     assert not (tmp_path / "h.onnx").exists()
 
 
+@pytest.mark.slow
+def test_int8_quantizes_the_pre_tanh_values_over_only_what_tanh_shows(tmp_path, monkeypatch):
+    """MinMax gives the bundled model's pre-tanh values a range tens of units wide; the export caps it at
+    +-TANH_RANGE, which raises the int8 file's PSNR by more than 2 dB (integers throughout, still portable)."""
+    from conftest import recorded_weights
+
+    from dcgan_deploy import export as export_mod
+    from dcgan_deploy.images import compare_images
+    weights = recorded_weights("mnist", tmp_path)
+
+    def int8_file(name):
+        result = export(weights, tmp_path / f"{name}.onnx", int8=True)
+        assert result["int8"]["parity"]["integer_sums"]["portable"]
+        path = tmp_path / f"{name}-int8.onnx"
+        model = onnx.load(str(path))
+        init = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+        producers = {o: n for n in model.graph.node for o in n.output}
+        tanh = next(n for n in model.graph.node if n.op_type == "Tanh")
+        q = producers[producers[tanh.input[0]].input[0]]
+        assert q.op_type == "QuantizeLinear"
+        scale, zero = float(init[q.input[1]]), int(init[q.input[2]])
+        gen = Generator.load(tmp_path / f"{name}.onnx")
+        z = gen.latents(256, 0)
+        psnr = compare_images(gen.run(z), Generator.load(path).run(z))["psnr"]
+        return ((0 - zero) * scale, (255 - zero) * scale), psnr
+
+    (low, high), capped = int8_file("capped")
+    step = 2 * export_mod.TANH_RANGE / 255  # the quantizer moves an end by up to a step to hold zero exactly
+    assert -export_mod.TANH_RANGE - step <= low < -2 and 2 < high <= export_mod.TANH_RANGE + step
+    monkeypatch.setattr(export_mod, "TANH_RANGE", 1e9)
+    (low, high), minmax = int8_file("minmax")
+    assert high - low > 20  # what MinMax alone gives this model
+    assert capped > minmax + 2
+
+
 class Exploit:
     def __init__(self, marker):
         self.marker = marker
