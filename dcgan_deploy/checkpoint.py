@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from .files import write_bytes
-from .nets import GeneratorNet, NetConfig, check_size, recompute_bn_stats
+from .nets import PYTORCH_GAN, GeneratorNet, NetConfig, check_size, recompute_bn_stats
 from .runtime import first_line
 
 STATE_FORMAT = 1
@@ -150,10 +150,15 @@ def checked_classes(raw, cfg: NetConfig, path) -> tuple:
             raw = json.loads(raw)
         except json.JSONDecodeError:
             raise CheckpointError(f"{path}: its classes are not a JSON list") from None
-    if not (isinstance(raw, list) and len(raw) == cfg.num_classes and all(isinstance(x, str) and x for x in raw)
-            and len(set(raw)) == len(raw)):
+    if not class_names_fit(raw, cfg.num_classes):
         raise CheckpointError(f"{path}: its classes must be {cfg.num_classes} different names")
     return tuple(raw)
+
+
+def class_names_fit(names, count: int) -> bool:
+    """Whether ``names`` is a list of ``count`` different non-empty strings."""
+    return (isinstance(names, list) and len(names) == count and all(isinstance(x, str) and x for x in names)
+            and len(set(names)) == len(names))
 
 
 def average_note(count: int, every, start) -> str:
@@ -256,7 +261,7 @@ def from_pytorch_gan(state: dict, arch: str) -> dict:
     ``label_emb`` is ``embed``; gan/cgan's ``model.k`` is ``main.k``; dcgan/acgan's ``l1.0`` is ``main.0`` and
     ``conv_blocks.k`` (``conv_model.k`` in some copies) ``main.(k + 2)``. cgan joins its class embedding
     *before* the latent, ours after it: the first layer's input columns are swapped to match."""
-    if arch not in ("pytorch-gan-mlp", "pytorch-gan-dcgan") or not isinstance(state, dict) \
+    if arch not in PYTORCH_GAN or not isinstance(state, dict) \
             or not any(isinstance(k, str) and k.startswith(("model.", "l1.")) for k in state):
         return state
 
@@ -300,7 +305,7 @@ def infer_config(state: dict, arch: str, path: Path | str = "checkpoint") -> Net
             nz, ngf8 = state["main.0.weight"].shape[:2]         # ConvT(nz -> ngf*8): weight [nz, ngf*8, 4, 4]
             nc = state["main.12.weight"].shape[1]               # ConvT(ngf -> nc):   weight [ngf, nc, 4, 4]
             cfg = NetConfig.for_arch(arch, latent_dim=int(nz), g_width=int(ngf8) // 8, channels=int(nc))
-        elif arch in ("pytorch-gan-mlp", "pytorch-gan-dcgan"):
+        elif arch in PYTORCH_GAN:
             cfg = NetConfig.for_arch(arch, **pytorch_gan_sizes(state, arch))
         check_size(cfg)
     except ValueError as e:

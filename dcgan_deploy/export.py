@@ -19,7 +19,7 @@ from torch import nn
 
 from . import __version__, directions, modelfile, parity
 from .int8 import report as integer_sums
-from .checkpoint import Checkpoint, open_checkpoint
+from .checkpoint import Checkpoint, class_names_fit, open_checkpoint
 from .files import atomic_path, write_bytes
 from .gate import GateError, Thresholds
 from .forms import phase_tail, transposed_forms
@@ -201,7 +201,7 @@ def export(ckpt: str | os.PathLike, out: str | os.PathLike | None = None, arch: 
     if classes is not None:
         if not c.cfg.num_classes:
             raise ValueError(f"--classes: {ckpt} is not class-conditional; it has no classes to name")
-        if len(classes) != c.cfg.num_classes or len(set(classes)) != len(classes) or not all(classes):
+        if not class_names_fit(list(classes), c.cfg.num_classes):
             raise ValueError(f"--classes: {ckpt} has {c.cfg.num_classes} classes; give {c.cfg.num_classes} different "
                              f"names, got {', '.join(map(repr, classes))}")
         c.classes = tuple(classes)

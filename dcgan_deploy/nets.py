@@ -30,10 +30,12 @@ DEFAULTS = {
     "pytorch-gan-mlp": (100, "normal", 1, 28, 128, 512),
     "pytorch-gan-dcgan": (100, "normal", 1, 28, 128, 16),
 }
-# pytorch-GAN's layouts (``gan``/``cgan``, ``dcgan``/``acgan``) are built for any ``--img_size``: these
-# architectures take any image size that is a multiple of 4 in this range; the others only their own.
-ANY_SIZE = ("pytorch-gan-mlp", "pytorch-gan-dcgan")
+# pytorch-GAN's layouts (``gan``/``cgan``, ``dcgan``/``acgan``), whose state dicts the checkpoint reader
+# renames; built for any ``--img_size``, they take any image size that is a multiple of 4 in this range
+# (the other architectures only their own).
+PYTORCH_GAN = ("pytorch-gan-mlp", "pytorch-gan-dcgan")
 IMAGE_SIZES = range(8, 129, 4)
+DCGAN_INIT = ("dcgan64", "pytorch-gan-dcgan")  # initialised as Radford et al. (``dcgan_init``)
 # How a conditional generator takes its label: its class embedding joined to the latent ("join", an
 # embedding as wide as there are classes, as pytorch-GAN's cgan), or the latent multiplied by an embedding
 # as wide as the latent ("multiply", as pytorch-GAN's acgan).
@@ -70,7 +72,7 @@ class NetConfig:
             raise ValueError(f"channels must be 1 (grayscale) or 3 (RGB), got {self.channels!r}")
         if self.latent_prior not in PRIORS:
             raise ValueError(f"latent_prior must be one of {', '.join(PRIORS)}, got {self.latent_prior!r}")
-        if self.arch in ANY_SIZE:
+        if self.arch in PYTORCH_GAN:
             if type(self.image_size) is not int or self.image_size not in IMAGE_SIZES:
                 raise ValueError(f"{self.arch} makes images of a size that is a multiple of 4 from "
                                  f"{IMAGE_SIZES[0]} to {IMAGE_SIZES[-1]}; image_size={self.image_size!r} is not one")
@@ -132,7 +134,7 @@ class GeneratorNet(nn.Module):
         self.main = _GENERATORS[cfg.arch](cfg)
         if cfg.num_classes:
             self.embed = nn.Embedding(cfg.num_classes, cfg.embed_dim)
-        if cfg.arch in ("dcgan64", "pytorch-gan-dcgan") and not next(self.parameters()).is_meta:  # meta: never run
+        if cfg.arch in DCGAN_INIT and not next(self.parameters()).is_meta:  # meta: counted, never run
             self.apply(dcgan_init)
 
     def forward(self, z: torch.Tensor, label: torch.Tensor | None = None, label_to: torch.Tensor | None = None,
@@ -177,7 +179,7 @@ class DiscriminatorNet(nn.Module):
             if not self.project.weight.is_meta:
                 nn.init.normal_(self.project.weight, 0, 0.02)
             self.classify = nn.Linear(features, cfg.num_classes) if classifier else None
-        if cfg.arch in ("dcgan64", "pytorch-gan-dcgan") and not next(self.parameters()).is_meta:  # meta: never run
+        if cfg.arch in DCGAN_INIT and not next(self.parameters()).is_meta:  # meta: counted, never run
             self.apply(dcgan_init)
         if spectral_norm:
             layers = [nn.Identity() if isinstance(m, nn.modules.batchnorm._BatchNorm) else m for m in self.main]
