@@ -4,7 +4,7 @@
 
 For each architecture: the fp32 export (as `dcgan-deploy export` writes it: ``deploy_form``),
 and int8 variants made as `dcgan-deploy export --int8` makes them: from the int8 form
-(``deploy_form(..., int8=True)``, which differs for the conv-upsample nets' tail) with
+(``export.int8_form``, which differs for the conv-upsample nets' tail) with
 ``onnxruntime.quantization.quantize_static`` calibrated on the model's own latents,
 seeds 1000-1007 x 64, MinMax; QDQ format, int8 weights per output channel), with the
 activations as uint8 (the export's choice) or int8.
@@ -26,7 +26,7 @@ from pathlib import Path
 
 from dcgan_deploy import cpu
 from dcgan_deploy.checkpoint import Checkpoint
-from dcgan_deploy.export import base_metadata, deploy_form, quantize_int8, to_onnx
+from dcgan_deploy.export import base_metadata, deploy_form, int8_form, quantize_int8, to_onnx
 from dcgan_deploy.modelfile import write_metadata
 from dcgan_deploy.nets import NetConfig
 from dcgan_deploy.images import compare_images as compare
@@ -44,9 +44,9 @@ def exported_forms(arch: str, tmp: Path, smoke: bool = False) -> tuple[Path, Pat
     g = (recorded_model("mnist") if arch == "mnist-dcgan" and not smoke
          else trained_like(arch, smoke))
     paths = []
-    for name, int8 in (("fp32", False), ("int8-form", True)):
+    for name, form in (("fp32", deploy_form(g)), ("int8-form", int8_form(g))):
         path = tmp / f"{arch}-{name}.onnx"
-        to_onnx(deploy_form(g, int8=int8), g.cfg, path)
+        to_onnx(form, g.cfg, path)
         write_metadata(path, base_metadata(Checkpoint(g, g.cfg, arch), 18))
         paths.append(path)
     return paths[0], paths[1]
@@ -66,11 +66,11 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         for arch in archs(("dcgan64", "mnist-dcgan", "mnist-dcgan-wide", "mnist-mlp", "mnist-convt"), args.smoke):
-            fp32, int8_form = exported_forms(arch, tmp, args.smoke)
+            fp32, source = exported_forms(arch, tmp, args.smoke)
             variants = {"fp32": fp32}
             for name, act, bits in (("int8_u8act", "uint8", 7), ("int8_8bit_w", "uint8", 8), ("int8_s8act", "int8", 7)):
                 variants[name] = tmp / f"{arch}-{name}.onnx"
-                quantize(int8_form, variants[name], act, bits)
+                quantize(source, variants[name], act, bits)
             ref_gen = Generator.load(fp32, device="cpu", threads=args.threads)
             z = ref_gen.latents(256, 0)
             reference = ref_gen.run(z)

@@ -11,9 +11,11 @@ trained model) at batch 1 and 64:
   OpenVINO (``compile_model`` of the same .onnx, static batch, ``INFERENCE_PRECISION_HINT=f32``,
   ``INFERENCE_NUM_THREADS`` = the threads);
 - int8: `export --int8`'s file in onnxruntime, against OpenVINO's own int8 of the same float graph that
-  file is quantized from (``deploy_form(model, int8=True)``, the form that quantizes best; NNCF's int8 of
-  the fp32 file's per-tap tail is several dB worse): NNCF post-training quantization calibrated on the
-  same latents (seeds 1000-1007 x 64); both PSNRs against the fp32 images of the same 256 latents.
+  file is quantized from, less the last layer's split (``deploy_form(model, int8=True)``: NNCF's int8 of
+  the fp32 file's per-tap tail is several dB worse, and of the split form (``export.int8_form``, made for
+  the export's 7-bit rounding) 6 dB worse on the bundled model): NNCF post-training quantization
+  calibrated on the same latents (seeds 1000-1007 x 64); both PSNRs against the fp32 images of the same
+  256 latents.
 
 ``ort/ov`` is the median over the rounds of OpenVINO's time / onnxruntime's (above 1: onnxruntime is
 faster). ``openvino_kernels``: what OpenVINO's CPU plugin picked for the compute layers (``amx`` in a
@@ -96,7 +98,7 @@ def measure(arch: str, tmp: Path, args) -> list[dict]:
     fp32 = tmp / f"{arch}.onnx"
     export(ckpt, fp32, int8=True)
     int8 = tmp / f"{arch}-int8.onnx"
-    form = tmp / f"{arch}-int8-form.onnx"  # what export --int8 quantizes, in float32
+    form = tmp / f"{arch}-int8-form.onnx"  # what export --int8 quantizes, in float32, without the split
     to_onnx(deploy_form(g, int8=True), g.cfg, form)
     ov_fp32 = ov.Core().read_model(str(fp32))
     ov_int8 = nncf_int8(form, g.cfg)

@@ -14,8 +14,10 @@ forms of every such pair (BatchNorm folded, as `dcgan-deploy export` writes them
 - ``convtranspose_4x4``: the same collapsed taps as one ConvTranspose2d(k=4, s=2, p=1);
 - ``phase_tail``: the last upsample and the two convolutions after it on the small map, per
   output parity (four 2x2 convolutions, then the output convolution by taps), one
-  DepthToSpace of the 1-channel image at the end (``dcgan_deploy.forms.PhaseTail``; what
-  `dcgan-deploy export` writes since it won here).
+  DepthToSpace of the 1-channel image at the end (``dcgan_deploy.forms.PhaseTail``);
+- ``export``: what `dcgan-deploy export` writes (``deploy_form``): the phase tail, and every other
+  upsample + conv + ReLU per output phase too, the four phases interleaved channels-last into the
+  full-size map the next layer reads (``dcgan_deploy.forms.PhaseUp``).
 
 Each form passes the parity gate against the original PyTorch model, and all are timed
 side by side on the CPU with PyTorch eager on the original in the same run
@@ -31,7 +33,7 @@ import torch
 from torch import nn
 
 from ceiling import count_macs
-from dcgan_deploy.export import fold_batchnorm
+from dcgan_deploy.export import deploy_form, fold_batchnorm
 from dcgan_deploy.forms import phase_tail
 from dcgan_deploy.nets import GeneratorNet
 
@@ -113,7 +115,7 @@ def main():
             folded = fold_batchnorm(g)
             for name, model in (("upsample_conv3x3", folded), ("subpixel_conv2x2", rewrite(folded, SubpixelConv)),
                                 ("convtranspose_4x4", rewrite(folded, convtranspose_form)),
-                                ("phase_tail", phase_tail(folded))):
+                                ("phase_tail", phase_tail(folded)), ("export", deploy_form(g))):
                 path = Path(tmp) / f"{arch}-{name}.onnx"
                 gate, r = gate_and_time(g, model, path, args, eager=True)
                 eager = r["torch_images_per_s"]

@@ -22,7 +22,7 @@ from .int8 import report as integer_sums
 from .checkpoint import Checkpoint, class_names_fit, open_checkpoint
 from .files import atomic_path, write_bytes
 from .gate import GateError, Thresholds
-from .forms import phase_tail, transposed_forms
+from .forms import PhaseTail, phase_tail, phase_upsamples, transposed_forms
 from .modelfile import write_metadata
 from .nets import GeneratorNet, NetConfig
 
@@ -74,15 +74,44 @@ def fold_batchnorm(model: GeneratorNet) -> GeneratorNet:
 def deploy_form(model: GeneratorNet, int8: bool = False, forms: bool = True) -> nn.Module:
     """What the export traces: ``model`` with BatchNorm folded, in an exactly equivalent form that
     onnxruntime runs faster (``forms``): where the generator ends in upsample, conv, ReLU, conv, tanh
-    (mnist-dcgan, mnist-dcgan-wide), that tail per output phase on the small map (``PhaseTail``,
-    4/9 of the tail's multiply-adds; ``int8``: the form the int8 variant is quantized from, with
-    fewer separately rounded tensors); transposed convolutions (dcgan64, mnist-convt) as
-    convolutions per output phase (``transposed_forms``). ``forms=False``: the plain folded graph
-    (for other runtimes, and for debugging)."""
+    (mnist-dcgan, mnist-dcgan-wide, pytorch-gan-dcgan), that tail per output phase on the small map
+    (``PhaseTail``, 4/9 of the tail's multiply-adds; ``int8``: the form the int8 variant is quantized from,
+    with fewer separately rounded tensors); every other upsample, conv, (leaky) ReLU per output phase too,
+    interleaved to full size (``PhaseUp``); transposed convolutions (dcgan64, mnist-convt) as convolutions
+    per output phase (``transposed_forms``). ``forms=False``: the plain folded graph (for other runtimes,
+    and for debugging)."""
     folded = fold_batchnorm(model)
     if not forms:
         return folded
-    return phase_tail(folded, taps=not int8) or transposed_forms(folded) or folded
+    formed = phase_tail(folded, taps=not int8) or transposed_forms(folded) or folded
+    return phase_upsamples(formed) or formed
+
+
+def int8_form(model: GeneratorNet, weight_bits: int = 7) -> nn.Module:
+    """The float32 graph ``export --int8`` quantizes: ``deploy_form(model, int8=True)``, its phase tail's last
+    convolution split into the weights as ``weight_bits`` bits round them plus the rest at a gain
+    (``PhaseTail.split``). The gain is fitted on the calibration latents: the rest's outputs must stay within
+    the range the quantizer gives the convolution's own outputs (their calibrated range, capped at
+    +-``TANH_RANGE``), so that sharing the tensor does not coarsen their steps."""
+    form = deploy_form(model, int8=True)
+    tail = form.main[-1]
+    if not isinstance(tail, PhaseTail) or tail.taps is not None:
+        return form
+    rest = tail.rounding_rest(weight_bits)
+    seen = {"rest": 0.0, "low": 0.0, "high": 0.0}
+
+    def measure(module, args, out):
+        seen["rest"] = max(seen["rest"], float(torch.nn.functional.conv2d(args[0], rest, padding=1).abs().max()))
+        seen["low"], seen["high"] = min(seen["low"], float(out.min())), max(seen["high"], float(out.max()))
+    hook = tail.conv_b.register_forward_hook(measure)
+    try:
+        with torch.no_grad():
+            for feeds in calibration_feeds(model.cfg):
+                form(*(torch.from_numpy(v) for v in feeds.values()))
+    finally:
+        hook.remove()
+    tail.split(weight_bits, seen["rest"], min(TANH_RANGE, -seen["low"], seen["high"]))
+    return form
 
 
 def to_onnx(model: nn.Module, cfg: NetConfig, dest: str | os.PathLike, opset: int = DEFAULT_OPSET) -> None:
@@ -292,6 +321,17 @@ INT8_CALIBRATION_SEEDS = tuple(range(1000, 1008))
 INT8_CALIBRATION_BATCH = 64
 
 
+def calibration_feeds(cfg: NetConfig) -> list[dict[str, np.ndarray]]:
+    """The int8 calibration batches, as a model's inputs in order: ``INT8_CALIBRATION_SEEDS`` x
+    ``INT8_CALIBRATION_BATCH`` latents through the seed -> latent contract (a conditional model: with
+    its class inputs, ``class_feeds``)."""
+    from .latent import latents, seed_labels
+
+    return [{"z": latents(INT8_CALIBRATION_BATCH, seed, cfg.latent_dim, cfg.latent_prior)}
+            | (class_feeds(seed_labels(INT8_CALIBRATION_BATCH, seed, cfg.num_classes)) if cfg.num_classes else {})
+            for seed in INT8_CALIBRATION_SEEDS]
+
+
 def quantize_int8(fp32_path: str | os.PathLike, dest: str | os.PathLike, cfg: NetConfig,
                   activations: str = "uint8", weight_bits: int = 7) -> None:
     """Static int8 quantization of an fp32 export (onnxruntime, QDQ format).
@@ -310,8 +350,6 @@ def quantize_int8(fp32_path: str | os.PathLike, dest: str | os.PathLike, cfg: Ne
     from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from .latent import latents, seed_labels
-
     if activations not in ("uint8", "int8"):
         raise ValueError(f"activations must be uint8 or int8, got {activations!r}")
     if weight_bits not in (7, 8):
@@ -319,9 +357,7 @@ def quantize_int8(fp32_path: str | os.PathLike, dest: str | os.PathLike, cfg: Ne
 
     class Calibration(CalibrationDataReader):
         def __init__(self):
-            self.feeds = iter([{"z": latents(INT8_CALIBRATION_BATCH, seed, cfg.latent_dim, cfg.latent_prior)}
-                               | (class_feeds(seed_labels(INT8_CALIBRATION_BATCH, seed, cfg.num_classes))
-                                  if cfg.num_classes else {}) for seed in INT8_CALIBRATION_SEEDS])
+            self.feeds = iter(calibration_feeds(cfg))
 
         def get_next(self):
             return next(self.feeds, None)
@@ -336,20 +372,20 @@ def quantize_int8(fp32_path: str | os.PathLike, dest: str | os.PathLike, cfg: Ne
             mixes = without_class_mix_defaults(plain)  # else the simplifier folds the class walk away
             onnx.save(plain, str(Path(tmp) / "plain.onnx"))
             quant_pre_process(str(Path(tmp) / "plain.onnx"), str(pre), skip_symbolic_shape=True)
-            # every op the quantizer knows (its default) except MatMul: the export's MatMuls only place
-            # values (forms.interleave), and re-quantizing what they place would add a rounding
-            ops = sorted((set(QDQRegistry) | set(QLinearOpsRegistry)) - {"MatMul"})
+            ops = sorted(set(QDQRegistry) | set(QLinearOpsRegistry))  # every op the quantizer knows
+            end = float_end(onnx.load(str(pre)))
 
             def quantize(overrides: dict):
                 quantize_static(str(pre), str(dest), Calibration(), quant_format=QuantFormat.QDQ, per_channel=True,
-                                op_types_to_quantize=ops,
+                                op_types_to_quantize=ops, nodes_to_exclude=sorted(end),
                                 weight_type=QuantType.QInt8, reduce_range=weight_bits == 7,
                                 activation_type=QuantType.QUInt8 if activations == "uint8" else QuantType.QInt8,
                                 extra_options={"TensorQuantOverrides": overrides} if overrides else {})
             quantize({})
-            capped = tanh_input_caps(onnx.load(str(dest)))
-            if capped:
-                quantize(capped)
+            first = onnx.load(str(dest))
+            overrides = {**shared_concat_ranges(first), **tanh_input_caps(first, end)}
+            if overrides:
+                quantize(overrides)
             if mixes:
                 class_mix_defaults(dest)
     finally:
@@ -359,17 +395,48 @@ def quantize_int8(fp32_path: str | os.PathLike, dest: str | os.PathLike, cfg: Ne
 TANH_RANGE = 4.0  # beyond +-4 tanh is within 7e-4 of +-1: the extreme uint8 levels, whatever the input
 
 
-def tanh_input_caps(model: onnx.ModelProto) -> dict:
-    """Quantization ranges for the tensors that feed a Tanh (the image's last activation), capped at +-``TANH_RANGE``
-    where the calibrated range is wider: ``{tensor: [{"rmin", "rmax"}]}`` for the quantizer's overrides. MinMax
-    calibration takes the range of the pre-tanh values, tens of units wide where tanh saturates; its 8 bits
-    then step by a tenth of a unit or more where the image is made (the bundled model: 0.56). Capped, they
-    step by 8 / 255, in integers as before (the same bytes on every CPU)."""
+WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+
+
+def float_end(model: onnx.ModelProto) -> set[str]:
+    """The nodes of a float32 graph after its last products (no Conv, Gemm or MatMul downstream of them):
+    the image's activation and the moves and cuts after it, ``PhaseTail.split``'s sum. The int8 file keeps
+    them in float: re-quantizing them would only add roundings, and each is one exactly rounded operation
+    per value (or none), the same on every CPU."""
+    consumers = {}
+    for n in model.graph.node:
+        for name in n.input:
+            consumers.setdefault(name, []).append(n)
+    ahead: dict[str, bool] = {}  # node name -> a product lies at or after it
+
+    def feeds_product(n) -> bool:
+        if n.name not in ahead:
+            ahead[n.name] = n.op_type in WEIGHTED_OPS or any(
+                feeds_product(c) for out in n.output for c in consumers.get(out, []))
+        return ahead[n.name]
+    return {n.name for n in model.graph.node if not feeds_product(n)}
+
+
+def _ranges(model: onnx.ModelProto):
+    """(initializers as arrays, node by output name, QuantizeLinear by the float tensor it quantizes)."""
     init = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
-    feeds_tanh = {n.input[0] for n in model.graph.node if n.op_type == "Tanh"}
-    quantized = {}  # a Tanh's input, as dequantized, is a DequantizeLinear's output; its QuantizeLinear holds the range
     producers = {o: n for n in model.graph.node for o in n.output}
-    for name in feeds_tanh:
+    quantizers = {n.input[0]: n for n in model.graph.node if n.op_type == "QuantizeLinear"}
+    return init, producers, quantizers
+
+
+def tanh_input_caps(model: onnx.ModelProto, end: set[str]) -> dict:
+    """Quantization ranges for the last products' outputs (where the ``float_end`` starts) when the image's
+    activation is a Tanh, capped at +-``TANH_RANGE`` where the calibrated range is wider: ``{tensor: [{"rmin",
+    "rmax"}]}`` for the quantizer's overrides. MinMax calibration takes the range of the pre-tanh values, tens
+    of units wide where tanh saturates; its 8 bits then step by a tenth of a unit or more where the image is
+    made (the bundled model: 0.56). Capped, they step by 8 / 255, in integers as before (the same bytes on
+    every CPU)."""
+    if not any(n.op_type == "Tanh" and n.name in end for n in model.graph.node):
+        return {}
+    init, producers, _ = _ranges(model)
+    quantized = {}  # a value entering the float end is a DequantizeLinear's output; its QuantizeLinear holds the range
+    for name in {i for n in model.graph.node if n.name in end for i in n.input}:
         dq = producers.get(name)
         q = producers.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
         if q is None or q.op_type != "QuantizeLinear" or q.input[1] not in init or q.input[2] not in init:
@@ -380,6 +447,33 @@ def tanh_input_caps(model: onnx.ModelProto) -> dict:
         if low < -TANH_RANGE or high > TANH_RANGE:
             quantized[q.input[0]] = [{"rmin": np.float32(max(low, -TANH_RANGE)), "rmax": np.float32(min(high, TANH_RANGE))}]
     return quantized
+
+
+MOVES = ("Unsqueeze", "Squeeze", "Reshape", "Transpose", "Flatten")  # ops that only move values
+
+
+def shared_concat_ranges(model: onnx.ModelProto) -> dict:
+    """Quantizer overrides that give every quantized Concat's inputs (and the moves before them) the Concat's
+    own scale and zero point: ``{tensor: [{"scale", "zero_point"}]}``. onnxruntime's QLinearConcat then copies
+    bytes instead of re-mapping each one through a table, and a value is rounded once, not twice. The inputs'
+    own ranges lie within the Concat's (MinMax: its range is their union), so no value is clipped."""
+    init, producers, quantizers = _ranges(model)
+    shared = {}
+    for node in model.graph.node:
+        q = quantizers.get(node.output[0]) if node.op_type == "Concat" else None
+        if q is None or q.input[1] not in init or q.input[2] not in init:
+            continue
+        params = [{"scale": init[q.input[1]].astype(np.float32), "zero_point": init[q.input[2]]}]
+        for name in node.input:
+            dq = producers.get(name)
+            while dq is not None and dq.op_type == "DequantizeLinear" and dq.input[0] in producers:
+                value = producers[dq.input[0]]  # the QuantizeLinear of a float tensor
+                if value.op_type != "QuantizeLinear":
+                    break
+                shared[value.input[0]] = params
+                mover = producers.get(value.input[0])
+                dq = producers.get(mover.input[0]) if mover is not None and mover.op_type in MOVES else None
+    return shared
 
 
 def class_feeds(labels: np.ndarray) -> dict:
@@ -397,7 +491,7 @@ def export_int8(c: Checkpoint, fp32_path: Path, meta: dict[str, str], thresholds
     out = fp32_path.with_name(fp32_path.stem + "-int8.onnx")
     with atomic_path(out) as tmp, tempfile.TemporaryDirectory() as work:
         source = Path(work) / "int8-form.onnx"  # float32, in the form that quantizes best
-        to_onnx(deploy_form(c.model, int8=True), c.cfg, source, opset)
+        to_onnx(int8_form(c.model), c.cfg, source, opset)
         quantize_int8(source, tmp, c.cfg)
         write_metadata(tmp, {**meta, "precision": "int8"})
         report = precision_gate(c.model, tmp, thresholds, "int8")

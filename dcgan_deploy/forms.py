@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -81,6 +82,19 @@ class PhaseConv(_PerPhase):
         return torch.cat(self.phases(x), 1)
 
 
+class PhaseUp(nn.Module):
+    """``Upsample(x2, nearest) -> conv (3x3) -> act`` inside the generator (before its tail): a
+    ``PhaseConv`` (4/9 of the multiply-adds; the upsampled copy is never made) whose four phase maps
+    ``interleave`` to the full-size map the next layer reads."""
+
+    def __init__(self, conv: nn.Conv2d, act: nn.Module):
+        super().__init__()
+        self.phase = PhaseConv(conv, act)
+
+    def forward(self, x):
+        return interleave(self.phase.phases(x))
+
+
 class PhaseTail(nn.Module):
     """The generator's last ``Upsample(x2) -> conv_a (3x3) -> act -> conv_b (3x3) -> out_act``, computed
     on the small map per output phase, and shuffled to full size at the end.
@@ -94,8 +108,13 @@ class PhaseTail(nn.Module):
       reads exactly one input phase. So one 1x1 convolution per input phase computes the 16*Co tap
       maps (summed over the phases: no concatenation), and a grouped 3x3 convolution with one-hot
       weights shifts each tap map to its offset and adds a pair's four taps.
-    - ``taps=False`` (for int8, where each tap map would be rounded to 8 bits on its own): one 3x3
-      convolution from the concatenated 4*C phase channels to the 4*Co output phases.
+    - ``taps=False`` (for int8, where each tap map would be rounded to 8 bits on its own): one 2x2
+      convolution from the concatenated 4*C phase channels to the 4*Co output phases. Output phase
+      (r, s) reads small-map rows r - 1, r and columns s - 1, s of every input phase (the other taps
+      of a 3x3 window on the phase maps are zero), so a 2x2 convolution padded by 1 on every side
+      computes all of them on an (H+1)x(W+1) grid, phase (r, s) at offset (r, s): 4/9 of a 3x3's
+      products, then each phase's HxW window is cut out of the small result. ``split`` can add 4*Co
+      more output channels to it (``split``).
 
     A DepthToSpace of the small Co-channel result finishes: the large map never exists before the
     last, tiny shuffle.
@@ -134,20 +153,54 @@ class PhaseTail(nn.Module):
             if bias is not None:
                 self.shift.bias.data = bias
         else:
-            self.conv_b = nn.Conv2d(4 * c, 4 * co, 3, padding=1, bias=bias is not None)
-            self.conv_b.weight.data = kb.reshape(4 * co, 4 * c, 3, 3).contiguous()
+            window = [kb[:, r, s, ..., r:r + 2, s:s + 2] for r in range(2) for s in range(2)]  # [Co, 2, 2, C, 2, 2]
+            self.conv_b = nn.Conv2d(4 * c, 4 * co, 2, padding=1, bias=bias is not None)
+            self.conv_b.weight.data = torch.stack(window, 1).reshape(4 * co, 4 * c, 2, 2).contiguous()
             if bias is not None:
                 self.conv_b.bias.data = bias
         self.out_act, self.shuffle = out_act, nn.PixelShuffle(2)
+        self.gain = None  # set by ``split``
+
+    def split(self, weight_bits: int, rest_range: float, limit: float) -> float:
+        """int8 form: ``conv_b``'s weights as the quantizer will round them (symmetric per output channel,
+        ``weight_bits`` bits: the largest weight at the top level) plus what that rounding loses times a
+        gain, as 4*Co more output channels of the same convolution; ``forward`` adds the rest back
+        (divided by the gain) before ``out_act``. In float nothing changes. In int8 the rest is rounded
+        on its own, so the last layer's weights carry about twice the bits -- on the bundled model its
+        7-bit weights were the largest error of the int8 file -- in integers as before, at the price of
+        output channels the blocked layout pads to 16 anyway. The gain is the largest power of two (exact
+        to divide by; at least 1) that keeps the rest's outputs, ``rest_range`` at gain 1 on the calibration latents
+        (``rounding_rest``), within ``limit``. Returns the gain."""
+        w = self.conv_b.weight.data
+        self.gain = float(2 ** np.clip(np.floor(np.log2(max(limit, 1e-12) / max(rest_range, 1e-12))), 0, 16))
+        rounded = w - self.rounding_rest(weight_bits)
+        split = nn.Conv2d(w.shape[1], 2 * w.shape[0], 2, padding=1, bias=self.conv_b.bias is not None)
+        split.weight.data = torch.cat([rounded, self.gain * (w - rounded)])
+        if self.conv_b.bias is not None:
+            split.bias.data = torch.cat([self.conv_b.bias.data, torch.zeros_like(self.conv_b.bias.data)])
+        self.conv_b = split
+        return self.gain
+
+    def rounding_rest(self, weight_bits: int) -> torch.Tensor:
+        """What rounding ``conv_b``'s weights to ``weight_bits`` bits, symmetric per output channel, loses."""
+        w = self.conv_b.weight.data
+        top = 2 ** (weight_bits - 1) - (weight_bits == 8)  # the quantizer's level for the largest weight: 64, or 127
+        step = w.abs().flatten(1).amax(1).clamp_min(1e-30)[:, None, None, None] / top
+        return w - torch.round(w / step) * step
 
     def forward(self, x):
         phases = self.head.phases(x)
-        if self.taps is None:
-            y = self.conv_b(torch.cat(phases, 1))
-        else:
+        if self.taps is not None:
             parts = [tap(h) for tap, h in zip(self.taps, phases)]
-            y = self.shift(sum(parts[1:], parts[0]))
-        return self.shuffle(self.out_act(y))
+            return self.shuffle(self.out_act(self.shift(sum(parts[1:], parts[0]))))
+        y = self.conv_b(torch.cat(phases, 1))                          # [N, 4 Co, H + 1, W + 1]
+        if self.gain is not None:
+            half = y.shape[1] // 2
+            y = y[:, :half] + y[:, half:] * (1 / self.gain)
+        y = self.out_act(y)
+        n, c4, h, w = y.shape[0], y.shape[1], y.shape[2] - 1, y.shape[3] - 1
+        windows = [y[:, k::4, k // 2:k // 2 + h, k % 2:k % 2 + w] for k in range(4)]  # phase k = 2 r + s
+        return self.shuffle(torch.stack(windows, 2).reshape(n, c4, h, w))
 
 
 def _same_conv3x3(m: nn.Module) -> bool:
@@ -164,11 +217,34 @@ def phase_tail(model: GeneratorNet, taps: bool = True) -> GeneratorNet | None:
     if len(layers) < 5:
         return None
     up, conv_a, act, conv_b, out_act = layers[-5:]
-    if not (isinstance(up, nn.Upsample) and up.mode == "nearest" and up.size is None
-            and up.scale_factor in (2, 2.0, (2, 2), (2.0, 2.0)) and _same_conv3x3(conv_a) and _same_conv3x3(conv_b)
-            and isinstance(act, (nn.ReLU, nn.LeakyReLU)) and isinstance(out_act, nn.Tanh)):
+    if not (_upsample_conv_act(up, conv_a, act) and _same_conv3x3(conv_b) and isinstance(out_act, nn.Tanh)):
         return None
     model.main = nn.Sequential(*layers[:-5], PhaseTail(conv_a, act, conv_b, out_act, taps))
+    return model
+
+
+def _upsample_conv_act(up: nn.Module, conv: nn.Module, act: nn.Module) -> bool:
+    """``Upsample(x2, nearest) -> Conv 3x3 (same size) -> (leaky) ReLU``."""
+    return (isinstance(up, nn.Upsample) and up.mode == "nearest" and up.size is None
+            and up.scale_factor in (2, 2.0, (2, 2), (2.0, 2.0)) and _same_conv3x3(conv)
+            and isinstance(act, (nn.ReLU, nn.LeakyReLU)))
+
+
+def phase_upsamples(model: GeneratorNet) -> GeneratorNet | None:
+    """A copy of ``model`` (BatchNorm folded; its tail in its form already) with every remaining
+    ``Upsample(x2, nearest) -> Conv 3x3 -> (leaky) ReLU`` as a ``PhaseUp``; ``None`` when it has none."""
+    model = copy.deepcopy(model)
+    layers, out, i = list(model.main), [], 0
+    while i < len(layers):
+        if i + 2 < len(layers) and _upsample_conv_act(*layers[i:i + 3]):
+            out.append(PhaseUp(layers[i + 1], layers[i + 2]))
+            i += 3
+        else:
+            out.append(layers[i])
+            i += 1
+    if len(out) == len(layers):
+        return None
+    model.main = nn.Sequential(*out)
     return model
 
 
@@ -196,17 +272,19 @@ class PhaseConvT(_PerPhase):
 
 def interleave(phases: list[torch.Tensor]) -> torch.Tensor:
     """Four phase maps ``[N, C, H, W]`` (row phase major) -> the ``[N, C, 2H, 2W]`` map they tile,
-    exactly what stacking them and a PixelShuffle give, by ops onnxruntime runs fast.
+    exactly what stacking them and a PixelShuffle give (values moved, never computed), by ops
+    onnxruntime runs fast.
 
-    onnxruntime runs DepthToSpace as a generic element-wise transpose (8 ms for dcgan64's 16x16
-    map at batch 64 on 2 threads). Here the columns interleave by products with 0/1 placement
-    matrices, ``P_r0 @ E_0 + P_r1 @ E_1`` (each output is one input times 1 plus exact zeros: no
-    rounding), and the rows by a concatenation of whole rows (3 ms for the same map)."""
+    Written channels-last: the phases as ``[N, H, W, C]``, stacked to ``[N, H, W, 2, 2, C]``, the
+    phase rows moved next to the map rows, reshaped to ``[N, 2H, 2W, C]`` and back to channels-first.
+    onnxruntime runs the convolutions on either side channels-last (int8) or blocked, so the outer
+    transposes cancel against its own layout changes and what is left moves whole C-value blocks: one
+    concatenation and one transpose. Its DepthToSpace is a generic element-wise transpose (8 ms for
+    dcgan64's 16x16 map at batch 64 on 2 threads), and placing values by 0/1 products (this function's
+    previous form) is a float product per value, which an int8 graph would have to leave in float."""
     n, c, h, w = phases[0].shape
-    cols = torch.arange(2 * w, device=phases[0].device)
-    place = [(cols == 2 * torch.arange(w, device=cols.device)[:, None] + s).to(phases[0].dtype) for s in range(2)]
-    rows = [phases[2 * r] @ place[0] + phases[2 * r + 1] @ place[1] for r in range(2)]  # [N, C, H, 2W]
-    return torch.stack(rows, 3).reshape(n, c, 2 * h, 2 * w)
+    y = torch.stack([p.permute(0, 2, 3, 1) for p in phases], 3).reshape(n, h, w, 2, 2, c)
+    return y.permute(0, 1, 3, 2, 4, 5).reshape(n, 2 * h, 2 * w, c).permute(0, 3, 1, 2)
 
 
 def _convt_phase_taps(phase: int) -> dict[int, tuple[int, int]]:
