@@ -24,7 +24,7 @@ def _sig(x: float, digits: int = 4) -> float:
 
 def _placement(w: np.ndarray | None, out_axis: int) -> bool:
     """A constant weight that only moves values: 0/1 entries, at most one 1 per output unit, so each
-    output is one input or zero (the export's interleaving MatMuls and one-hot shift convolutions).
+    output is one input or zero (a placement MatMul, the export's one-hot shift convolutions).
     Not arithmetic: not counted."""
     if w is None or w.size == 0 or not np.isin(w, (0, 1)).all():
         return False

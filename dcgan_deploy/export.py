@@ -403,18 +403,23 @@ def float_end(model: onnx.ModelProto) -> set[str]:
     the image's activation and the moves and cuts after it, ``PhaseTail.split``'s sum. The int8 file keeps
     them in float: re-quantizing them would only add roundings, and each is one exactly rounded operation
     per value (or none), the same on every CPU."""
+    consumers = _consumers(model)
+    ahead: dict[int, bool] = {}  # node -> a product lies at or after it
+
+    def feeds_product(n) -> bool:
+        if id(n) not in ahead:
+            ahead[id(n)] = n.op_type in WEIGHTED_OPS or any(
+                feeds_product(c) for out in n.output for c in consumers.get(out, []))
+        return ahead[id(n)]
+    return {n.name for n in model.graph.node if not feeds_product(n)}
+
+
+def _consumers(model: onnx.ModelProto) -> dict[str, list]:
     consumers = {}
     for n in model.graph.node:
         for name in n.input:
             consumers.setdefault(name, []).append(n)
-    ahead: dict[str, bool] = {}  # node name -> a product lies at or after it
-
-    def feeds_product(n) -> bool:
-        if n.name not in ahead:
-            ahead[n.name] = n.op_type in WEIGHTED_OPS or any(
-                feeds_product(c) for out in n.output for c in consumers.get(out, []))
-        return ahead[n.name]
-    return {n.name for n in model.graph.node if not feeds_product(n)}
+    return consumers
 
 
 def _ranges(model: onnx.ModelProto):
@@ -456,8 +461,13 @@ def shared_concat_ranges(model: onnx.ModelProto) -> dict:
     """Quantizer overrides that give every quantized Concat's inputs (and the moves before them) the Concat's
     own scale and zero point: ``{tensor: [{"scale", "zero_point"}]}``. onnxruntime's QLinearConcat then copies
     bytes instead of re-mapping each one through a table, and a value is rounded once, not twice. The inputs'
-    own ranges lie within the Concat's (MinMax: its range is their union), so no value is clipped."""
+    own ranges lie within the Concat's (MinMax: its range is their union), so no value is clipped. A tensor
+    that something else reads as well keeps its own range."""
     init, producers, quantizers = _ranges(model)
+    consumers = _consumers(model)
+
+    def readers(q) -> int:  # the ops that read a QuantizeLinear's value, through its DequantizeLinears
+        return sum(len(consumers.get(dq.output[0], [])) for dq in consumers.get(q.output[0], []))
     shared = {}
     for node in model.graph.node:
         q = quantizers.get(node.output[0]) if node.op_type == "Concat" else None
@@ -468,7 +478,7 @@ def shared_concat_ranges(model: onnx.ModelProto) -> dict:
             dq = producers.get(name)
             while dq is not None and dq.op_type == "DequantizeLinear" and dq.input[0] in producers:
                 value = producers[dq.input[0]]  # the QuantizeLinear of a float tensor
-                if value.op_type != "QuantizeLinear":
+                if value.op_type != "QuantizeLinear" or readers(value) != 1:
                     break
                 shared[value.input[0]] = params
                 mover = producers.get(value.input[0])

@@ -113,8 +113,8 @@ class PhaseTail(nn.Module):
       (r, s) reads small-map rows r - 1, r and columns s - 1, s of every input phase (the other taps
       of a 3x3 window on the phase maps are zero), so a 2x2 convolution padded by 1 on every side
       computes all of them on an (H+1)x(W+1) grid, phase (r, s) at offset (r, s): 4/9 of a 3x3's
-      products, then each phase's HxW window is cut out of the small result. ``split`` can add 4*Co
-      more output channels to it (``split``).
+      products, then each phase's HxW window is cut out of the small result. For int8, ``split``
+      gives it 4*Co more output channels.
 
     A DepthToSpace of the small Co-channel result finishes: the large map never exists before the
     last, tiny shuffle.

@@ -26,7 +26,7 @@ def test_placement_weights_count_no_multiply_adds(tmp_path):
     import onnx
     from onnx import TensorProto, helper, numpy_helper
     place = np.zeros((4, 8), np.float32)
-    place[np.arange(4), 2 * np.arange(4)] = 1          # the export's column interleave: a copy or a zero
+    place[np.arange(4), 2 * np.arange(4)] = 1          # a placement matrix: a copy or a zero
     shift = np.zeros((3, 1, 3, 3), np.float32)
     shift[:, 0, 0, 2] = 1                              # depthwise one-hot shift
     dense = np.full((4, 8), 0.5, np.float32)           # real arithmetic
