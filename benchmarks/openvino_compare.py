@@ -2,7 +2,7 @@
 in alternating rounds (with PyTorch eager and the matrix-product ceiling in the same rounds).
 
     pip install openvino nncf
-    python benchmarks/openvino_compare.py [--threads 2] [--seconds 3] [--runs 3] [--smoke]
+    python benchmarks/openvino_compare.py [--threads 2] [--seconds 3] [--runs 3] [--arch A]... [--smoke]
 
 For each architecture (stand-in weights with realistic BatchNorm statistics; mnist-dcgan the bundled
 trained model) at batch 1 and 64:
@@ -131,6 +131,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--runs", type=int, default=1)
     ap.add_argument("--batch-size", default="1,64")
+    ap.add_argument("--arch", action="append", choices=ARCHITECTURES, help="only these architectures (repeatable)")
     ap.add_argument("--smoke", action="store_true", help="one tiny architecture, one short round: checks the script")
     args = ap.parse_args()
     args.batch_sizes = [int(b) for b in args.batch_size.split(",")]
@@ -145,7 +146,7 @@ def main():
     rows = []
     for run in range(args.runs):
         with tempfile.TemporaryDirectory() as tmp:
-            for arch in archs(("dcgan64",) if args.smoke else ARCHITECTURES, args.smoke):
+            for arch in archs(("dcgan64",) if args.smoke else args.arch or ARCHITECTURES, args.smoke):
                 for row in measure(arch, Path(tmp), args):
                     row["run"] = run
                     rows.append(row)
