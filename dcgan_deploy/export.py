@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from . import __version__, directions, modelfile, parity
+from .int8 import QOPERATOR, WEIGHTED
 from .int8 import report as integer_sums
 from .checkpoint import Checkpoint, class_names_fit, open_checkpoint
 from .files import atomic_path, write_bytes
@@ -95,7 +96,7 @@ def int8_form(model: GeneratorNet, weight_bits: int = 7) -> nn.Module:
     +-``TANH_RANGE``), so that sharing the tensor does not coarsen their steps."""
     form = deploy_form(model, int8=True)
     tail = form.main[-1]
-    if not isinstance(tail, PhaseTail) or tail.taps is not None:
+    if not isinstance(tail, PhaseTail):
         return form
     rest = tail.rounding_rest(weight_bits)
     seen = {"rest": 0.0, "low": 0.0, "high": 0.0}
@@ -395,7 +396,7 @@ def quantize_int8(fp32_path: str | os.PathLike, dest: str | os.PathLike, cfg: Ne
 TANH_RANGE = 4.0  # beyond +-4 tanh is within 7e-4 of +-1: the extreme uint8 levels, whatever the input
 
 
-WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+WEIGHTED_OPS = frozenset(WEIGHTED) - QOPERATOR  # the float ops that multiply by weights (int8.WEIGHTED)
 
 
 def float_end(model: onnx.ModelProto) -> set[str]:

@@ -173,9 +173,9 @@ class PhaseTail(nn.Module):
         (``rounding_rest``), within ``limit``. Returns the gain."""
         w = self.conv_b.weight.data
         self.gain = float(2 ** np.clip(np.floor(np.log2(max(limit, 1e-12) / max(rest_range, 1e-12))), 0, 16))
-        rounded = w - self.rounding_rest(weight_bits)
+        rest = self.rounding_rest(weight_bits)
         split = nn.Conv2d(w.shape[1], 2 * w.shape[0], 2, padding=1, bias=self.conv_b.bias is not None)
-        split.weight.data = torch.cat([rounded, self.gain * (w - rounded)])
+        split.weight.data = torch.cat([w - rest, self.gain * rest])
         if self.conv_b.bias is not None:
             split.bias.data = torch.cat([self.conv_b.bias.data, torch.zeros_like(self.conv_b.bias.data)])
         self.conv_b = split
