@@ -23,7 +23,7 @@ from .int8 import report as integer_sums
 from .checkpoint import Checkpoint, class_names_fit, open_checkpoint
 from .files import atomic_path, write_bytes
 from .gate import GateError, Thresholds
-from .forms import PhaseTail, phase_tail, phase_upsamples, transposed_forms
+from .forms import ChannelAffine, PhaseTail, phase_tail, phase_upsamples, transposed_forms
 from .modelfile import write_metadata
 from .nets import GeneratorNet, NetConfig
 
@@ -88,30 +88,44 @@ def deploy_form(model: GeneratorNet, int8: bool = False, forms: bool = True) -> 
     return phase_upsamples(formed) or formed
 
 
+INDIRECT_INT8_CHANNELS = 16  # from this many output channels onnxruntime's x86 int8 convolution runs its
+# indirect kernel; below, it copies an im2col (for the int8 tail's last convolution, 1,024 bytes a pixel)
+
+
 def int8_form(model: GeneratorNet, weight_bits: int = 7) -> nn.Module:
     """The float32 graph ``export --int8`` quantizes: ``deploy_form(model, int8=True)``, its phase tail's last
-    convolution split into the weights as ``weight_bits`` bits round them plus the rest at a gain
-    (``PhaseTail.split``). The gain is fitted on the calibration latents: the rest's outputs must stay within
+    convolution split into levels (``PhaseTail.split``): the weights as ``weight_bits`` bits round them, plus
+    the rest at a gain, the rest of that at another, and so on -- two levels, or as many as bring the
+    convolution's output channels (4 phases x Co per level) to ``INDIRECT_INT8_CHANNELS`` (four for a
+    one-channel image). Each gain is fitted on the calibration latents: its level's outputs must stay within
     the range the quantizer gives the convolution's own outputs (their calibrated range, capped at
     +-``TANH_RANGE``), so that sharing the tensor does not coarsen their steps."""
     form = deploy_form(model, int8=True)
+    for i, layer in enumerate(form.main):  # what fold_batchnorm left: exactly rounded ops in float
+        if isinstance(layer, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            form.main[i] = ChannelAffine(layer)
     tail = form.main[-1]
     if not isinstance(tail, PhaseTail):
         return form
-    rest = tail.rounding_rest(weight_bits)
-    seen = {"rest": 0.0, "low": 0.0, "high": 0.0}
+    per_level = tail.conv_b.out_channels
+    levels = max(2, -(-INDIRECT_INT8_CHANNELS // per_level))
+    seen = {"low": 0.0, "high": 0.0}
+    for _ in range(levels - 1):
+        rest = tail.rounding_rest(weight_bits)
+        seen["rest"] = 0.0
 
-    def measure(module, args, out):
-        seen["rest"] = max(seen["rest"], float(torch.nn.functional.conv2d(args[0], rest, padding=1).abs().max()))
-        seen["low"], seen["high"] = min(seen["low"], float(out.min())), max(seen["high"], float(out.max()))
-    hook = tail.conv_b.register_forward_hook(measure)
-    try:
-        with torch.no_grad():
-            for feeds in calibration_feeds(model.cfg):
-                form(*(torch.from_numpy(v) for v in feeds.values()))
-    finally:
-        hook.remove()
-    tail.split(weight_bits, seen["rest"], min(TANH_RANGE, -seen["low"], seen["high"]))
+        def measure(module, args, out):
+            seen["rest"] = max(seen["rest"], float(torch.nn.functional.conv2d(args[0], rest, padding=1).abs().max()))
+            if not tail.gains:  # the convolution's own outputs, before any split
+                seen["low"], seen["high"] = min(seen["low"], float(out.min())), max(seen["high"], float(out.max()))
+        hook = tail.conv_b.register_forward_hook(measure)
+        try:
+            with torch.no_grad():
+                for feeds in calibration_feeds(model.cfg):
+                    form(*(torch.from_numpy(v) for v in feeds.values()))
+        finally:
+            hook.remove()
+        tail.split(weight_bits, seen["rest"], min(TANH_RANGE, -seen["low"], seen["high"]))
     return form
 
 
@@ -342,7 +356,9 @@ def quantize_int8(fp32_path: str | os.PathLike, dest: str | os.PathLike, cfg: Ne
     CPU -- ``int8.report`` proves it from the file); activations ``uint8`` or ``int8`` with MinMax ranges
     calibrated on the model's own prior (``INT8_CALIBRATION_SEEDS`` x ``INT8_CALIBRATION_BATCH``
     latents through the seed -> latent contract), except that the image's pre-tanh values are quantized over
-    at most +-``TANH_RANGE`` (``tanh_input_caps``). Deterministic: the same file, the same result.
+    at most +-``TANH_RANGE`` (``tanh_input_caps``). Elementwise arithmetic stays in float, and the image's
+    tanh becomes a table lookup (``tanh_by_table``): every op outside the integer products exactly rounded,
+    so the same values everywhere. Deterministic: the same file, the same result.
     ``weight_bits=8``: the full int8 range, CPU-dependent (only for measuring what 7 bits cost).
     """
     import tempfile
@@ -373,7 +389,9 @@ def quantize_int8(fp32_path: str | os.PathLike, dest: str | os.PathLike, cfg: Ne
             mixes = without_class_mix_defaults(plain)  # else the simplifier folds the class walk away
             onnx.save(plain, str(Path(tmp) / "plain.onnx"))
             quant_pre_process(str(Path(tmp) / "plain.onnx"), str(pre), skip_symbolic_shape=True)
-            ops = sorted(set(QDQRegistry) | set(QLinearOpsRegistry))  # every op the quantizer knows
+            # every op the quantizer knows but elementwise arithmetic: in float each is one exactly rounded
+            # operation per value, where onnxruntime would run QLinearAdd / QLinearMul kernels of its own
+            ops = sorted((set(QDQRegistry) | set(QLinearOpsRegistry)) - ELEMENTWISE)
             end = float_end(onnx.load(str(pre)))
 
             def quantize(overrides: dict):
@@ -387,12 +405,16 @@ def quantize_int8(fp32_path: str | os.PathLike, dest: str | os.PathLike, cfg: Ne
             overrides = {**shared_concat_ranges(first), **tanh_input_caps(first, end)}
             if overrides:
                 quantize(overrides)
+            done = onnx.load(str(dest))
+            if tanh_by_table(done):
+                onnx.save(done, str(dest))
             if mixes:
                 class_mix_defaults(dest)
     finally:
         root.setLevel(level)
 
 
+ELEMENTWISE = frozenset({"Add", "Sub", "Mul", "Div"})
 TANH_RANGE = 4.0  # beyond +-4 tanh is within 7e-4 of +-1: the extreme uint8 levels, whatever the input
 
 
@@ -453,6 +475,94 @@ def tanh_input_caps(model: onnx.ModelProto, end: set[str]) -> dict:
         if low < -TANH_RANGE or high > TANH_RANGE:
             quantized[q.input[0]] = [{"rmin": np.float32(max(low, -TANH_RANGE)), "rmax": np.float32(min(high, TANH_RANGE))}]
     return quantized
+
+
+TANH_STEP = 2.0 ** -10  # the grid table's step: within 2**-11 of tanh, a sixteenth of a uint8 level
+TANH_TABLE_RANGE = 4.0  # the grid table's ends: beyond +-4, tanh is within 7e-4 of +-1
+
+
+def tanh_by_table(model: onnx.ModelProto) -> int:
+    """Replace each float Tanh of an int8 graph (the image's activation, after the last product) by a table
+    lookup, in place; returns how many. Implementations of tanh differ in the last bits (onnxruntime's x86
+    kernels and its wasm build: 45% of the bundled model's values, by up to 4e-7), so a value near a uint8
+    rounding boundary could give another byte on another backend; a lookup is the same everywhere. Tables
+    are float32 tanh computed by numpy in float64, written into the file; each op of a lookup rounds once
+    per value or not at all:
+
+    - a Tanh of a DequantizeLinear of bytes (one scale and zero point, nothing else reading the dequantized
+      values): both become one lookup of the byte in a table of tanh of all 256 dequantized values -- the
+      same values as before, with no float op at all;
+    - any other Tanh (the split tail's sum of levels): the input times 2**10 (exact) plus the table's middle
+      and a half, clipped to the table, cast to an integer (truncation: the nearest step), looked up in a
+      table of tanh of every 2**-10 from -``TANH_TABLE_RANGE`` to +``TANH_TABLE_RANGE`` (beyond, tanh is
+      within 7e-4 of +-1): within 2**-11 of tanh of the input.
+
+    The lookups are GatherElements of the flattened indices (onnxruntime's Gather is 4x slower at it)."""
+    graph = model.graph
+    init = {t.name: t for t in graph.initializer}
+    producers = {o: n for n in graph.node for o in n.output}
+    readers = _consumers(model)
+
+    def is_tanh(n) -> bool:
+        return n.op_type == "Tanh" and n.domain in ("", "ai.onnx")
+
+    def byte_source(x: str):
+        """(the DequantizeLinear, its table) when x dequantizes bytes with one scale and zero point for Tanh alone."""
+        dq = producers.get(x)
+        if dq is None or dq.op_type != "DequantizeLinear" or len(readers.get(x, [])) != 1 or len(dq.input) < 3:
+            return None
+        if dq.input[1] not in init or dq.input[2] not in init or x in {o.name for o in graph.output}:
+            return None
+        scale, zero = (onnx.numpy_helper.to_array(init[t]) for t in dq.input[1:3])
+        if scale.size != 1 or zero.size != 1 or zero.dtype not in (np.uint8, np.int8):
+            return None
+        codes = np.arange(256, dtype=np.int64) - (128 if zero.dtype == np.int8 else 0)  # index 0: the lowest code
+        values = ((codes - int(zero.reshape(()))).astype(np.float32) * scale.astype(np.float32).reshape(()))
+        return dq, np.tanh(values.astype(np.float64)).astype(np.float32), 128 if zero.dtype == np.int8 else 0
+
+    if not any(is_tanh(n) for n in graph.node):
+        return 0
+    half = int(round(TANH_TABLE_RANGE / TANH_STEP))
+    constants = {"tanh_table_flat": np.array([-1], np.int64)}
+    nodes, make, dropped, count = [], onnx.helper.make_node, set(), 0
+    for node in graph.node:
+        if not is_tanh(node):
+            nodes.append(node)
+            continue
+        x, y, t = node.input[0], node.output[0], f"{node.name or node.output[0]}_table"
+        source = byte_source(x)
+        if source is not None:
+            dq, table, shift = source
+            dropped.add(dq.output[0])
+            constants[t] = table
+            index = [make("Cast", [dq.input[0]], [f"{t}_index"], name=f"{t}_index", to=onnx.TensorProto.INT32)]
+            if shift:
+                constants[f"{t}_shift"] = np.int32(shift)
+                index.append(make("Add", [f"{t}_index", f"{t}_shift"], [f"{t}_index0"], name=f"{t}_index0"))
+            table_name, shape_of = t, dq.input[0]
+        else:
+            if "tanh_table" not in constants:
+                grid = np.arange(-half, half + 1, dtype=np.float64) * TANH_STEP
+                constants.update({"tanh_table": np.tanh(grid).astype(np.float32),
+                                  "tanh_table_per_step": np.float32(1 / TANH_STEP),
+                                  "tanh_table_middle": np.float32(half + 0.5), "tanh_table_first": np.float32(0),
+                                  "tanh_table_last": np.float32(2 * half)})
+            table_name, shape_of = "tanh_table", x
+            index = [make("Mul", [x, "tanh_table_per_step"], [f"{t}_steps"], name=f"{t}_steps"),
+                     make("Add", [f"{t}_steps", "tanh_table_middle"], [f"{t}_at"], name=f"{t}_at"),
+                     make("Clip", [f"{t}_at", "tanh_table_first", "tanh_table_last"], [f"{t}_in"], name=f"{t}_in"),
+                     make("Cast", [f"{t}_in"], [f"{t}_index"], name=f"{t}_index", to=onnx.TensorProto.INT32)]
+        nodes += index + [
+            make("Reshape", [index[-1].output[0], "tanh_table_flat"], [f"{t}_flat"], name=f"{t}_flat"),
+            make("GatherElements", [table_name, f"{t}_flat"], [f"{t}_values"], name=t, axis=0),
+            make("Shape", [shape_of], [f"{t}_shape"], name=f"{t}_shape"),
+            make("Reshape", [f"{t}_values", f"{t}_shape"], [y], name=f"{t}_out")]
+        count += 1
+    nodes = [n for n in nodes if not (n.op_type == "DequantizeLinear" and n.output[0] in dropped)]
+    graph.initializer.extend(onnx.numpy_helper.from_array(v, k) for k, v in constants.items())
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return count
 
 
 MOVES = ("Unsqueeze", "Squeeze", "Reshape", "Transpose", "Flatten")  # ops that only move values
@@ -527,11 +637,11 @@ def precision_gate(model: nn.Module, path, thresholds: Thresholds, precision: st
     if precision == "int8":
         report = parity.run_gate(model, path, thresholds, providers=providers or [parity.CPU],
                                  min_psnr=thresholds.int8_min_psnr)
-        # the same bytes on every CPU: proved from the file
+        # the same values on every CPU and in wasm: proved from the file
         report["integer_sums"] = sums = integer_sums(modelfile.read(path), per_layer=False)
         if not sums["portable"]:
             report["passed"] = False
-            report["failures"].append(f"integer sums: {sums['reason']}")
+            report["failures"].append(f"the same everywhere: {sums['reason']}")
     elif precision == "float16":
         report = parity.run_gate(model, path, thresholds, providers=providers, min_psnr=thresholds.fp16_min_psnr)
     else:

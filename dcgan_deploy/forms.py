@@ -159,34 +159,42 @@ class PhaseTail(nn.Module):
             if bias is not None:
                 self.conv_b.bias.data = bias
         self.out_act, self.shuffle = out_act, nn.PixelShuffle(2)
-        self.gain = None  # set by ``split``
+        self.gains = []  # each level's gain after the first (``split``)
 
     def split(self, weight_bits: int, rest_range: float, limit: float) -> float:
-        """int8 form: ``conv_b``'s weights as the quantizer will round them (symmetric per output channel,
-        ``weight_bits`` bits: the largest weight at the top level) plus what that rounding loses times a
-        gain, as 4*Co more output channels of the same convolution; ``forward`` adds the rest back
-        (divided by the gain) before ``out_act``. In float nothing changes. In int8 the rest is rounded
-        on its own, so the last layer's weights carry about twice the bits -- on the bundled model its
-        7-bit weights were the largest error of the int8 file -- in integers as before, at the price of
-        output channels the blocked layout pads to 16 anyway. The gain is the largest power of two (exact
-        to divide by; at least 1) that keeps the rest's outputs, ``rest_range`` at gain 1 on the calibration latents
-        (``rounding_rest``), within ``limit``. Returns the gain."""
+        """int8 form: one more level for ``conv_b``'s weights. The finest level so far (at first the weights
+        themselves) becomes its rounding as the quantizer will do it (symmetric per output channel,
+        ``weight_bits`` bits: the largest weight at the top level), and what that rounding loses, times a
+        gain, becomes 4*Co more output channels of the same convolution; ``forward`` adds each level back
+        divided by its gain before ``out_act``. In float nothing changes. In int8 each level is rounded on
+        its own, so the last layer's weights carry about ``weight_bits`` more bits per level -- on the
+        bundled model its 7-bit weights were the largest error of the int8 file -- in integers as before,
+        at the price of output channels (from 16, onnxruntime's x86 int8 convolution runs its indirect
+        kernel instead of copying an im2col). The gain is the largest power of two (exact to divide by; at
+        least 1, at most 2**(16 * level)) that keeps the rest's outputs, ``rest_range`` at gain 1 on the
+        calibration latents (``rounding_rest``), within ``limit``. Returns the gain."""
         w = self.conv_b.weight.data
-        self.gain = float(2 ** np.clip(np.floor(np.log2(max(limit, 1e-12) / max(rest_range, 1e-12))), 0, 16))
-        rest = self.rounding_rest(weight_bits)
-        split = nn.Conv2d(w.shape[1], 2 * w.shape[0], 2, padding=1, bias=self.conv_b.bias is not None)
-        split.weight.data = torch.cat([w - rest, self.gain * rest])
+        n = w.shape[0] // (len(self.gains) + 1)      # 4*Co: one level's channels
+        top = self.gains[-1] if self.gains else 1.0  # the finest level's gain
+        cap = 16 * (len(self.gains) + 1)
+        gain = float(2 ** np.clip(np.floor(np.log2(max(limit, 1e-12) / max(rest_range, 1e-12))), 0, cap))
+        finest = w[-n:]
+        rest = _rounding_rest(finest, weight_bits)   # in the finest level's units (its weights x its gain)
+        split = nn.Conv2d(w.shape[1], w.shape[0] + n, 2, padding=1, bias=self.conv_b.bias is not None)
+        split.weight.data = torch.cat([w[:-n], finest - rest, rest * (gain / top)])
         if self.conv_b.bias is not None:
-            split.bias.data = torch.cat([self.conv_b.bias.data, torch.zeros_like(self.conv_b.bias.data)])
+            b = self.conv_b.bias.data
+            split.bias.data = torch.cat([b, torch.zeros_like(b[:n])])
         self.conv_b = split
-        return self.gain
+        self.gains.append(gain)
+        return gain
 
     def rounding_rest(self, weight_bits: int) -> torch.Tensor:
-        """What rounding ``conv_b``'s weights to ``weight_bits`` bits, symmetric per output channel, loses."""
+        """What rounding the finest level of ``conv_b``'s weights (at first the weights themselves) to
+        ``weight_bits`` bits, symmetric per output channel, loses: in the weights' own units."""
         w = self.conv_b.weight.data
-        top = 2 ** (weight_bits - 1) - (weight_bits == 8)  # the quantizer's level for the largest weight: 64, or 127
-        step = w.abs().flatten(1).amax(1).clamp_min(1e-30)[:, None, None, None] / top
-        return w - torch.round(w / step) * step
+        n = w.shape[0] // (len(self.gains) + 1)
+        return _rounding_rest(w[-n:], weight_bits) / (self.gains[-1] if self.gains else 1.0)
 
     def forward(self, x):
         phases = self.head.phases(x)
@@ -194,13 +202,40 @@ class PhaseTail(nn.Module):
             parts = [tap(h) for tap, h in zip(self.taps, phases)]
             return self.shuffle(self.out_act(self.shift(sum(parts[1:], parts[0]))))
         y = self.conv_b(torch.cat(phases, 1))                          # [N, 4 Co, H + 1, W + 1]
-        if self.gain is not None:
-            half = y.shape[1] // 2
-            y = y[:, :half] + y[:, half:] * (1 / self.gain)
+        if self.gains:
+            n = y.shape[1] // (len(self.gains) + 1)
+            levels = [y[:, k * n:(k + 1) * n] for k in range(len(self.gains) + 1)]
+            y = levels[0]
+            for level, gain in zip(levels[1:], self.gains):
+                y = y + level * (1 / gain)
         y = self.out_act(y)
         n, c4, h, w = y.shape[0], y.shape[1], y.shape[2] - 1, y.shape[3] - 1
         windows = [y[:, k::4, k // 2:k // 2 + h, k % 2:k % 2 + w] for k in range(4)]  # phase k = 2 r + s
         return self.shuffle(torch.stack(windows, 2).reshape(n, c4, h, w))
+
+
+class ChannelAffine(nn.Module):
+    """An eval-mode BatchNorm as ``x * scale + shift`` per feature (two ops, each exactly rounded): the int8
+    form's stand-in for a BatchNorm that cannot be folded (``export.int8_form``), which onnxruntime would
+    otherwise run as one op of several roundings in float between the integer products."""
+
+    def __init__(self, bn: nn.BatchNorm1d | nn.BatchNorm2d):
+        super().__init__()
+        scale = bn.weight.detach().double() / torch.sqrt(bn.running_var.double() + bn.eps)
+        shift = bn.bias.detach().double() - bn.running_mean.double() * scale
+        shape = (-1,) + (1,) * (2 if isinstance(bn, nn.BatchNorm2d) else 0)
+        self.register_buffer("scale", scale.float().reshape(shape))
+        self.register_buffer("shift", shift.float().reshape(shape))
+
+    def forward(self, x):
+        return x * self.scale + self.shift
+
+
+def _rounding_rest(w: torch.Tensor, weight_bits: int) -> torch.Tensor:
+    """What rounding ``w`` ([Co, ...]) to ``weight_bits`` bits, symmetric per output channel, loses."""
+    top = 2 ** (weight_bits - 1) - (weight_bits == 8)  # the quantizer's level for the largest weight: 64, or 127
+    step = w.abs().flatten(1).amax(1).clamp_min(1e-30)[:, None, None, None] / top
+    return w - torch.round(w / step) * step
 
 
 def _same_conv3x3(m: nn.Module) -> bool:

@@ -12,6 +12,13 @@ The bound here is structural: activations may be any byte, so a pair reaches at 
 what ``export --int8`` writes) keep every pair at or below 32,640. A uint8 weight has no 16-bit pair
 path (its kernels widen both sides to 16 bits and sum in 32). Every whole dot product, plus its int32
 bias, must also fit 32 bits: ``K * 255 * max|w| + max|bias| <= 2**31 - 1``.
+
+The rest of an int8 graph must give the same values everywhere too: every other op is one exactly rounded
+operation per value (IEEE 754 arithmetic, comparisons, casts, requantization), a move, a cut or a table
+lookup (``EXACT_OPS``). An approximation (tanh, exp, sigmoid...) or a float sum in an implementation's own
+order (a product left in float, a reduction) differs between backends in the last bits: onnxruntime's
+tanh on x86 and in wasm differ in 45% of the bundled model's values, and a value near a uint8 rounding
+boundary then gives another byte. ``export --int8`` writes the image's tanh as a table lookup.
 """
 from __future__ import annotations
 
@@ -31,6 +38,14 @@ WEIGHTED = {"Conv": (1, 2), "Gemm": (1, 2), "MatMul": (1, None), "ConvTranspose"
             "QLinearConv": (3, 8), "QLinearMatMul": (3, None), "QGemm": (3, 6),
             "ConvInteger": (1, None), "MatMulInteger": (1, None)}
 QOPERATOR = {"QLinearConv", "QLinearMatMul", "QGemm", "ConvInteger", "MatMulInteger"}
+# Ops that give the same values on every backend: one exactly rounded operation per value, or none
+EXACT_OPS = frozenset({
+    "Add", "Sub", "Mul", "Div", "Neg", "Abs", "Sqrt", "Max", "Min", "Clip", "Relu", "LeakyRelu", "PRelu",
+    "Round", "Floor", "Ceil", "Sign", "Where", "Equal", "Less", "LessOrEqual", "Greater", "GreaterOrEqual",
+    "Not", "And", "Or", "Xor", "Cast", "QuantizeLinear", "DequantizeLinear", "QLinearConcat",
+    "Identity", "Reshape", "Transpose", "Slice", "Concat", "Split", "Gather", "GatherElements", "GatherND",
+    "Squeeze", "Unsqueeze", "Flatten", "DepthToSpace", "SpaceToDepth", "Pad", "Tile", "Expand", "Shape",
+    "Size", "Constant", "ConstantOfShape"})
 
 
 @dataclass
@@ -108,6 +123,35 @@ def layers(model: ModelFile) -> list[Layer]:
     return out
 
 
+FUSED_ARITHMETIC = {"Add", "Mul"}  # between DequantizeLinear and QuantizeLinear: fused into kernels of their own
+
+
+def inexact_ops(model: ModelFile) -> list[str]:
+    """The op types of ``model`` (every node, subgraphs and functions too) whose values can differ between
+    backends: not in ``EXACT_OPS``, not an integer product, not a nearest-neighbour Resize; and an Add or Mul
+    between quantized tensors, which onnxruntime fuses into its QLinearAdd / QLinearMul kernels."""
+    quantized = {n.outputs[0] for n in model.nodes() if n.op_type == "DequantizeLinear" and n.outputs}
+    readers: dict[str, list[str]] = {}
+    for n in model.nodes():
+        for i in n.inputs:
+            readers.setdefault(i, []).append(n.op_type)
+    found = set()
+    for n in model.nodes():
+        if n.op_type in FUSED_ARITHMETIC and n.inputs and set(n.inputs) <= quantized and n.outputs \
+                and readers.get(n.outputs[0]) == ["QuantizeLinear"]:
+            found.add(f"{n.op_type} (between quantized tensors: onnxruntime runs QLinear{n.op_type})")
+            continue
+        if n.op_type in EXACT_OPS and n.domain in ("", "ai.onnx", "com.microsoft"):
+            continue
+        if n.op_type == "Resize" and n.attributes.get("mode", "nearest") == "nearest":
+            continue
+        if n.op_type in QOPERATOR or (n.op_type in WEIGHTED and len(n.inputs) > WEIGHTED[n.op_type][0]
+                                      and {n.inputs[0], n.inputs[WEIGHTED[n.op_type][0]]} <= quantized):
+            continue  # an integer product: ``layers`` bounds it
+        found.add(n.op_type)
+    return sorted(found)
+
+
 def report(model: ModelFile, per_layer: bool = True) -> dict:
     """``{"portable": bool, "pair_sum": worst 16-bit pair, "pair_limit", "layers": [...], "reason"}`` for an
     int8 graph: portable when no integer sum can saturate or wrap on any kernel path (a graph with no
@@ -118,10 +162,16 @@ def report(model: ModelFile, per_layer: bool = True) -> dict:
     except (ValueError, KeyError) as e:
         return {"portable": False, "reason": str(e), **({"layers": []} if per_layer else {})}
     bad = [layer for layer in found if not layer.portable]
-    result = {"portable": not bad, "pair_sum": max((layer.pair_sum for layer in found), default=0),
+    inexact = inexact_ops(model) if found else []  # a float graph's contract is a tolerance (docs/DESIGN.md)
+    result = {"portable": not bad and not inexact, "pair_sum": max((layer.pair_sum for layer in found), default=0),
               "pair_limit": PAIR_LIMIT, "dot_sum": max((layer.dot_sum for layer in found), default=0),
               "dot_limit": SUM_LIMIT,
+              "inexact_ops": inexact,
               **({"layers": [layer.to_json() for layer in found]} if per_layer else {})}
+    if inexact and not bad:
+        result["reason"] = (f"{', '.join(inexact)} compute{'s' if len(inexact) == 1 else ''} in float in a way that "
+                            f"differs between backends in the last bits, so a value near a rounding boundary can "
+                            f"give another byte (re-export with `dcgan-deploy export --int8`)")
     if bad:
         first = bad[0]
         result["reason"] = (f"{len(bad)} of {len(found)} integer products can saturate: {first.op} weight "
@@ -137,5 +187,6 @@ def summary(result: dict) -> str:
             return "no integer products"
         pairs = (f"16-bit pairs <= {result['pair_sum']:,} of {PAIR_LIMIT:,}" if result["pair_sum"]
                  else "no 16-bit pairs: uint8 weights")
-        return f"the same on every CPU ({pairs}, dot products <= {result['dot_sum']:,} of {SUM_LIMIT:,})"
+        return (f"the same on every CPU ({pairs}, dot products <= {result['dot_sum']:,} of {SUM_LIMIT:,}; "
+                f"every float op exact)")
     return f"CPU-dependent: {result['reason']}"

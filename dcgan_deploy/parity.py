@@ -108,7 +108,7 @@ def format_gate(report: dict) -> str:
                      f"(limit {inv['limit']:g}) {'ok' if inv['passed'] else 'MISS'}")
     sums = report.get("integer_sums")
     if sums:
-        lines.append("int8 integer sums: " + int8.summary(sums))
+        lines.append("int8: " + int8.summary(sums))
     lines += [f"note: {n}" for n in report.get("notes", [])]
     if report["passed"]:
         lines.append("parity: PASSED")

@@ -354,7 +354,7 @@ def judge(ran: dict, path: Path, reference=None, backend: str = "wasm") -> dict:
         if not c["uint8_as_python"]:
             failures.append(f"seed {seed} batch {n}: the page's uint8 conversion differs from Python's")
         for against, m in (("the Python runtime", c), ("PyTorch", c.get("vs_pytorch"))):
-            # an int8 file's integer sums are exact everywhere: against the Python runtime, the same bytes
+            # an int8 file is exact everywhere (int8.report): against the Python runtime, the same values
             why = [] if m is None else misses(m, backend, THRESHOLDS, exact=gen.precision == "int8" and m is c)
             failures += [f"seed {seed} batch {n} against {against}: {w}" for w in why]
         checks.append(c)

@@ -198,7 +198,8 @@ def test_canonical_example_state_dict(tmp_path):
 @pytest.mark.slow
 def test_int8_end_is_capped_split_shared_and_float(tmp_path, monkeypatch):
     """On the bundled weights: MinMax gives the pre-tanh values a range tens of units wide, and the export caps it
-    at +-TANH_RANGE; the last convolution's weights are split into their 7-bit rounding and the rest; each
+    at +-TANH_RANGE; the last convolution's weights are split into levels (their 7-bit rounding and the rest, four
+    levels for one image channel: 16 output channels); each
     quantized Concat copies bytes (its inputs share its scale and zero point); what follows the last product
     stays in float. The cap and the split each raise the int8 file's PSNR by more than 2 dB (integers
     throughout, still portable)."""
@@ -221,13 +222,15 @@ def test_int8_end_is_capped_split_shared_and_float(tmp_path, monkeypatch):
         last = [n for n in model.graph.node if n.op_type == "Conv"][-1]
         (q,) = consumers[last.output[0]]
         assert q.op_type == "QuantizeLinear"
-        (dq,) = consumers[q.output[0]]
-        after, todo = set(), [dq.output[0]]
-        while todo:  # everything downstream of the last product's dequantized output
+        # one DequantizeLinear per level's Slice; unsplit, tanh looks the bytes up (Cast to an index, Shape)
+        direct = consumers[q.output[0]]
+        assert direct and {n.op_type for n in direct} <= {"DequantizeLinear", "Cast", "Shape"}
+        after, todo = set(), [o for n in direct for o in n.output]
+        while todo:  # everything downstream of the last product's quantized output, past its direct readers
             for n in consumers[todo.pop()]:
                 after.add(n.op_type)
                 todo += list(n.output)
-        assert "Tanh" in after and not after & {"QuantizeLinear", "DequantizeLinear", "Conv"}
+        assert "GatherElements" in after and not after & {"Tanh", "QuantizeLinear", "DequantizeLinear", "Conv"}
         for cat in (n for n in model.graph.node if n.op_type == "Concat" and consumers[n.output[0]][0].op_type
                     == "QuantizeLinear"):
             out_q = consumers[cat.output[0]][0]
@@ -244,7 +247,7 @@ def test_int8_end_is_capped_split_shared_and_float(tmp_path, monkeypatch):
     (low, high), shape, best = int8_file("capped")
     step = 2 * export_mod.TANH_RANGE / 255  # the quantizer moves an end by up to a step to hold zero exactly
     assert -export_mod.TANH_RANGE - step <= low < -2 and 2 < high <= export_mod.TANH_RANGE + step
-    assert shape[0] == 8  # 4 output phases, rounded and rest
+    assert shape[0] == 16  # 4 output phases x 4 levels: the weights rounded, their rest, its rest, and its rest
     with monkeypatch.context() as m:
         m.setattr(forms.PhaseTail, "split", lambda self, *args: None)
         _, shape, unsplit = int8_file("unsplit")
@@ -507,12 +510,25 @@ def test_int8_tail_form_and_its_split_equal_the_tail():
         gain = form.split(7, rest_range=0.01, limit=4.0)
         assert gain == 256 and form.conv_b.out_channels == 16  # 2 ** floor(log2(4 / 0.01))
         torch.testing.assert_close(form(x), want, atol=1e-5, rtol=0)
-    rounded, rest = form.conv_b.weight.detach()[:8], form.conv_b.weight.detach()[8:] / gain
+        split = form.conv_b.weight.clone()
+        finer = form.rounding_rest(7)  # the second level's rounding rest, in the weights' units
+        assert 0 < finer.abs().max() <= (gain * (w - split[:8])).abs().max() / 128 / gain + 1e-12
+        gain2 = form.split(7, rest_range=0.0001, limit=4.0)
+        assert gain2 == 2 ** 15 and form.conv_b.out_channels == 24 and form.gains == [256, 2 ** 15]
+        torch.testing.assert_close(form(x), want, atol=1e-5, rtol=0)
+    rounded, rest = split[:8], split[8:] / gain
     step = w.abs().flatten(1).amax(1)[:, None, None, None] / 64  # the quantizer's 7-bit symmetric step
     levels = rounded / step
     assert torch.allclose(levels, levels.round(), atol=1e-4) and float(levels.abs().amax()) == pytest.approx(64)
     torch.testing.assert_close(rounded + rest, w, atol=1e-7, rtol=0)
     assert 0 < rest.abs().max() <= step.max() / 2 + 1e-7
+    # three levels: the first unchanged, the second now on its own 7-bit grid, the third its rest; all add up to w
+    three = form.conv_b.weight.detach()
+    assert torch.equal(three[:8], rounded)
+    second = three[8:16]
+    step2 = second.abs().flatten(1).amax(1)[:, None, None, None] / 64
+    assert torch.allclose(second / step2, (second / step2).round(), atol=1e-4)
+    torch.testing.assert_close(three[:8] + three[8:16] / gain + three[16:] / gain2, w, atol=1e-7, rtol=0)
     assert PhaseTail(conv_a, act, conv_b, out_act, taps=False).split(7, rest_range=1.0, limit=0.0) == 1  # no room
 
 
@@ -562,3 +578,40 @@ def test_transposed_forms_equal_the_generator(arch):
         for model in (form, narrow):
             torch.testing.assert_close(model(z), want, atol=1e-5, rtol=0)
     assert (want - torch.roll(want, 1, dims=-1)).abs().max() > 1e-2
+
+
+@pytest.mark.slow
+def test_every_architecture_exports_an_exact_int8_file(tmp_path):
+    """Each architecture's int8 file is the same everywhere by the file: integer sums that cannot saturate, and
+    no other op that is not exactly rounded (tanh a lookup; mnist-convt's unfoldable BatchNorm as x * scale +
+    shift, which equals it, in float; no Add or Mul that onnxruntime would fuse into its own QLinear kernels)."""
+    from dcgan_deploy import int8, modelfile
+    from dcgan_deploy.forms import ChannelAffine
+    for arch in ARCHITECTURES:
+        g = random_generator(arch)
+        if arch == "mnist-convt":
+            form = int8_form(g)
+            assert any(isinstance(m, ChannelAffine) for m in form.main)
+            assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in form.main)
+            z = torch.randn(16, g.cfg.latent_dim)
+            with torch.no_grad():
+                torch.testing.assert_close(form(z), g.eval()(z), atol=1e-5, rtol=0)
+        path = tmp_path / f"{arch}.onnx"
+        result = export(saved(tmp_path, g, f"{arch}.safetensors"), path, int8=True)
+        assert result["int8"]["parity"]["passed"], arch
+        report = int8.report(modelfile.read(tmp_path / f"{arch}-int8.onnx"))
+        assert report["portable"] and report["inexact_ops"] == [] and report["layers"], arch
+        ops = {n.op_type for n in onnx.load(str(tmp_path / f"{arch}-int8.onnx")).graph.node}
+        assert "GatherElements" in ops and not ops & {"Tanh", "BatchNormalization"}, arch
+
+
+def test_the_gate_holds_an_int8_file_to_the_same_values():
+    """Against the Python runtime an int8 file must give the same values on another backend (``exact``): a float
+    difference in the last bits (float tanh, say) fails there, while a float32 file may differ by 1e-4."""
+    from dcgan_deploy.gate import misses
+    m = {"finite": True, "max_abs": 3e-7, "mean_abs": 1e-8, "psnr": 140.0, "changed": 0.0}
+    assert misses(m, "wasm-1-thread", Thresholds()) == []
+    assert misses(m, "wasm-1-thread", Thresholds(), exact=True) == ["max abs error 3e-07 > 0"]
+    assert misses({**m, "max_abs": 0.0}, "wasm-1-thread", Thresholds(), exact=True) == []
+    assert misses({**m, "max_abs": 0.0, "changed": 1e-5}, "wasm-1-thread", Thresholds(), exact=True) == [
+        "0.001% of uint8 pixels changed > 0.000%"]
