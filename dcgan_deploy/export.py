@@ -499,8 +499,7 @@ def tanh_by_table(model: onnx.ModelProto) -> int:
 
     The lookups are GatherElements of the flattened indices (onnxruntime's Gather is 4x slower at it)."""
     graph = model.graph
-    init = {t.name: t for t in graph.initializer}
-    producers = {o: n for n in graph.node for o in n.output}
+    init, producers, _ = _ranges(model)
     readers = _consumers(model)
 
     def is_tanh(n) -> bool:
@@ -513,7 +512,7 @@ def tanh_by_table(model: onnx.ModelProto) -> int:
             return None
         if dq.input[1] not in init or dq.input[2] not in init or x in {o.name for o in graph.output}:
             return None
-        scale, zero = (onnx.numpy_helper.to_array(init[t]) for t in dq.input[1:3])
+        scale, zero = init[dq.input[1]], init[dq.input[2]]
         if scale.size != 1 or zero.size != 1 or zero.dtype not in (np.uint8, np.int8):
             return None
         codes = np.arange(256, dtype=np.int64) - (128 if zero.dtype == np.int8 else 0)  # index 0: the lowest code

@@ -81,6 +81,20 @@ def _depth(op: str, node, dims: tuple[int, ...]) -> int:
     return int(dims[-2]) if len(dims) >= 2 else int(dims[0])  # MatMul: [..., K, N]
 
 
+def _dequantized(nodes) -> set[str]:
+    """The tensors that ``nodes``' DequantizeLinear ops write."""
+    return {n.outputs[0] for n in nodes if n.op_type == "DequantizeLinear" and n.outputs}
+
+
+def _integer_product(node, quantized: set[str]) -> bool:
+    """Whether ``node`` multiplies in integers: a QOperator op, or a float op of ``WEIGHTED`` whose input and
+    weight are both dequantized (``quantized``), which onnxruntime fuses into its integer kernel."""
+    if node.op_type in QOPERATOR:
+        return True
+    w_at = WEIGHTED.get(node.op_type, (None,))[0]
+    return w_at is not None and len(node.inputs) > w_at and {node.inputs[0], node.inputs[w_at]} <= quantized
+
+
 def layers(model: ModelFile) -> list[Layer]:
     """Every integer product in the main graph, with its bounds; ``ValueError`` where an integer
     product's weight is not a constant of the file (then nothing bounds it)."""
@@ -89,19 +103,13 @@ def layers(model: ModelFile) -> list[Layer]:
     if hidden:
         raise ValueError(f"{hidden} quantized ops sit in subgraphs or functions, where their sums are not checked")
     made_by = {out: n for n in g.nodes for out in n.outputs}
-    quantized = {n.outputs[0] for n in g.nodes if n.op_type == "DequantizeLinear" and n.outputs}
+    quantized = _dequantized(g.nodes)
     out = []
     for node in g.nodes:
-        if node.op_type not in WEIGHTED or node.domain not in ("", "ai.onnx", "com.microsoft"):
+        if node.domain not in ("", "ai.onnx", "com.microsoft") or not _integer_product(node, quantized):
             continue
         w_at, b_at = WEIGHTED[node.op_type]
-        if node.op_type in QOPERATOR:
-            weight_name = node.inputs[w_at]
-        else:
-            # a float op runs in integers only when both its inputs are dequantized
-            if len(node.inputs) <= w_at or not {node.inputs[0], node.inputs[w_at]} <= quantized:
-                continue
-            weight_name = made_by[node.inputs[w_at]].inputs[0]
+        weight_name = node.inputs[w_at] if node.op_type in QOPERATOR else made_by[node.inputs[w_at]].inputs[0]
         weight = g.initializers.get(weight_name)
         if weight is None:
             raise ValueError(f"{node.op_type} multiplies by {weight_name!r}, which is not a constant of the file")
@@ -130,7 +138,7 @@ def inexact_ops(model: ModelFile) -> list[str]:
     """The op types of ``model`` (every node, subgraphs and functions too) whose values can differ between
     backends: not in ``EXACT_OPS``, not an integer product, not a nearest-neighbour Resize; and an Add or Mul
     between quantized tensors, which onnxruntime fuses into its QLinearAdd / QLinearMul kernels."""
-    quantized = {n.outputs[0] for n in model.nodes() if n.op_type == "DequantizeLinear" and n.outputs}
+    quantized = _dequantized(model.nodes())
     readers: dict[str, list[str]] = {}
     for n in model.nodes():
         for i in n.inputs:
@@ -145,9 +153,8 @@ def inexact_ops(model: ModelFile) -> list[str]:
             continue
         if n.op_type == "Resize" and n.attributes.get("mode", "nearest") == "nearest":
             continue
-        if n.op_type in QOPERATOR or (n.op_type in WEIGHTED and len(n.inputs) > WEIGHTED[n.op_type][0]
-                                      and {n.inputs[0], n.inputs[WEIGHTED[n.op_type][0]]} <= quantized):
-            continue  # an integer product: ``layers`` bounds it
+        if _integer_product(n, quantized):
+            continue  # ``layers`` bounds it
         found.add(n.op_type)
     return sorted(found)
 

@@ -205,8 +205,8 @@ const s = await ort.InferenceSession.create(readFileSync(model));
 const r = await s.run({ z: new ort.Tensor("float32", new Float32Array(b.buffer, b.byteOffset, b.length / 4), [+n, +dim]) });
 writeFileSync(out, Buffer.from(r.image.data.buffer));
 """
-    subprocess.run(["node", "--input-type=module", "-e", script, str(SHIPPED_INT8), str(tmp_path / "z.bin"),
-                    str(len(z)), str(z.shape[1]), str(tmp_path / "out.bin")], check=True, cwd=ROOT, timeout=120)
+    from test_contract import run_node
+    run_node(script, str(SHIPPED_INT8), str(tmp_path / "z.bin"), str(len(z)), str(z.shape[1]), str(tmp_path / "out.bin"))
     wasm = np.frombuffer((tmp_path / "out.bin").read_bytes(), np.float32).reshape(len(z), -1)
     native = gen.run(z).reshape(len(z), -1)
     assert np.array_equal(wasm, native)
