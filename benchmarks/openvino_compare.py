@@ -20,13 +20,19 @@ trained model) at batch 1 and 64:
 ``ort/ov`` is the median over the rounds of OpenVINO's time / onnxruntime's (above 1: onnxruntime is
 faster). ``openvino_kernels``: what OpenVINO's CPU plugin picked for the compute layers (``amx`` in a
 name: Intel AMX tiles, which onnxruntime's CPU kernels do not use). ``--runs`` repeats everything (the
-VM drifts). Ends with one JSON line.
+VM drifts). ``--profile`` adds where each runtime's time goes at every batch size, from the runtimes' own
+per-op profiles (onnxruntime's ``enable_profiling``, OpenVINO's ``PERF_COUNT``): the ops that compute the
+products (convolutions, GEMMs) and the rest, and ``ort_products_vs_openvino_run``, onnxruntime's product
+kernels alone against OpenVINO's whole run (above 1: those kernels alone take longer than OpenVINO's run, so
+no change around them can put onnxruntime ahead). Ends with one JSON line.
 """
 import argparse
+import collections
 import json
 import statistics
 import sys
 import tempfile
+import time
 import warnings
 from pathlib import Path
 
@@ -80,6 +86,60 @@ def openvino_kernels(model, batch: int, threads: int) -> list[str]:
     return sorted(kinds)
 
 
+# The op types that compute products, as the runtimes' profiles name them after their fusions (onnxruntime's
+# blocked-layout convolution is "Conv" too).
+ORT_PRODUCTS = {"Conv", "FusedConv", "ConvTranspose", "QLinearConv", "ConvInteger", "Gemm", "FusedGemm", "QGemm",
+                "MatMul", "FusedMatMul", "QLinearMatMul", "MatMulInteger", "MatMulIntegerToFloat", "DynamicQuantizeMatMul"}
+OPENVINO_PRODUCTS = {"Convolution", "GroupConvolution", "Deconvolution", "ConvolutionBackpropData",
+                     "GroupConvolutionBackpropData", "FullyConnected", "FullyConnectedQuantizedLegacy", "MatMul"}
+
+
+def ort_op_times(path: Path, z: np.ndarray, threads: int, seconds: float, tmp: Path) -> dict:
+    """onnxruntime's kernel time per run (ms) by op type after its fusions, from its own profile."""
+    import onnxruntime as ort
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+    opts.enable_profiling, opts.profile_file_prefix = True, str(tmp / "ort-profile")
+    session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    feeds = {session.get_inputs()[0].name: z}
+    for _ in range(3):
+        session.run(None, feeds)
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        session.run(None, feeds)
+    trace = Path(session.end_profiling())
+    events = [e for e in json.loads(trace.read_text())
+              if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")]
+    trace.unlink()
+    runs = max(collections.Counter(e["name"] for e in events).values())
+    times = collections.Counter()
+    for e in events:
+        times[e["args"]["op_name"]] += e["dur"] / 1e3 / runs
+    return dict(times)
+
+
+def openvino_op_times(model, z: np.ndarray, threads: int, seconds: float) -> dict:
+    """OpenVINO's time per run (ms) by layer type, from its PERF_COUNT profile (the median run's)."""
+    request = compiled_for(model, list(z.shape), threads, PERFORMANCE_HINT="LATENCY", NUM_STREAMS=1,
+                           PERF_COUNT=True).create_infer_request()
+    runs, deadline = [], time.perf_counter() + seconds
+    while time.perf_counter() < deadline or len(runs) < 5:
+        request.infer({0: z})
+        times = collections.Counter()
+        for p in request.profiling_info:
+            times[p.node_type] += p.real_time.total_seconds() * 1e3
+        runs.append(dict(times))
+    return sorted(runs, key=lambda t: sum(t.values()))[len(runs) // 2]
+
+
+def time_split(times: dict, products: set) -> dict:
+    """{op: ms} -> the products' ms, the rest's ms, and the three slowest other ops."""
+    rest = {k: v for k, v in times.items() if k not in products}
+    return {"products_ms": round(sum(v for k, v in times.items() if k in products), 3),
+            "rest_ms": round(sum(rest.values()), 3),
+            "slowest_rest": {k: round(v, 3) for k, v in sorted(rest.items(), key=lambda kv: -kv[1])[:3]}}
+
+
 def nncf_int8(fp32: Path, cfg):
     """OpenVINO's int8 of a float32 file: NNCF post-training quantization on the export's calibration latents."""
     import nncf
@@ -121,6 +181,14 @@ def measure(arch: str, tmp: Path, args) -> list[dict]:
                          "psnr_ort_db": round(psnr["ort_int8"], 1) if precision == "int8" else None,
                          "psnr_openvino_db": round(psnr["ov_int8" if precision == "int8" else "ov_fp32"], 1),
                          "openvino_kernels": kernels})
+            if args.profile:
+                z = gen.latents(batch, 0)
+                ort_split = time_split(ort_op_times(path, z, args.threads, args.seconds, tmp), ORT_PRODUCTS)
+                ov_split = time_split(openvino_op_times(ov_model, z, args.threads, args.seconds), OPENVINO_PRODUCTS)
+                openvino_run_ms = batch / r["openvino_images_per_s"] * 1e3
+                rows[-1]["profile"] = {"onnxruntime": ort_split, "openvino": ov_split,
+                                       "openvino_run_ms": round(openvino_run_ms, 3),
+                                       "ort_products_vs_openvino_run": round(ort_split["products_ms"] / openvino_run_ms, 3)}
     return rows
 
 
@@ -132,6 +200,8 @@ def main():
     ap.add_argument("--runs", type=int, default=1)
     ap.add_argument("--batch-size", default="1,64")
     ap.add_argument("--arch", action="append", choices=ARCHITECTURES, help="only these architectures (repeatable)")
+    ap.add_argument("--profile", action="store_true",
+                    help="also profile both runtimes per op: the product kernels' time against the rest")
     ap.add_argument("--smoke", action="store_true", help="one tiny architecture, one short round: checks the script")
     args = ap.parse_args()
     args.batch_sizes = [int(b) for b in args.batch_size.split(",")]
@@ -155,6 +225,13 @@ def main():
                           f"ort/ov x{row['ort_vs_openvino']:.2f} (rounds {row['ort_vs_openvino_range']}); PSNR vs fp32 "
                           f"ort {row['psnr_ort_db']} ov {row['psnr_openvino_db']} dB; OpenVINO's kernels "
                           f"{','.join(row['openvino_kernels'])}", flush=True)
+                    if "profile" in row:
+                        p = row["profile"]
+                        print(f"      profile: onnxruntime products {p['onnxruntime']['products_ms']} ms + rest "
+                              f"{p['onnxruntime']['rest_ms']} ms {p['onnxruntime']['slowest_rest']}; OpenVINO products "
+                              f"{p['openvino']['products_ms']} ms + rest {p['openvino']['rest_ms']} ms, its run "
+                              f"{p['openvino_run_ms']} ms; onnxruntime's products / OpenVINO's run "
+                              f"x{p['ort_products_vs_openvino_run']}", flush=True)
     cells = {}
     for r in rows:
         cells.setdefault((r["arch"], r["precision"], r["batch"]), []).append(r["ort_vs_openvino"])

@@ -127,7 +127,7 @@ def test_the_script_runs(script):
 def test_the_openvino_comparison_runs_or_skips_cleanly():
     pytest.importorskip("openvino")
     pytest.importorskip("nncf")
-    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "openvino_compare.py"), "--smoke"],
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "openvino_compare.py"), "--smoke", "--profile"],
                        capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert r.returncode == 0, r.stderr[-3000:]
     result = json.loads(r.stdout.strip().splitlines()[-1])
@@ -137,6 +137,12 @@ def test_the_openvino_comparison_runs_or_skips_cleanly():
         assert row["ort_images_per_s"] > 0 and row["openvino_images_per_s"] > 0 and row["ort_vs_openvino"] > 0
         assert row["psnr_openvino_db"] > (40 if row["precision"] == "fp32" else 25)
         assert row["openvino_kernels"]  # the compute layers were found in the compiled model
+        # --profile: both runtimes' product ops were found in their own profiles, and the rest beside them
+        p = row["profile"]
+        assert p["onnxruntime"]["products_ms"] > 0 and p["openvino"]["products_ms"] > 0
+        assert p["onnxruntime"]["rest_ms"] > 0 and p["onnxruntime"]["slowest_rest"]
+        assert p["ort_products_vs_openvino_run"] == pytest.approx(p["onnxruntime"]["products_ms"] / p["openvino_run_ms"],
+                                                                  rel=0.01)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message a machine without a GPU gets")
