@@ -60,10 +60,13 @@ def compiled_for(model, shape: list[int], threads: int, **config):
                                               **config})
 
 
+TIMED = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1}  # how OpenVINO is timed, and profiled
+
+
 def openvino_peer(model, threads: int):
     """A ``bench_model`` peer running ``model`` (an ov.Model) compiled for each batch size, on the CPU."""
     def factory(gen, z):
-        compiled = compiled_for(model, list(z.shape), threads, PERFORMANCE_HINT="LATENCY", NUM_STREAMS=1)
+        compiled = compiled_for(model, list(z.shape), threads, **TIMED)
         request = compiled.create_infer_request()
         request.infer({0: z})
         return (lambda: request.infer({0: z})), 1.0, 2
@@ -120,8 +123,7 @@ def ort_op_times(path: Path, z: np.ndarray, threads: int, seconds: float, tmp: P
 
 def openvino_op_times(model, z: np.ndarray, threads: int, seconds: float) -> dict:
     """OpenVINO's time per run (ms) by layer type, from its PERF_COUNT profile (the median run's)."""
-    request = compiled_for(model, list(z.shape), threads, PERFORMANCE_HINT="LATENCY", NUM_STREAMS=1,
-                           PERF_COUNT=True).create_infer_request()
+    request = compiled_for(model, list(z.shape), threads, **TIMED, PERF_COUNT=True).create_infer_request()
     runs, deadline = [], time.perf_counter() + seconds
     while time.perf_counter() < deadline or len(runs) < 5:
         request.infer({0: z})
